@@ -1,0 +1,3 @@
+from rlkd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,424 @@
+"""Reasoning structure: the GSRM's decomposition format and the paper's structure reward.
+
+A decomposition is an ordered list of steps, each a triple (meta-reasoning, sub-problem, answer), written
+by a GSRM as numbered blocks (SPEC section 2)::
+
+    [Meta-reasoning 1]: why this sub-problem is the one to attack next
+    [Sub-problem 1]: one question
+    [Answer 1]: the short answer to that question
+
+This module holds the three pieces every other part of rlkd builds on:
+
+1. :func:`parse_decomposition`, a tolerant parser. It accepts the label families real generators drift
+   between (``Meta-reasoning`` / ``Meat-reasoning`` / ``sub-think``, ``Sub-problem`` / ``Query``,
+   ``Answer``), any case, markdown bold or headings around labels, ``:`` or ``-`` after the label,
+   numbers that skip or repeat, and a trailing "final answer" section. It never raises, keeps the order
+   of steps, keeps a step whose sub-problem or answer is missing (with that field empty and a warning),
+   and says why a text gave no steps. It reads the text line by line with anchored patterns, so it runs
+   in linear time on any input.
+2. :meth:`Decomposition.render`, the canonical writer; parsing what it writes gives back the same steps.
+3. :func:`structure_reward`, the authors' algorithm (SPEC section 3) as one pure function over two
+   decompositions and a verdict look-up. Everything slow (judge calls, batching, retries) lives in
+   :mod:`rlkd.judges`, which gathers the verdicts and then calls this function.
+
+How this departs from the authors' code:
+
+1. The parser reads both the label names their decomposition prompt asks for and the ones their reward
+   parser looked for, so the mismatch that made their rewards silently zero cannot happen here.
+2. A failed parse is reported with its reason instead of becoming a silent zero.
+3. ``mode="paper"`` is their exact algorithm; ``normalized`` (divide by the teacher's step count),
+   ``ungated`` (no prefix gate) and ``ungated-normalized`` sit beside it as named options.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Literal, Mapping
+
+Field = Literal["meta", "subproblem", "answer"]
+FIELDS: tuple[Field, ...] = ("meta", "subproblem", "answer")
+MODES = ("paper", "normalized", "ungated", "ungated-normalized")
+
+# --------------------------------------------------------------------------------------------------
+# Types
+
+
+@dataclass
+class Step:
+    """One step of a decomposition: why this sub-problem next, the sub-problem, and its answer."""
+
+    meta_reasoning: str = ""
+    subproblem: str = ""
+    answer: str = ""
+    number: int | None = None  # the number as the generator wrote it (may skip or repeat)
+
+    def get(self, name: Field) -> str:
+        """The text of one field by its short name (``meta``, ``subproblem``, ``answer``)."""
+        return {"meta": self.meta_reasoning, "subproblem": self.subproblem, "answer": self.answer}[name]
+
+
+@dataclass
+class Decomposition:
+    """An ordered list of steps, plus what the parser noticed on the way."""
+
+    steps: list[Step] = field(default_factory=list)
+    final_answer: str | None = None
+    reason: str | None = None  # why there are no steps; None when there are some
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def render(self) -> str:
+        """The canonical text form; ``parse_decomposition(d.render())`` gives back ``d.steps``."""
+        blocks = []
+        for i, step in enumerate(self.steps, start=1):
+            n = step.number if step.number is not None else i
+            blocks.append(f"[Meta-reasoning {n}]: {step.meta_reasoning}")
+            blocks.append(f"[Sub-problem {n}]: {step.subproblem}")
+            blocks.append(f"[Answer {n}]: {step.answer}")
+        if self.final_answer is not None:
+            blocks.append(f"[Final answer]: {self.final_answer}")
+        return "\n".join(blocks)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the form carried in datasets, e.g. the ``teacher_structure`` column)."""
+        return {
+            "steps": [asdict(s) for s in self.steps],
+            "final_answer": self.final_answer,
+            "reason": self.reason,
+            "warnings": list(self.warnings),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Decomposition":
+        """Inverse of :meth:`to_dict`. Raises ``ValueError`` naming the field that is wrong."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("steps"), list):
+            raise ValueError("a decomposition must be an object with a list under 'steps'")
+        steps = []
+        for i, raw in enumerate(data["steps"], start=1):
+            if not isinstance(raw, Mapping):
+                raise ValueError(f"steps[{i - 1}] must be an object, got {type(raw).__name__}")
+            unknown = set(raw) - {"meta_reasoning", "subproblem", "answer", "number"}
+            if unknown:
+                raise ValueError(f"steps[{i - 1}] has unknown field(s) {sorted(unknown)}")
+            steps.append(
+                Step(
+                    meta_reasoning=str(raw.get("meta_reasoning", "")),
+                    subproblem=str(raw.get("subproblem", "")),
+                    answer=str(raw.get("answer", "")),
+                    number=raw.get("number"),
+                )
+            )
+        return cls(
+            steps=steps,
+            final_answer=data.get("final_answer"),
+            reason=data.get("reason") if not steps else None,
+            warnings=list(data.get("warnings") or []),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "Decomposition":
+        return cls.from_dict(json.loads(text))
+
+
+def as_decomposition(value: "Decomposition | Mapping[str, Any] | str | None") -> Decomposition:
+    """Accept a decomposition in any form rlkd stores one: object, dict, JSON text or GSRM text."""
+    if isinstance(value, Decomposition):
+        return value
+    if value is None:
+        return Decomposition(reason="no decomposition given (None)")
+    if isinstance(value, Mapping):
+        return Decomposition.from_dict(value)
+    text = str(value)
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        try:
+            return Decomposition.from_json(stripped)
+        except ValueError:
+            pass  # not JSON after all: read it as GSRM text
+    return parse_decomposition(text)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parser
+
+_LABELS: dict[str, str] = {}
+for _name, _words in {
+    "meta": ("meta-reasoning", "meat-reasoning", "metareasoning", "meta reasoning", "meat reasoning",
+             "meta_reasoning", "sub-think", "subthink", "sub think", "sub_think"),
+    "subproblem": ("sub-problem", "subproblem", "sub problem", "sub_problem", "query"),
+    "answer": ("answer",),
+    "final": ("final answer", "final-answer", "final_answer"),
+}.items():
+    for _w in _words:
+        _LABELS[_w] = _name
+
+_LABEL_WORDS = "|".join(sorted((re.escape(w).replace(r"\ ", r"[ \t]") for w in _LABELS), key=len, reverse=True))
+# One anchored pattern per line: optional list/heading marker, optional bold/italic, optional bracket,
+# the label, an optional number, the closing bracket and/or a separator. Either a bracket or a
+# separator is required, so a sentence that merely starts with "Answer" is not a label.
+_LABEL_LINE = re.compile(
+    r"^[ \t]*(?:#{1,6}[ \t]*|[-*+][ \t]+)?(?P<md1>\*\*|__|\*|_)?[ \t]*(?P<open>[\[(])?[ \t]*"
+    rf"(?P<label>{_LABEL_WORDS})[ \t]*#?[ \t]*(?P<num>\d{{1,9}})?[ \t]*"
+    r"(?P<close>[\])])?[ \t]*(?P<md2>\*\*|__|\*|_)?[ \t]*(?P<sep>[:：\-–—.])?[ \t]*(?P<md3>\*\*|__|\*|_)?",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class _Label:
+    kind: str
+    number: int | None
+    rest: str
+
+
+def _match_label(line: str) -> _Label | None:
+    m = _LABEL_LINE.match(line)
+    if not m:
+        return None
+    bracketed = bool(m.group("open") and m.group("close"))
+    if not bracketed and not m.group("sep") and not (m.group("md1") and m.group("md2")):
+        return None
+    if m.group("open") and not m.group("close"):
+        return None
+    word = re.sub(r"[ \t]+", " ", m.group("label").lower())
+    number = int(m.group("num")) if m.group("num") else None
+    return _Label(kind=_LABELS[word], number=number, rest=line[m.end():])
+
+
+def is_label_line(line: str) -> bool:
+    """True if the parser would read this line as the start of a block."""
+    return _match_label(line) is not None
+
+
+def parse_decomposition(text: object) -> Decomposition:
+    """Parse GSRM output into steps. Never raises; ``reason`` says why there are no steps.
+
+    >>> d = parse_decomposition("[Meta-reasoning 1]: start with x\\n[Sub-problem 1]: x?\\n[Answer 1]: 2")
+    >>> (d.steps[0].subproblem, d.steps[0].answer)
+    ('x?', '2')
+    """
+    if not isinstance(text, str):
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        else:
+            return Decomposition(reason=f"expected text, got {type(text).__name__}")
+    if not text.strip():
+        return Decomposition(reason="empty text")
+
+    blocks: list[tuple[_Label, list[str]]] = []
+    for line in text.splitlines():
+        label = _match_label(line)
+        if label is not None:
+            blocks.append((label, [label.rest]))
+        elif blocks:
+            blocks[-1][1].append(line)
+
+    if not blocks:
+        return Decomposition(
+            reason="no step labels found (looked for [Meta-reasoning N], [Meat-reasoning N], "
+            "[sub-think N], [Sub-problem N], [Query N], [Answer N])"
+        )
+
+    steps: list[Step] = []
+    filled: set[str] = set()
+    final_answer: str | None = None
+    warnings: list[str] = []
+    current: Step | None = None
+    for label, lines in blocks:
+        body = "\n".join(lines).strip()
+        if label.kind == "final":
+            final_answer = body if final_answer is None else final_answer + "\n" + body
+            continue
+        if final_answer is not None:
+            warnings.append("text after the final-answer section was read as further steps")
+        attr = {"meta": "meta_reasoning", "subproblem": "subproblem", "answer": "answer"}[label.kind]
+        # A new step starts at every meta-reasoning label, and whenever a field repeats within a step
+        # (e.g. two sub-problems in a row: the generator skipped a meta-reasoning).
+        if current is None or label.kind == "meta" and filled or label.kind in filled or (
+            label.kind == "subproblem" and "answer" in filled
+        ):
+            current = Step(number=label.number)
+            steps.append(current)
+            filled = set()
+        if current.number is None:
+            current.number = label.number
+        setattr(current, attr, body)
+        filled.add(label.kind)
+
+    for i, step in enumerate(steps, start=1):
+        missing = [name for name, value in (("meta-reasoning", step.meta_reasoning),
+                                            ("sub-problem", step.subproblem),
+                                            ("answer", step.answer)) if not value]
+        if missing:
+            warnings.append(f"step {i} has no {' and no '.join(missing)}")
+    numbers = [s.number for s in steps if s.number is not None]
+    if numbers and numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+        warnings.append(f"step numbers are not consecutive: {numbers}")
+    if not steps:
+        return Decomposition(final_answer=final_answer, reason="only a final-answer section, no steps",
+                             warnings=warnings)
+    return Decomposition(steps=steps, final_answer=final_answer, warnings=warnings)
+
+
+# --------------------------------------------------------------------------------------------------
+# The structure reward
+
+
+@dataclass
+class Verdict:
+    """One judge's answer to "do these two texts match?". ``same`` is None when the judge failed."""
+
+    same: bool | None
+    judge: str = ""
+    reason: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.same is None
+
+
+@dataclass
+class StepVerdict:
+    """What the reward saw at one aligned step. A field left None was not judged (gated off)."""
+
+    index: int
+    meta: bool | None = None
+    subproblem: bool | None = None
+    answer: bool | None = None
+    score: float = 0.0
+    gated: bool = False  # True when the gate zeroed this step before any judging
+    judges: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # field -> why the judge failed
+
+
+@dataclass
+class StructureResult:
+    """The structure reward for one (teacher, student) pair with everything that produced it."""
+
+    reward: float
+    mode: str
+    teacher_steps: int
+    student_steps: int
+    matched_prefix: int
+    steps: list[StepVerdict] = field(default_factory=list)
+    parse_failure: str | None = None
+    judge_failures: int = 0
+    verdicts_used: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "StructureResult":
+        steps = [StepVerdict(**s) for s in data.get("steps", [])]
+        kwargs = {k: data[k] for k in ("reward", "mode", "teacher_steps", "student_steps", "matched_prefix")}
+        return cls(steps=steps, parse_failure=data.get("parse_failure"),
+                   judge_failures=int(data.get("judge_failures", 0)),
+                   verdicts_used=int(data.get("verdicts_used", 0)), **kwargs)
+
+    def metrics(self) -> dict[str, float]:
+        """Components as flat training metrics (match rates over the steps that were judged)."""
+        compared = min(self.teacher_steps, self.student_steps)
+
+        def rate(name: str) -> float:
+            judged = [getattr(s, name) for s in self.steps if getattr(s, name) is not None]
+            return sum(judged) / len(judged) if judged else 0.0
+
+        return {
+            "reward": self.reward,
+            "meta_match": (sum(bool(s.meta) for s in self.steps) / compared) if compared else 0.0,
+            "subproblem_match": rate("subproblem"),
+            "answer_match": rate("answer"),
+            "prefix_length": float(self.matched_prefix),
+            "teacher_steps": float(self.teacher_steps),
+            "student_steps": float(self.student_steps),
+            "parse_failed": float(self.parse_failure is not None),
+            "judge_failures": float(self.judge_failures),
+        }
+
+
+VerdictLookup = Callable[[Field, int], Verdict]
+
+
+def needed_pairs(teacher: Decomposition, student: Decomposition) -> list[tuple[Field, int]]:
+    """Every (field, step index) the reward may ask about, for judges that run all pairs at once."""
+    return [(f, i) for i in range(min(len(teacher), len(student))) for f in FIELDS]
+
+
+def structure_reward(
+    teacher: Decomposition,
+    student: Decomposition,
+    verdict: VerdictLookup,
+    mode: str = "paper",
+) -> StructureResult:
+    """The structure reward of SPEC section 3, exactly; ``verdict(field, i)`` judges step ``i`` (0-based).
+
+    ``mode="paper"``: r_1 = [same meta]; r_i = 0 once an earlier meta-reasoning mismatched, else
+    [same meta]; every r_i > 0 is halved for a different sub-problem and halved again for a different
+    answer; reward = sum(r). ``normalized`` divides by the teacher's step count; ``ungated`` drops the
+    gate. A failed verdict counts as a mismatch and is recorded in ``judge_failures``.
+
+    >>> from rlkd.structure import Step, Decomposition, Verdict
+    >>> t = Decomposition([Step("a", "q", "1"), Step("b", "r", "2")])
+    >>> s = Decomposition([Step("a", "q", "9"), Step("b", "r", "2")])
+    >>> same = lambda f, i: Verdict(t.steps[i].get(f) == s.steps[i].get(f))
+    >>> structure_reward(t, s, same).reward
+    1.5
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown structure reward mode {mode!r}; choose one of {', '.join(MODES)}")
+    k, n = len(teacher), len(student)
+    failed_sides = [side for side, d in (("teacher", teacher), ("student", student)) if not d.steps]
+    if failed_sides:
+        reasons = "; ".join(f"{side}: {(teacher if side == 'teacher' else student).reason or 'no steps'}"
+                            for side in failed_sides)
+        return StructureResult(0.0, mode, k, n, 0, parse_failure=reasons)
+
+    gate = not mode.startswith("ungated")
+    steps: list[StepVerdict] = []
+    failures = calls = 0
+
+    def ask(step: StepVerdict, name: Field) -> bool:
+        nonlocal failures, calls
+        v = verdict(name, step.index - 1)
+        calls += 1
+        step.judges[name] = v.judge
+        if v.failed:
+            failures += 1
+            step.failures[name] = v.reason or "judge failed"
+        setattr(step, name, bool(v.same))
+        return bool(v.same)
+
+    r: list[float] = []
+    for i in range(min(k, n)):
+        step = StepVerdict(index=i + 1)
+        steps.append(step)
+        if gate and i > 0 and r[i - 1] == 0:
+            step.gated = True
+            r.append(0.0)
+        else:
+            r.append(1.0 if ask(step, "meta") else 0.0)
+    for i, step in enumerate(steps):
+        if r[i] > 0:
+            if not ask(step, "subproblem"):
+                r[i] *= 0.5
+            if not ask(step, "answer"):
+                r[i] *= 0.5
+        step.score = r[i]
+
+    matched_prefix = 0
+    for value in r:
+        if value <= 0:
+            break
+        matched_prefix += 1
+    total = sum(r)
+    if mode.endswith("normalized"):
+        total /= k
+    return StructureResult(total, mode, k, n, matched_prefix, steps, None, failures, calls)
