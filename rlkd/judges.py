@@ -164,8 +164,13 @@ class MathJudge(Judge):
     def _check(self, teacher: str, student: str) -> tuple[bool | None, str]:
         from math_verify import parse, verify
 
-        gold = parse(teacher[: self.max_chars], parsing_timeout=None)
-        pred = parse(student[: self.max_chars], parsing_timeout=None)
+        def read(text: str):
+            text = text[: self.max_chars]
+            if "\\" in text and "$" not in text:  # bare LaTeX: math-verify only reads it between $...$
+                text = f"${text}$"
+            return parse(text, parsing_timeout=None)
+
+        gold, pred = read(teacher), read(student)
         if not gold or not pred:
             return None, "math-verify could not read " + ("the teacher's" if not gold else "the student's") + " text"
         return bool(verify(gold, pred, timeout_seconds=None)), "math-verify"

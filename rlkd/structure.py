@@ -160,13 +160,19 @@ for _name, _words in {
         _LABELS[_w] = _name
 
 _LABEL_WORDS = "|".join(sorted((re.escape(w).replace(r"\ ", r"[ \t]") for w in _LABELS), key=len, reverse=True))
-# One anchored pattern per line: optional list/heading marker, optional bold/italic, optional bracket,
-# the label, an optional number, the closing bracket and/or a separator. Either a bracket or a
-# separator is required, so a sentence that merely starts with "Answer" is not a label.
-_LABEL_LINE = re.compile(
-    r"^[ \t]*(?:#{1,6}[ \t]*|[-*+][ \t]+)?(?P<md1>\*\*|__|\*|_)?[ \t]*(?P<open>[\[(])?[ \t]*"
-    rf"(?P<label>{_LABEL_WORDS})[ \t]*#?[ \t]*(?P<num>\d{{1,9}})?[ \t]*"
-    r"(?P<close>[\])])?[ \t]*(?P<md2>\*\*|__|\*|_)?[ \t]*(?P<sep>[:：\-–—.])?[ \t]*(?P<md3>\*\*|__|\*|_)?",
+# Two anchored patterns per line: a plain label (optional list/heading marker, optional bracket, the
+# label, an optional number, the closing bracket and/or a separator), and the same label wrapped in
+# markdown bold or italics. A bracket pair or a separator is required, so a sentence that merely starts
+# with "Answer" is not a label. No nested quantifiers: matching is linear in the line length.
+_HEAD = r"^[ \t]*(?:#{1,6}[ \t]*|[-*+][ \t]+)?"
+_BODY = (
+    r"[ \t]*(?P<open>[\[(])?[ \t]*"
+    rf"(?P<label>{_LABEL_WORDS})[ \t]*#?[ \t]*(?P<num>\d{{1,9}})?[ \t]*(?P<close>[\])])?[ \t]*"
+)
+_SEP = r"(?P<sep>[:\uff1a]|[-\u2013\u2014.](?=[ \t]|$))?[ \t]*"
+_PLAIN_LABEL = re.compile(_HEAD + _BODY + _SEP, re.IGNORECASE)
+_BOLD_LABEL = re.compile(
+    _HEAD + r"(?P<md1>\*\*|__|\*|_)" + _BODY + r"(?P<md2>\*\*|__|\*|_)?[ \t]*" + _SEP + r"(?P<md3>\*\*|__|\*|_)?",
     re.IGNORECASE,
 )
 
@@ -179,17 +185,29 @@ class _Label:
 
 
 def _match_label(line: str) -> _Label | None:
-    m = _LABEL_LINE.match(line)
-    if not m:
-        return None
+    m = _BOLD_LABEL.match(line)
+    end = 0
+    if m:
+        md1, md2, md3 = m.group("md1"), m.group("md2"), m.group("md3")
+        if md2 == md1:  # **[Label 1]**: text  (a marker after the separator belongs to the text)
+            end = m.start("md3") if md3 else m.end()
+        elif md2 is None and md3 == md1 and m.group("sep"):  # **Label 1:** text
+            end = m.end()
+        else:
+            m = None
+    if m is None:
+        m = _PLAIN_LABEL.match(line)
+        if not m:
+            return None
+        end = m.end()
     bracketed = bool(m.group("open") and m.group("close"))
-    if not bracketed and not m.group("sep") and not (m.group("md1") and m.group("md2")):
-        return None
     if m.group("open") and not m.group("close"):
+        return None
+    if not bracketed and not m.group("sep") and "md1" not in m.re.groupindex:
         return None
     word = re.sub(r"[ \t]+", " ", m.group("label").lower())
     number = int(m.group("num")) if m.group("num") else None
-    return _Label(kind=_LABELS[word], number=number, rest=line[m.end():])
+    return _Label(kind=_LABELS[word], number=number, rest=line[end:])
 
 
 def is_label_line(line: str) -> bool:
