@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from rlkd.backends import add_backend_arguments  # noqa: F401 - commands import it from here too
 from rlkd.structure import MODES, Decomposition, as_decomposition, parse_decomposition
 
 # sub-command -> module with add_parser(subparsers); listed in the order --help shows them
@@ -155,22 +156,6 @@ def cmd_score(args: argparse.Namespace) -> int:
           f"parse failures {sum(r.parse_failure is not None for r in results)}, "
           f"judge failures {sum(r.judge_failures for r in results)}", file=sys.stderr)
     return 0
-
-
-def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of an OpenAI-compatible backend, shared by every command that calls an LLM."""
-    g = parser.add_argument_group("LLM backend (OpenAI-compatible server: vLLM, transformers serve, a provider)")
-    g.add_argument("--base-url", help="server address, e.g. http://127.0.0.1:8000/v1")
-    g.add_argument("--model", dest="backend_model", metavar="NAME", help="model name the server knows")
-    g.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="name of the environment variable holding the API key (keys never go in files); "
-                        "default %(default)s, unset means no key")
-    g.add_argument("--concurrency", type=int, default=16, help="requests in flight at once (default %(default)s)")
-    g.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")
-    g.add_argument("--max-retries", type=int, default=4,
-                   help="retries of a transient failure, with exponential backoff (default %(default)s)")
-    g.add_argument("--cache", default=None, metavar="DB",
-                   help="SQLite request cache; a re-run answers from it (default: none for score)")
 
 
 def _score_parser(sub) -> None:
