@@ -1,0 +1,493 @@
+"""The GSRM decomposer: rewrite a reasoning trace into meta-reasoning / sub-problem / answer steps.
+
+The Generative Structure Reward Model (SPEC section 1) is any chat LLM behind a
+:class:`~rlkd.backends.Backend`. :class:`Decomposer` builds its prompt from a problem and a reasoning
+trace, decodes greedily, and parses the reply with :func:`rlkd.structure.parse_decomposition`.
+``rlkd decompose`` runs it over a JSONL file (typically the teacher's traces, once, offline), resuming
+where an interrupted run stopped.
+
+The prompt. One file per domain in ``rlkd/prompts/gsrm_<domain>.txt`` (math, code, science, puzzle):
+a short instruction and one worked example in the SPEC section 2 format, written for this project,
+followed by the request. Sections start with a line ``=== system ===``, ``=== user ===`` or
+``=== assistant ===``; ``{problem}`` and ``{reasoning}`` in the last section are filled in (nothing else
+in the text is treated as a placeholder, so LaTeX braces are safe). ``few_shot=False`` drops the
+example turns, for a GSRM fine-tuned on the bare instruction.
+
+The input. Only the reasoning before the first ``</think>`` is decomposed, with ``<think>`` tags removed;
+a trace with no ``</think>`` (e.g. cut off by the length limit) is used whole, and the result notes it.
+
+The truncation rule. A trace longer than ``max_trace_chars`` characters (default 24,000, about 6-8k
+tokens) keeps its first two thirds of the budget and its last third, with the line
+``[... N characters of the reasoning omitted ...]`` between them, and the result is flagged
+``truncated``. The head gets more because the structure reward only credits the matching prefix of
+steps (the gate, SPEC section 3); the tail keeps the final answer. The marker is not counted in the
+budget, and the problem statement is never cut.
+
+How this departs from the authors' code:
+
+1. Our own prompts, one per domain, whose labels are the ones the parser reads (theirs asked for
+   ``[Meat-reasoning]`` but their reward looked for ``[sub-think]``, silently zeroing rewards).
+2. Greedy decoding, so a trace always gets the same decomposition; the teacher's traces are decomposed
+   once, offline, and carried in the data instead of once per generation at every step.
+3. Long traces are cut by the documented rule above instead of failing at the server.
+4. A backend failure is an ``error`` on that item (counted; the CLI stops when failures pass a share)
+   instead of an endless retry or a silent empty structure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import re
+import sys
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from rlkd.structure import Decomposition, parse_decomposition
+
+log = logging.getLogger("rlkd.gsrm")
+
+DOMAINS = ("math", "code", "science", "puzzle")
+DEFAULT_MAX_TRACE_CHARS = 24_000
+DEFAULT_MAX_TOKENS = 2048
+HEAD_SHARE = 2 / 3  # of the trace budget kept from the start; the rest comes from the end
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"  # package data (pyproject: prompts/*.txt)
+OMISSION_MARKER = "\n\n[... {n} characters of the reasoning omitted ...]\n\n"
+
+_SECTION = re.compile(r"^=== (system|user|assistant) ===[ \t]*$", re.MULTILINE)
+_PLACEHOLDER = re.compile(r"\{(problem|reasoning)\}")
+_THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
+_THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A chat prompt read from a prompt file: (role, text) turns, the last one holding the placeholders."""
+
+    turns: tuple[tuple[str, str], ...]
+    source: str = ""
+
+    @classmethod
+    def parse(cls, text: str, source: str = "<string>") -> "PromptTemplate":
+        """Read the ``=== role ===`` sections of a prompt file. Raises ValueError naming the file."""
+        marks = list(_SECTION.finditer(text))
+        if not marks:
+            raise ValueError(f"{source}: no '=== system ===' / '=== user ===' section found")
+        if text[: marks[0].start()].strip():
+            raise ValueError(f"{source}: text before the first '=== role ===' line")
+        turns = []
+        for i, m in enumerate(marks):
+            end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+            turns.append((m.group(1), text[m.end():end].strip("\n")))
+        if turns[-1][0] != "user" or "{reasoning}" not in turns[-1][1]:
+            raise ValueError(f"{source}: the last section must be '=== user ===' and contain {{reasoning}}")
+        return cls(tuple(turns), source)
+
+    def render(self, problem: str, reasoning: str, few_shot: bool = True) -> list[dict[str, str]]:
+        """The chat messages for one trace; ``few_shot=False`` keeps only system turns and the request."""
+        values = {"problem": problem, "reasoning": reasoning}
+        turns = list(self.turns)
+        if not few_shot:
+            turns = [t for t in turns[:-1] if t[0] == "system"] + [turns[-1]]
+        messages = [{"role": role, "content": content} for role, content in turns[:-1]]
+        last_role, last = turns[-1]
+        # One pass, so a "{reasoning}" inside the problem text is not expanded again.
+        messages.append({"role": last_role, "content": _PLACEHOLDER.sub(lambda m: values[m.group(1)], last)})
+        return messages
+
+
+@lru_cache(maxsize=None)
+def load_prompt(domain_or_path: str = "math") -> PromptTemplate:
+    """The packaged prompt of a domain (``math``, ``code``, ``science``, ``puzzle``) or a prompt file."""
+    if domain_or_path in DOMAINS:
+        text = (PROMPTS_DIR / f"gsrm_{domain_or_path}.txt").read_text(encoding="utf-8")
+        return PromptTemplate.parse(text, f"rlkd/prompts/gsrm_{domain_or_path}.txt")
+    path = Path(domain_or_path)
+    if not path.is_file():
+        raise ValueError(f"unknown GSRM domain {domain_or_path!r} (choose one of {', '.join(DOMAINS)}, "
+                         "or give a prompt file)")
+    return PromptTemplate.parse(path.read_text(encoding="utf-8"), str(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# Preparing a trace
+
+
+def split_reasoning(text: str) -> tuple[str, bool]:
+    """The reasoning part of a completion: the text before the first ``</think>``, ``<think>`` removed.
+
+    Returns ``(reasoning, found_end)``; without a ``</think>`` the whole text is the reasoning.
+
+    >>> split_reasoning("<think>\\nx = 2\\n</think>\\n<answer>2</answer>")
+    ('x = 2', True)
+    """
+    m = _THINK_CLOSE.search(text)
+    reasoning = text[: m.start()] if m else text
+    return _THINK_OPEN.sub("", reasoning).strip(), m is not None
+
+
+def truncate_trace(text: str, max_chars: int) -> tuple[str, bool]:
+    """Apply the truncation rule: keep the head (2/3 of the budget) and the tail, marker in between.
+
+    >>> truncate_trace("abcdefghij" * 3, 9)
+    ('abcdef\\n\\n[... 21 characters of the reasoning omitted ...]\\n\\nhij', True)
+    """
+    if max_chars <= 0 or len(text) <= max_chars:
+        return text, False
+    head = int(max_chars * HEAD_SHARE)
+    tail = max_chars - head
+    omitted = len(text) - head - tail
+    return text[:head] + OMISSION_MARKER.format(n=omitted) + (text[-tail:] if tail else ""), True
+
+
+def build_prompt(problem: str, reasoning: str, domain: str = "math", *,
+                 max_trace_chars: int = DEFAULT_MAX_TRACE_CHARS, few_shot: bool = True) -> list[dict[str, str]]:
+    """The GSRM chat messages for one problem and trace (``</think>`` handling and truncation applied)."""
+    return _prepare(problem, reasoning, domain, max_trace_chars, few_shot)[0]
+
+
+def _prepare(problem: str, reasoning: str, domain: str, max_trace_chars: int,
+             few_shot: bool) -> tuple[list[dict[str, str]], bool, list[str]]:
+    notes = []
+    trace, found_end = split_reasoning(reasoning)
+    if not found_end:
+        notes.append("no </think> in the reasoning: the whole text was decomposed")
+    trace, truncated = truncate_trace(trace, max_trace_chars)
+    if truncated:
+        notes.append(f"reasoning cut to {max_trace_chars} characters (head and tail kept)")
+    return load_prompt(domain).render(problem.strip(), trace, few_shot), truncated, notes
+
+
+# --------------------------------------------------------------------------------------------------
+# The decomposer
+
+
+@dataclass
+class DecomposeResult:
+    """One decomposed trace. ``error`` is set when the backend failed (then ``raw`` is empty)."""
+
+    decomposition: Decomposition
+    raw: str = ""
+    truncated: bool = False
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def status(self) -> str:
+        """``ok`` (steps found), ``no_steps`` (the GSRM's text gave none) or ``error`` (backend failure)."""
+        if self.error is not None:
+            return "error"
+        return "ok" if self.decomposition.steps else "no_steps"
+
+    @property
+    def reason(self) -> str | None:
+        """Why there is no structure: the backend error or the parser's reason (None when ok)."""
+        return self.error if self.error is not None else self.decomposition.reason
+
+
+class Decomposer:
+    """Decompose reasoning traces with a GSRM behind a backend (greedy decoding).
+
+    >>> import asyncio
+    >>> from rlkd.backends import ScriptedBackend
+    >>> gsrm = Decomposer(ScriptedBackend(lambda request: "[Meta-reasoning 1]: a\\n[Sub-problem 1]: b\\n[Answer 1]: c"))
+    >>> [r] = asyncio.run(gsrm.decompose([("What is b?", "<think>b is c</think> c")]))
+    >>> r.status, r.decomposition.steps[0].answer
+    ('ok', 'c')
+    """
+
+    def __init__(self, backend, domain: str = "math", max_trace_chars: int = DEFAULT_MAX_TRACE_CHARS,
+                 max_tokens: int = DEFAULT_MAX_TOKENS, few_shot: bool = True):
+        load_prompt(domain)  # fail now on an unknown domain or a bad prompt file
+        self.backend = backend
+        self.domain = domain
+        self.max_trace_chars = max_trace_chars
+        self.max_tokens = max_tokens
+        self.few_shot = few_shot
+        self.calls = 0  # traces sent to the backend
+        self.failures = 0  # backend failures
+        self.no_steps = 0  # replies that parsed to no steps
+
+    def request(self, problem: str, reasoning: str, domain: str | None = None):
+        """The backend request for one trace, with its truncation flag and notes."""
+        from rlkd.backends import GenerationRequest
+
+        messages, truncated, notes = _prepare(problem, reasoning, domain or self.domain,
+                                              self.max_trace_chars, self.few_shot)
+        return GenerationRequest.chat(messages, max_tokens=self.max_tokens, temperature=0.0), truncated, notes
+
+    async def decompose(self, items: Sequence[tuple[str, str] | tuple[str, str, str | None]],
+                        domain: str | None = None) -> list[DecomposeResult]:
+        """Decompose ``(problem, reasoning)`` items (or ``(problem, reasoning, domain)``), concurrently.
+
+        Returns one result per item, in order; never raises for one bad item.
+        """
+        prepared = []
+        for item in items:
+            item_domain = item[2] if len(item) > 2 and item[2] else domain  # type: ignore[misc]
+            prepared.append(self.request(item[0], item[1], item_domain))
+        if not prepared:
+            return []
+        completions = await self.backend.generate([p[0] for p in prepared])
+        results = []
+        for (_, truncated, notes), completion in zip(prepared, completions):
+            self.calls += 1
+            if completion.error is not None:
+                self.failures += 1
+                results.append(DecomposeResult(Decomposition(reason=f"GSRM call failed: {completion.error}"),
+                                               "", truncated, completion.error, notes))
+                continue
+            raw = completion.text
+            decomposition = parse_decomposition(raw)
+            if not decomposition.steps:
+                self.no_steps += 1
+            results.append(DecomposeResult(decomposition, raw, truncated, None, notes,
+                                           completion.prompt_tokens, completion.completion_tokens))
+        return results
+
+
+# --------------------------------------------------------------------------------------------------
+# rlkd decompose
+
+
+def _id_key(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def read_done_ids(path: Path) -> set[str]:
+    """Ids already written to an output file, as JSON keys.
+
+    Records are written one whole line at a time, so a run killed mid-write leaves at most a torn
+    last line without its newline: that line is cut off the file (and its item is redone). Any other
+    unreadable line is an error naming the line; nothing is changed then.
+    """
+    from rlkd.cli import CliError
+
+    done: set[str] = set()
+    if not path.exists():
+        return done
+    data = path.read_bytes()
+    pieces = data.split(b"\n")  # the last piece is what follows the final newline ('' normally)
+    position = 0
+    for number, raw in enumerate(pieces, start=1):
+        last = number == len(pieces)
+        if raw.strip():
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+                if not isinstance(obj, dict) or "id" not in obj:
+                    raise ValueError("not an object with an 'id'")
+            except (ValueError, UnicodeDecodeError) as exc:
+                if not last:
+                    raise CliError(f"{path}:{number}: unreadable line in the output file ({exc}); "
+                                   "fix or remove it, then run again") from None
+                log.warning("%s:%d: dropping the torn last line of an interrupted run", path, number)
+                with open(path, "r+b") as handle:
+                    handle.truncate(position)
+                break
+            done.add(_id_key(obj["id"]))
+            if last:  # a whole record that lost only its newline
+                with open(path, "ab") as handle:
+                    handle.write(b"\n")
+        position += len(raw) + 1
+    return done
+
+
+def _count_lines(path: str) -> int:
+    with open(path, "rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def _batches(args: argparse.Namespace, done: set[str],
+             counts: dict[str, int]) -> Iterator[list[tuple[Any, dict[str, Any]]]]:
+    """Input lines still to do, as (id, object) batches; checks columns and duplicate ids on the way."""
+    from rlkd.cli import CliError, iter_jsonl
+
+    seen: set[str] = set()
+    batch: list[tuple[Any, dict[str, Any]]] = []
+    for number, obj in iter_jsonl(args.input):
+        where = f"{args.input}:{number}"
+        item_id = obj.get(args.id_column, number) if args.id_column else number
+        key = _id_key(item_id)
+        if key in seen:
+            raise CliError(f"{where}: id {item_id!r} appears twice in the input")
+        seen.add(key)
+        for column in (args.problem_column, args.reasoning_column):
+            if not isinstance(obj.get(column), str):
+                got = "missing" if column not in obj else f"a {type(obj[column]).__name__}, not text"
+                raise CliError(f"{where}: column '{column}' is {got}")
+        if args.domain_column and obj.get(args.domain_column) not in (None, *DOMAINS):
+            raise CliError(f"{where}: column '{args.domain_column}' is {obj[args.domain_column]!r}; "
+                           f"expected one of {', '.join(DOMAINS)}")
+        if key in done:
+            counts["skipped"] += 1
+            continue
+        batch.append((item_id, obj))
+        if len(batch) >= args.batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _check_args(args: argparse.Namespace) -> str:
+    """Validate ``rlkd decompose`` options; returns the prompt (domain name or file)."""
+    from rlkd.cli import CliError
+
+    if args.batch_size < 1:
+        raise CliError("--batch-size must be at least 1")
+    if not 0.0 <= args.max_failure_share <= 1.0:
+        raise CliError("--max-failure-share must be between 0 and 1")
+    if not Path(args.input).is_file():
+        raise CliError(f"{args.input}: no such file")
+    if args.prompt_file and not Path(args.prompt_file).is_file():
+        raise CliError(f"{args.prompt_file}: no such file")
+    prompt = args.prompt_file or args.domain
+    try:
+        load_prompt(prompt)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return prompt
+
+
+def decompose_file(args: argparse.Namespace, backend) -> dict[str, int]:
+    """The work of ``rlkd decompose`` with a given backend (closed at the end); returns counts by status.
+
+    Input lines whose id is already in the output are skipped; each batch's records are appended and
+    flushed before the next batch starts; lines whose backend call failed are not written (a re-run
+    retries them). Raises CliError when failures pass ``--max-failure-share``, after writing what came
+    back.
+    """
+    from tqdm.auto import tqdm
+
+    from rlkd.backends import FailureBudget, TooManyFailures
+    from rlkd.cli import CliError
+
+    prompt = _check_args(args)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    done = read_done_ids(output)
+    decomposer = Decomposer(backend, domain=prompt, max_trace_chars=args.max_trace_chars,
+                            max_tokens=args.max_tokens, few_shot=not args.zero_shot)
+    budget = FailureBudget(args.max_failure_share, args.min_failures, what="traces")
+    total = _count_lines(args.input)
+    counts = {"ok": 0, "no_steps": 0, "error": 0, "truncated": 0, "skipped": 0}
+    bar = tqdm(total=total, desc="decompose", unit="trace")
+
+    async def run() -> None:
+        try:
+            with open(output, "a", encoding="utf-8") as out:
+                for batch in _batches(args, done, counts):
+                    bar.n = counts["skipped"] + counts["ok"] + counts["no_steps"] + counts["error"]
+                    items = [(obj[args.problem_column], obj[args.reasoning_column],
+                              obj.get(args.domain_column) if args.domain_column else None) for _, obj in batch]
+                    results = await decomposer.decompose(items)
+                    for (item_id, _), result in zip(batch, results):
+                        counts[result.status] += 1
+                        counts["truncated"] += result.truncated
+                        if result.status == "error":  # not written: a re-run retries it
+                            log.warning("id %s: GSRM call failed: %s", json.dumps(item_id), result.error)
+                            continue
+                        record = {"id": item_id, "status": result.status, "reason": result.reason,
+                                  "structure": result.decomposition.to_dict(), "raw": result.raw,
+                                  "truncated": result.truncated, "notes": result.notes}
+                        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                        out.flush()
+                    stats = backend.stats
+                    bar.update(len(batch))
+                    bar.set_postfix(tokens=stats.prompt_tokens + stats.completion_tokens,
+                                    no_steps=counts["no_steps"], failed=counts["error"], refresh=False)
+                    for result in results:  # after writing, so a stop loses nothing already done
+                        budget.record(result.status == "ok", result.reason or "")
+            budget.finish()
+        finally:  # closed on the loop that used it
+            await backend.aclose()
+
+    try:
+        asyncio.run(run())
+    except TooManyFailures as exc:
+        raise CliError(f"stopped: {exc}. What came back is kept in {output}; fix the cause and run the "
+                       "same command again to resume") from None
+    finally:
+        bar.close()
+    return counts
+
+
+def cmd_decompose(args: argparse.Namespace) -> int:
+    """``rlkd decompose``: exit status 0, or 1 when some backend calls failed (run again to retry)."""
+    from rlkd.backends import backend_from_args
+
+    _check_args(args)
+    if args.no_cache:
+        args.cache = None
+    elif not args.cache:
+        args.cache = str(args.output) + ".cache.sqlite"
+    backend = backend_from_args(args)
+    try:
+        counts = decompose_file(args, backend)
+    finally:
+        backend.log_stats()
+    print(f"{args.output}: {counts['ok']} traces with steps, {counts['no_steps']} without (see 'reason'), "
+          f"{counts['truncated']} truncated, {counts['skipped']} already done, {counts['error']} backend "
+          "failures (not written; run again to retry them)", file=sys.stderr)
+    return 1 if counts["error"] else 0
+
+
+def add_parser(subparsers) -> None:
+    """Register ``rlkd decompose``."""
+    try:
+        from rlkd.backends import add_backend_arguments
+    except ImportError:
+        from rlkd.cli import add_backend_arguments
+
+    p = subparsers.add_parser(
+        "decompose",
+        help="rewrite reasoning traces into structure steps with a GSRM (resumable)",
+        description="Decompose each input line's problem + reasoning (the text before </think>) into "
+        "meta-reasoning / sub-problem / answer steps with a GSRM served by an OpenAI-compatible server "
+        "(or --local-model). Writes one line per input line: id, status (ok or no_steps), reason, "
+        "structure, raw GSRM text, truncated. Lines whose id is already in the output are skipped, so "
+        "running the same command again resumes an interrupted run; backend failures are not written "
+        "and are retried by the next run.",
+    )
+    p.add_argument("--input", required=True, metavar="IN.jsonl", help="input JSONL file")
+    p.add_argument("--output", required=True, metavar="OUT.jsonl", help="output JSONL file (appended to)")
+    p.add_argument("--domain", default="math", choices=DOMAINS, help="prompt domain (default %(default)s)")
+    p.add_argument("--domain-column", default=None, metavar="COL",
+                   help="take each line's domain from this column instead (lines without it use --domain)")
+    p.add_argument("--prompt-file", default=None, metavar="FILE",
+                   help="use this prompt file instead of the packaged one for --domain "
+                        "(format: see rlkd/prompts/gsrm_math.txt)")
+    p.add_argument("--zero-shot", action="store_true",
+                   help="drop the worked example from the prompt (for a GSRM fine-tuned on the instruction)")
+    p.add_argument("--problem-column", default="problem", metavar="COL", help="default %(default)s")
+    p.add_argument("--reasoning-column", default="reasoning", metavar="COL",
+                   help="the trace; only the text before </think> is used (default %(default)s)")
+    p.add_argument("--id-column", default="id", metavar="COL",
+                   help="id column (default %(default)s); lines without it get their line number")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="lines sent together and written when all are back; keep it a few times "
+                        "--concurrency (default %(default)s)")
+    p.add_argument("--max-trace-chars", type=int, default=DEFAULT_MAX_TRACE_CHARS,
+                   help="longer traces keep their first 2/3 and last 1/3 of this many characters, with "
+                        "a marker between (default %(default)s; 0 = never cut)")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                   help="most tokens the GSRM may write per trace (default %(default)s)")
+    p.add_argument("--max-failure-share", type=float, default=0.2,
+                   help="stop when more than this share of lines failed (backend error or no steps), "
+                        "once --min-failures have failed (default %(default)s)")
+    p.add_argument("--min-failures", type=int, default=10,
+                   help="failures tolerated before the share is checked (default %(default)s)")
+    add_backend_arguments(p)
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not use the request cache (by default OUT.jsonl.cache.sqlite, or --cache DB)")
+    p.set_defaults(func=cmd_decompose)
