@@ -1,0 +1,716 @@
+"""A synthetic multi-branch reasoning testbed whose true reasoning structure is known.
+
+Each task is a small dependency graph of named integer quantities. Some are given as facts; the others
+are defined from two or more quantities by ``+``, ``-`` and ``*``; one of them is asked for. The
+quantities the goal needs form a chain ``q1 -> q2 -> ... -> goal`` (each link also takes facts, now and
+then an earlier link), so at every step exactly one needed quantity can be computed. Beside it the
+problem defines *distractors* (computable but useless for the goal, some from the start, some once a
+link is known) and the later links wait for inputs that are not known yet. Choosing the next
+sub-problem is therefore as much of the task as computing it, which is what RLKD's structure reward is
+about. Because the graph is known, so is the ground-truth decomposition of every teacher trace.
+
+What this module gives the experiment:
+
+1. :func:`generate_tasks` (seeded and deterministic) with knobs for depth, branching, distractors and the
+   number range, an in-distribution split ``id`` and a harder ``ood`` split (deeper, more distractors),
+   structurally disjoint by construction. Every task is stated under randomly chosen templates and
+   quantity names, so copying the teacher's words is not enough.
+2. The oracle teacher: :func:`teacher_trace` writes a flat ``<think>`` narrative (natural sentences, no
+   step labels) and a boxed answer; :func:`oracle_decomposition` gives the (meta-reasoning, sub-problem,
+   answer) steps of exactly that narrative as a :class:`rlkd.structure.Decomposition`.
+3. :func:`rule_decompose`, the exact rule-based decomposer: it reproduces the ground truth on every
+   oracle trace and reads a student's imperfect imitation as well as it can, never raising and saying
+   why when it finds no steps. It is the reference the trained GSRM is measured against.
+4. Helpers: :meth:`Task.to_dict` / :func:`write_dataset` (an rlkd dataset with the columns ``problem``,
+   ``answer``, ``teacher_reasoning``, ``teacher_structure``), :func:`gsrm_pairs` (chat-format SFT data for
+   a tiny GSRM), :func:`corpus` (texts for :func:`rlkd.models.build_tokenizer`), :func:`alignment`
+   (exact structure alignment of a student's decomposition with the oracle's) and :func:`token_stats`.
+
+How this departs from the paper:
+
+1. The paper distils DeepSeek-R1's traces on competition mathematics, where nobody knows the true
+   decomposition; it is judged by a GSRM trained on GPT-4o's decompositions. Here the teacher is a
+   program, its traces are short, and the decomposition is known exactly, so the GSRM's accuracy and the
+   student's structure alignment can be measured rather than estimated.
+2. The sub-problem of every step is the canonical question ``What is x?`` and its answer the integer
+   value; the meta-reasoning is the narrative's own sentences (which name the chosen quantity and say
+   why), so text and overlap judges can compare a student's steps with the teacher's sensibly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from rlkd.structure import Decomposition, Step, as_decomposition
+
+SPLITS: dict[str, dict[str, Any]] = {
+    # knob -> an int, or an inclusive (low, high) range sampled per task (branching: per definition)
+    "id": {"depth": (2, 4), "branching": 2, "distractors": (1, 3), "max_value": 9, "max_result": 99},
+    "ood": {"depth": (5, 7), "branching": 2, "distractors": (3, 5), "max_value": 9, "max_result": 99},
+}
+KNOBS = ("depth", "branching", "distractors", "max_value", "max_result")
+
+GSRM_INSTRUCTION = (
+    "Rewrite the reasoning below as numbered steps. For each step write why this sub-problem is chosen "
+    "next ([Meta-reasoning N]), the sub-problem ([Sub-problem N]) and its answer ([Answer N])."
+)
+
+# --------------------------------------------------------------------------------------------------
+# Names and wording. Names are lower-case letters only (no digits, so a sentence with a digit is a
+# computation) and avoid every word the templates use.
+
+_NAME_POOLS: dict[str, tuple[str, ...]] = {
+    "letters": tuple("bcdefghjkmnpqrstuvwxyz"),
+    "words": ("box", "cap", "pen", "jar", "cup", "bag", "key", "map", "hat", "fan", "net", "pot", "rod",
+              "tin", "van", "web", "dot", "fig", "gem", "hub", "ink", "jet", "kit", "log", "mug", "nut",
+              "oak", "pin", "rug", "sap", "tub", "urn", "vat", "wax", "yak", "zip", "bee", "cod", "elk",
+              "fox"),
+    "syllables": ("zib", "kor", "pim", "tav", "dex", "lun", "mip", "rax", "sol", "vek", "yor", "quin",
+                  "bax", "cor", "dup", "fel", "gor", "hib", "jax", "kel", "lom", "mur", "nix", "pov",
+                  "ral", "sib", "tor", "ulm", "vin", "wex", "yip", "zor", "bim", "dag", "fip", "gux",
+                  "hov", "jil", "kip", "lev"),
+}
+
+_FACT = ("{q} is {v}.", "Let {q} be {v}.", "{q} = {v}.", "We know {q} equals {v}.")
+_DEF_SYMBOLIC = ("{q} = {sym}.", "Let {q} = {sym}.")
+_DEF_WORDS = ("{q} is {words}.", "{q} equals {words}.", "Define {q} as {words}.")
+_QUESTION = ("What is {g}?", "Find {g}.", "Compute {g}.", "What is the value of {g}?", "How much is {g}?")
+
+_OPENING = ("We want {g}.", "The goal is {g}.", "The question asks for {g}.", "We need to find {g}.")
+_META = (
+    "{q} needs {ins}, {allk} known, so compute {q} next.",
+    "Next is {q}, since {g} depends on it and {ins} are known.",
+    "With {ins} known, {q} is the next step toward {g}.",
+    "The path to {g} goes through {q}, and {q} uses only {ins}, which we have.",
+)
+_META_GOAL = (
+    "Now {g} itself: it needs {ins}, {allk} known.",
+    "Finally, {ins} are known, so compute {g}.",
+    "All inputs of {g} are ready: {ins}.",
+)
+_DISTRACTOR_REMARK = (
+    "{d} could be computed now, but {g} does not need it.",
+    "Skip {d}, since {g} does not depend on it.",
+    "{d} is a side path; {g} does not use it.",
+)
+_LATER_REMARK = ("{l} has to wait, since {x} is not known yet.", "{l} is needed later, after {x}.")
+_COMPUTE = (
+    "{q} = {sym} = {num} = {v}.",
+    "So {q} = {num} = {v}.",
+    "{q} is {num}, which is {v}.",
+    "That gives {q} = {num} = {v}.",
+    "Then {q} = {sym}, that is {num} = {v}.",
+)
+_P_DISTRACTOR_REMARK = 0.35
+_P_LATER_REMARK = 0.25
+_P_EARLIER_LINK = 0.2
+_P_FRESH_DISTRACTOR_FACT = 0.4
+
+
+def _join_names(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Types
+
+
+@dataclass
+class Quantity:
+    """One named quantity: a fact (no inputs) or a definition ``inputs[0] ops[0] inputs[1] ...``.
+
+    Operators are applied left to right; ``*`` only ever comes first, so this is also the usual
+    precedence. ``role`` is ``fact``, ``needed`` (on the goal's chain) or ``distractor``.
+    """
+
+    name: str
+    role: str
+    value: int
+    inputs: list[str] = field(default_factory=list)
+    ops: list[str] = field(default_factory=list)
+
+    def symbolic(self) -> str:
+        """The definition with names, e.g. ``c + d``."""
+        return _expression(self.inputs, self.ops)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "role": self.role, "value": self.value, "inputs": list(self.inputs),
+                "ops": list(self.ops)}
+
+
+@dataclass
+class Task:
+    """One testbed problem with its graph, its oracle trace and the trace's ground-truth decomposition."""
+
+    id: str
+    split: str
+    seed: int
+    problem: str
+    answer: int
+    goal: str
+    quantities: list[Quantity]
+    order: list[str]  # the needed quantities in the only order they can be computed; ends with goal
+    knobs: dict[str, int]
+    key: str  # structure fingerprint: equal for two tasks that differ only in names and wording
+    trace_seed: int = 0
+    trace: str = ""
+    decomposition: Decomposition = field(default_factory=Decomposition)
+
+    def quantity(self, name: str) -> Quantity:
+        for q in self.quantities:
+            if q.name == name:
+                return q
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """One dataset row: the rlkd columns (``problem``, ``answer``, ``teacher_reasoning``,
+        ``teacher_structure`` as GSRM text) plus the split, the knobs, the graph and the decomposition."""
+        return {
+            "id": self.id,
+            "split": self.split,
+            "problem": self.problem,
+            "answer": str(self.answer),
+            "teacher_reasoning": self.trace,
+            "teacher_structure": self.decomposition.render(),
+            "decomposition": self.decomposition.to_dict(),
+            "knobs": dict(self.knobs),
+            "goal": self.goal,
+            "order": list(self.order),
+            "graph": [q.to_dict() for q in self.quantities],
+            "key": self.key,
+            "seed": self.seed,
+            "trace_seed": self.trace_seed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Task":
+        """Inverse of :meth:`to_dict`. Raises ``ValueError`` naming a missing or malformed field."""
+        required = ("id", "split", "problem", "answer", "teacher_reasoning", "decomposition", "knobs",
+                    "goal", "order", "graph", "key", "seed", "trace_seed")
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ValueError(f"task is missing field(s) {missing}")
+        try:
+            quantities = [Quantity(str(q["name"]), str(q["role"]), int(q["value"]), list(q.get("inputs", [])),
+                                   list(q.get("ops", []))) for q in data["graph"]]
+            answer = int(data["answer"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"task {data.get('id')!r}: malformed 'graph' or 'answer' ({exc})") from None
+        return cls(
+            id=str(data["id"]), split=str(data["split"]), seed=int(data["seed"]), problem=str(data["problem"]),
+            answer=answer, goal=str(data["goal"]), quantities=quantities, order=list(data["order"]),
+            knobs=dict(data["knobs"]), key=str(data["key"]), trace_seed=int(data["trace_seed"]),
+            trace=str(data["teacher_reasoning"]), decomposition=Decomposition.from_dict(data["decomposition"]),
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Generator
+
+
+def _expression(items: Sequence[Any], ops: Sequence[str]) -> str:
+    parts = [str(items[0])]
+    for op, item in zip(ops, items[1:]):
+        parts += [op, str(item)]
+    return " ".join(parts)
+
+
+def _apply(values: Sequence[int], ops: Sequence[str]) -> list[int]:
+    """Running values of ``v0 op0 v1 op1 v2 ...`` evaluated left to right."""
+    acc = [values[0]]
+    for op, v in zip(ops, values[1:]):
+        prev = acc[-1]
+        acc.append(prev + v if op == "+" else prev - v if op == "-" else prev * v)
+    return acc
+
+
+def _choose_ops(rng: random.Random, values: list[int], max_result: int) -> tuple[list[int], list[str]] | None:
+    """Pick an input order and operators whose running values all stay in ``[0, max_result]``."""
+    n = len(values)
+    for _ in range(20):
+        order = list(range(n))
+        rng.shuffle(order)
+        ops = [rng.choice("+-*") if i == 0 else rng.choice("++-") for i in range(n - 1)]
+        if n > 2 and "*" in ops[0] and rng.random() < 0.5:
+            ops[0] = "+"
+        running = _apply([values[i] for i in order], ops)
+        if all(0 <= v <= max_result for v in running):
+            return order, ops
+    return None
+
+
+@dataclass
+class _Node:
+    role: str
+    value: int
+    inputs: list[int] = field(default_factory=list)
+    ops: list[str] = field(default_factory=list)
+
+
+def _sample(rng: random.Random, knob: int | tuple[int, int]) -> int:
+    return rng.randint(knob[0], knob[1]) if isinstance(knob, tuple) else knob
+
+
+def _build_graph(rng: random.Random, knobs: Mapping[str, Any], depth: int, distractors: int) -> list[_Node] | None:
+    """Nodes in creation order; the last needed node is the goal. None when the numbers did not fit."""
+    nodes: list[_Node] = []
+    max_value, max_result = knobs["max_value"], knobs["max_result"]
+
+    def fact() -> int:
+        nodes.append(_Node("fact", rng.randint(1, max_value)))
+        return len(nodes) - 1
+
+    def define(role: str, inputs: list[int]) -> int | None:
+        chosen = _choose_ops(rng, [nodes[i].value for i in inputs], max_result)
+        if chosen is None:
+            return None
+        order, ops = chosen
+        ins = [inputs[i] for i in order]
+        nodes.append(_Node(role, _apply([nodes[i].value for i in ins], ops)[-1], ins, ops))
+        return len(nodes) - 1
+
+    chain: list[int] = []
+    for i in range(depth):
+        width = max(2, _sample(rng, knobs["branching"]))
+        inputs = [chain[-1]] if chain else []
+        while len(inputs) < width:
+            earlier = [c for c in chain[:-1] if c not in inputs]
+            inputs.append(rng.choice(earlier) if earlier and rng.random() < _P_EARLIER_LINK else fact())
+        made = define("needed", inputs)
+        if made is None:
+            return None
+        chain.append(made)
+
+    facts = [i for i, n in enumerate(nodes) if n.role == "fact"]
+    extra: list[int] = []
+    for j in range(distractors):
+        pool = facts + (chain[:-1] + extra if j > 0 else [])  # the first distractor is open from the start
+        width = max(2, _sample(rng, knobs["branching"]))
+        inputs: list[int] = []
+        if rng.random() < _P_FRESH_DISTRACTOR_FACT:
+            inputs.append(fact())
+        while len(inputs) < width:
+            candidates = [p for p in pool if p not in inputs]
+            inputs.append(rng.choice(candidates) if candidates else fact())
+        made = define("distractor", inputs)
+        if made is None:
+            return None
+        if any(n.role == "needed" and sorted(n.inputs) == sorted(nodes[made].inputs) for n in nodes):
+            return None  # a distractor must not restate a link of the chain
+        extra.append(made)
+    return nodes
+
+
+def _key(nodes: Sequence[_Node]) -> str:
+    payload = json.dumps([[n.role, n.value, n.inputs, n.ops] for n in nodes], separators=(",", ":"))
+    return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+
+def _statement_words(rng: random.Random, q: Quantity) -> str:
+    names, ops = q.inputs, q.ops
+    if all(op == "+" for op in ops):
+        forms = [f"the sum of {_join_names(names)}", " plus ".join(names)]
+    elif len(names) == 2 and ops == ["*"]:
+        forms = [f"the product of {names[0]} and {names[1]}", f"{names[0]} times {names[1]}"]
+    elif len(names) == 2 and ops == ["-"]:
+        forms = [f"{names[0]} minus {names[1]}", f"{names[1]} less than {names[0]}"]
+    else:
+        words = {"+": "plus", "-": "minus", "*": "times"}
+        forms = [_expression(names, [words[o] for o in ops])]
+    return rng.choice(forms)
+
+
+def _render_problem(rng: random.Random, quantities: Sequence[Quantity], goal: str) -> str:
+    sentences = []
+    for q in quantities:
+        if q.role == "fact":
+            sentences.append(rng.choice(_FACT).format(q=q.name, v=q.value))
+        elif rng.random() < 0.5:
+            sentences.append(rng.choice(_DEF_SYMBOLIC).format(q=q.name, sym=q.symbolic()))
+        else:
+            sentences.append(rng.choice(_DEF_WORDS).format(q=q.name, words=_statement_words(rng, q)))
+    rng.shuffle(sentences)
+    sentences.append(rng.choice(_QUESTION).format(g=goal))
+    return " ".join(sentences)
+
+
+def _resolve_knobs(split: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    unknown = set(overrides) - set(KNOBS)
+    if unknown:
+        raise ValueError(f"unknown knob(s) {sorted(unknown)}; the knobs are {', '.join(KNOBS)}")
+    knobs = dict(SPLITS[split])
+    knobs.update({k: v for k, v in overrides.items() if v is not None})
+    minimum = {"depth": 1, "branching": 2, "distractors": 0, "max_value": 1, "max_result": 1}
+    for name, value in knobs.items():
+        if isinstance(value, list):
+            value = knobs[name] = tuple(value)
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value)
+            and value[0] <= value[1])
+        low = value[0] if isinstance(value, tuple) else value
+        if not ok or low < minimum[name]:
+            raise ValueError(f"knob {name}={value!r}: expected an int >= {minimum[name]} or a range (low, high)")
+    return knobs
+
+
+def generate_tasks(
+    n: int,
+    split: str = "id",
+    seed: int = 0,
+    *,
+    exclude: Iterable[str] = (),
+    **knobs: Any,
+) -> list[Task]:
+    """Generate ``n`` distinct tasks of a split, deterministically from ``seed``.
+
+    Knobs (an int, or an inclusive ``(low, high)`` range sampled per task) override the split's
+    defaults in :data:`SPLITS`: ``depth`` (needed definitions on the chain to the goal), ``branching``
+    (inputs per definition), ``distractors`` (useless definitions), ``max_value`` (facts are
+    ``1..max_value``) and ``max_result`` (every defined value and partial result stays in
+    ``0..max_result``). ``exclude`` holds :attr:`Task.key` values not to generate again (e.g. a training
+    set's, to draw a disjoint test set of the same split). The default ``id`` and ``ood`` splits are
+    disjoint because their depth ranges do not overlap.
+
+    >>> [t.answer for t in generate_tasks(2, seed=1)] == [t.answer for t in generate_tasks(2, seed=1)]
+    True
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    resolved = _resolve_knobs(split, knobs)
+    seen = set(exclude)
+    master = random.Random(f"rlkd-testbed:{split}:{seed}")
+    tasks: list[Task] = []
+    attempts = 0
+    while len(tasks) < n:
+        attempts += 1
+        if attempts > 50 * n + 100:
+            raise ValueError(f"could only generate {len(tasks)} distinct {split} tasks of {n} with knobs "
+                             f"{resolved}; widen the ranges (max_value, depth, distractors)")
+        task_seed = master.randrange(2**32)
+        task = _make_task(f"{split}-{seed}-{len(tasks)}", split, task_seed, resolved)
+        if task is None or task.key in seen:
+            continue
+        seen.add(task.key)
+        tasks.append(task)
+    return tasks
+
+
+def _names(rng: random.Random, count: int) -> list[str]:
+    """``count`` distinct names in one randomly chosen style (two-syllable names if a pool is too small)."""
+    pool = _NAME_POOLS[rng.choice(sorted(_NAME_POOLS))]
+    if len(pool) < count:
+        pool = _NAME_POOLS["syllables"]
+        pool = pool + tuple(a + b for a in pool for b in pool if a != b)
+    return rng.sample(pool, count)
+
+
+def _make_task(task_id: str, split: str, task_seed: int, knobs: Mapping[str, Any]) -> Task | None:
+    rng = random.Random(task_seed)
+    depth, distractors = _sample(rng, knobs["depth"]), _sample(rng, knobs["distractors"])
+    nodes = _build_graph(rng, knobs, depth, distractors)
+    if nodes is None:
+        return None
+    names = _names(rng, len(nodes))
+    quantities = [Quantity(names[i], n.role, n.value, [names[j] for j in n.inputs], list(n.ops))
+                  for i, n in enumerate(nodes)]
+    order = [q.name for q in quantities if q.role == "needed"]
+    goal = order[-1]
+    problem = _render_problem(rng, quantities, goal)
+    def upper(knob: int | tuple[int, int]) -> int:
+        return knob[1] if isinstance(knob, tuple) else knob
+
+    task = Task(
+        id=task_id, split=split, seed=task_seed, problem=problem, answer=next(q.value for q in quantities if q.name == goal),
+        goal=goal, quantities=quantities, order=order,
+        knobs={"depth": depth, "branching": max(len(q.inputs) for q in quantities if q.inputs),
+               "distractors": distractors, "max_value": upper(knobs["max_value"]),
+               "max_result": upper(knobs["max_result"])},
+        key=_key(nodes), trace_seed=task_seed,
+    )
+    task.trace, task.decomposition = _narrate(task, task_seed)
+    return task
+
+
+# --------------------------------------------------------------------------------------------------
+# Oracle teacher
+
+
+def _narrate(task: Task, seed: int) -> tuple[str, Decomposition]:
+    """The oracle's trace under wording ``seed``, and the decomposition of exactly that trace."""
+    rng = random.Random(f"rlkd-teacher:{task.seed}:{seed}")
+    by_name = {q.name: q for q in task.quantities}
+    known = {q.name for q in task.quantities if q.role == "fact"}
+    remarked: set[str] = set()
+    sentences: list[str] = []
+    steps: list[Step] = []
+    g = task.goal
+    for number, name in enumerate(task.order, start=1):
+        q = by_name[name]
+        meta: list[str] = []
+        if number == 1:
+            meta.append(rng.choice(_OPENING).format(g=g))
+        open_distractors = [d.name for d in task.quantities if d.role == "distractor" and d.name not in remarked
+                            and all(i in known for i in d.inputs)]
+        if open_distractors and rng.random() < _P_DISTRACTOR_REMARK:
+            d = rng.choice(open_distractors)
+            remarked.add(d)
+            meta.append(rng.choice(_DISTRACTOR_REMARK).format(d=d, g=g))
+        waiting = [(later, [i for i in by_name[later].inputs if i not in known and i != name])
+                   for later in task.order[number:]]
+        waiting = [(later, missing) for later, missing in waiting if missing]
+        if waiting and rng.random() < _P_LATER_REMARK:
+            later, missing = rng.choice(waiting)
+            meta.append(rng.choice(_LATER_REMARK).format(l=later, x=missing[0]))
+        fill = {"q": name, "g": g, "ins": _join_names(q.inputs), "allk": "both" if len(q.inputs) == 2 else "all"}
+        meta.append(rng.choice(_META_GOAL if name == g else _META).format(**fill))
+        compute = rng.choice(_COMPUTE).format(q=name, sym=q.symbolic(),
+                                              num=_expression([by_name[i].value for i in q.inputs], q.ops), v=q.value)
+        sentences += meta + [compute]
+        steps.append(Step(" ".join(meta), f"What is {name}?", str(q.value), number))
+        known.add(name)
+    trace = "<think>\n" + " ".join(sentences) + "\n</think>\n<answer>\\boxed{" + str(task.answer) + "}</answer>"
+    return trace, Decomposition(steps=steps)
+
+
+def teacher_trace(task: Task, seed: int | None = None) -> str:
+    """The oracle's flat narrative for ``task``: ``<think>...</think>\\n<answer>\\boxed{N}</answer>``.
+
+    ``seed`` picks the wording (default: the task's own trace, ``task.trace``); the order of steps and
+    every value are the same under any seed.
+    """
+    if seed is None or seed == task.trace_seed:
+        return task.trace or _narrate(task, task.trace_seed)[0]
+    return _narrate(task, seed)[0]
+
+
+def oracle_decomposition(task: Task, seed: int | None = None) -> Decomposition:
+    """The ground-truth steps of ``teacher_trace(task, seed)``, in order."""
+    if seed is None or seed == task.trace_seed:
+        return task.decomposition if task.decomposition.steps else _narrate(task, task.trace_seed)[1]
+    return _narrate(task, seed)[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Rule-based decomposer
+
+_THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+")
+_NAMED = re.compile(r"\b([A-Za-z]+)\s*(?:=|\bis\b|\bequals\b|\bcomes to\b)")
+_NOT_NAMES = {"that", "this", "which", "it", "so", "then", "there", "answer", "value", "what", "result",
+              "goal", "thus", "hence", "here", "now", "and", "the"}
+
+
+def reasoning_text(trace: str) -> str:
+    """The reasoning part of a trace: inside ``<think>``, else everything before ``</think>`` or
+    ``<answer>``."""
+    m = _THINK.search(trace)
+    if m:
+        return m.group(1).strip()
+    return re.split(r"</think>|<answer>", trace, maxsplit=1)[0].strip()
+
+
+def rule_decompose(trace: object) -> Decomposition:
+    """Recover (meta-reasoning, sub-problem, answer) steps from a flat narrative. Never raises.
+
+    A sentence with a number computes a quantity: the quantity is the first name written before
+    ``=`` / ``is`` / ``equals`` and the answer is the last number. The sentences without numbers before
+    it are that step's meta-reasoning. On the oracle's traces this gives the ground truth exactly; on
+    other text a step may come out with an empty field (with a warning), and a text with no computation
+    gives no steps and a ``reason``.
+
+    >>> d = rule_decompose("<think>We want c. c needs b and d, both known, so compute c next. "
+    ...                    "So c = 2 + 3 = 5.</think>")
+    >>> [(s.subproblem, s.answer) for s in d.steps]
+    [('What is c?', '5')]
+    """
+    try:
+        return _rule_decompose(trace)
+    except Exception as exc:  # a last guard: the decomposer runs inside reward functions
+        return Decomposition(reason=f"rule decomposer failed: {type(exc).__name__}: {exc}")
+
+
+def _rule_decompose(trace: object) -> Decomposition:
+    if isinstance(trace, bytes):
+        trace = trace.decode("utf-8", errors="replace")
+    if not isinstance(trace, str):
+        return Decomposition(reason=f"expected text, got {type(trace).__name__}")
+    warnings: list[str] = []
+    if "<think>" not in trace:
+        warnings.append("no <think> tag: read the text before </think> or <answer>")
+    text = reasoning_text(trace)
+    sentences = [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+    if not sentences:
+        return Decomposition(reason="empty reasoning", warnings=warnings)
+    steps: list[Step] = []
+    meta: list[str] = []
+    for sentence in sentences:
+        numbers = _NUMBER.findall(sentence)
+        if not numbers:
+            meta.append(sentence)
+            continue
+        name = next((m.group(1) for m in _NAMED.finditer(sentence) if m.group(1).lower() not in _NOT_NAMES), None)
+        if name is None:
+            warnings.append(f"step {len(steps) + 1}: no quantity named in {sentence[:60]!r}")
+        steps.append(Step(" ".join(meta), f"What is {name}?" if name else "", str(int(numbers[-1])),
+                          len(steps) + 1))
+        if not meta:
+            warnings.append(f"step {len(steps)} has no meta-reasoning")
+        meta = []
+    if not steps:
+        return Decomposition(reason="no computation found (no sentence with a number)", warnings=warnings)
+    if meta:
+        steps.append(Step(" ".join(meta), "", "", len(steps) + 1))
+        warnings.append(f"step {len(steps)} has meta-reasoning but no computation")
+    return Decomposition(steps=steps, warnings=warnings)
+
+
+# --------------------------------------------------------------------------------------------------
+# Alignment with the oracle
+
+_CHOSEN = re.compile(r"^\s*(?:what\s+is\s+(?:the\s+value\s+of\s+)?)?([A-Za-z]+)\s*\??\s*$", re.IGNORECASE)
+
+
+def chosen_quantity(step: Step) -> str | None:
+    """The quantity a step works on, read from its sub-problem (``What is c?`` -> ``c``), or None."""
+    m = _CHOSEN.match(step.subproblem)
+    return m.group(1).lower() if m else None
+
+
+def _int_or_text(answer: str) -> str:
+    text = answer.strip().rstrip(".").strip()
+    try:
+        return str(int(text))
+    except ValueError:
+        return text
+
+
+def alignment(student: Any, oracle: Any) -> dict[str, Any]:
+    """Exact structure alignment of a student's decomposition with the oracle's (rule-based, no judge).
+
+    Either side may be a :class:`Decomposition`, its dict, JSON or GSRM text. Returns:
+    ``meta_prefix`` (leading steps choosing the same quantity as the oracle) and ``meta_prefix_share``
+    (that over the oracle's step count), ``meta_match`` (share of oracle positions with the same choice),
+    ``answer_match`` (share of oracle positions with the same choice and the same answer),
+    ``answers_found`` (share of the oracle's (quantity, value) pairs found anywhere in the student's
+    steps), ``extra_steps`` (student steps on a quantity the oracle never computes), ``exact`` (the same
+    (quantity, answer) sequence) and ``parse_failure`` (why a side has no steps, else None).
+
+    >>> from rlkd.structure import Step, Decomposition
+    >>> o = Decomposition([Step("m", "What is c?", "5"), Step("m", "What is d?", "7")])
+    >>> s = Decomposition([Step("x", "What is c?", "5"), Step("x", "What is e?", "1")])
+    >>> a = alignment(s, o); (a["meta_prefix"], a["answer_match"], a["extra_steps"])
+    (1, 0.5, 1)
+    """
+    s, o = as_decomposition(student), as_decomposition(oracle)
+    k, n = len(o), len(s)
+    so = [(chosen_quantity(st), _int_or_text(st.answer)) for st in s.steps]
+    oo = [(chosen_quantity(st), _int_or_text(st.answer)) for st in o.steps]
+    prefix = 0
+    for (sq, _), (oq, _) in zip(so, oo):
+        if sq is None or sq != oq:
+            break
+        prefix += 1
+    same_choice = [sq is not None and sq == oq for (sq, _), (oq, _) in zip(so, oo)]
+    same_answer = [c and sa == oa for c, (_, sa), (_, oa) in zip(same_choice, so, oo)]
+    oracle_names = {q for q, _ in oo}
+    failure = None
+    if not o.steps or not s.steps:
+        failure = "; ".join(f"{side}: {d.reason or 'no steps'}" for side, d in (("student", s), ("oracle", o))
+                            if not d.steps)
+    return {
+        "teacher_steps": k,
+        "student_steps": n,
+        "meta_prefix": prefix,
+        "meta_prefix_share": prefix / k if k else 0.0,
+        "meta_match": sum(same_choice) / k if k else 0.0,
+        "answer_match": sum(same_answer) / k if k else 0.0,
+        "answers_found": len(set(oo) & set(so)) / len(set(oo)) if oo else 0.0,
+        "extra_steps": sum(1 for q, _ in so if q not in oracle_names),
+        "exact": bool(k) and so == oo,
+        "parse_failure": failure,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Datasets, GSRM pairs, tokenizer corpus
+
+
+def write_dataset(tasks: Iterable[Task], path: str | Path) -> Path:
+    """Write tasks as JSONL (one :meth:`Task.to_dict` per line, flushed line by line); return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for task in tasks:
+            handle.write(json.dumps(task.to_dict(), ensure_ascii=False) + "\n")
+            handle.flush()
+    return path
+
+
+def read_tasks(path: str | Path) -> list[Task]:
+    """Read a JSONL written by :func:`write_dataset`; a bad line raises ``rlkd.cli.CliError`` naming it."""
+    from rlkd.cli import CliError, iter_jsonl
+
+    tasks = []
+    for number, obj in iter_jsonl(path):
+        try:
+            tasks.append(Task.from_dict(obj))
+        except ValueError as exc:
+            raise CliError(f"{path}:{number}: {exc}") from None
+    return tasks
+
+
+def gsrm_prompt(problem: str, reasoning: str) -> str:
+    """The user message the testbed's GSRM sees: instruction, problem, and the flat reasoning."""
+    return f"{GSRM_INSTRUCTION}\n\nProblem: {problem}\n\nReasoning: {reasoning}"
+
+
+def gsrm_pairs(tasks: Iterable[Task], traces_per_task: int = 1) -> list[dict[str, Any]]:
+    """Chat-format SFT examples (flat narrative -> canonical decomposition) for training a tiny GSRM.
+
+    Each example is ``{"id", "messages": [user, assistant]}``: the user message is :func:`gsrm_prompt`
+    over the reasoning inside ``<think>``, the assistant message ``Decomposition.render()`` of its ground
+    truth. ``traces_per_task > 1`` adds traces under other wordings (seeds ``trace_seed + j``).
+    """
+    examples = []
+    for task in tasks:
+        for j in range(traces_per_task):
+            seed = task.trace_seed + j
+            trace, decomposition = teacher_trace(task, seed), oracle_decomposition(task, seed)
+            examples.append({
+                "id": f"{task.id}#{j}",
+                "messages": [
+                    {"role": "user", "content": gsrm_prompt(task.problem, reasoning_text(trace))},
+                    {"role": "assistant", "content": decomposition.render()},
+                ],
+            })
+    return examples
+
+
+def corpus(tasks: Iterable[Task]) -> list[str]:
+    """Texts for :func:`rlkd.models.build_tokenizer`: problems, traces, decompositions, GSRM prompts."""
+    texts = [GSRM_INSTRUCTION]
+    for task in tasks:
+        texts += [task.problem, task.trace, task.decomposition.render()]
+    return texts
+
+
+def token_stats(tasks: Sequence[Task], tokenizer: Any) -> dict[str, float]:
+    """Mean and max token counts of problems, teacher traces and rendered decompositions."""
+    out: dict[str, float] = {"tasks": float(len(tasks))}
+    for name, texts in (("problem", [t.problem for t in tasks]), ("trace", [t.trace for t in tasks]),
+                        ("decomposition", [t.decomposition.render() for t in tasks])):
+        counts = [len(tokenizer.encode(x, add_special_tokens=False)) for x in texts] or [0]
+        out[f"{name}_tokens_mean"] = sum(counts) / len(counts)
+        out[f"{name}_tokens_max"] = float(max(counts))
+        words = [len(x.split()) for x in texts] or [0]
+        out[f"{name}_words_mean"] = sum(words) / len(words)
+    return out
