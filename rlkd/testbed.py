@@ -236,9 +236,8 @@ def _choose_ops(rng: random.Random, values: list[int], max_result: int) -> tuple
     for _ in range(20):
         order = list(range(n))
         rng.shuffle(order)
-        ops = [rng.choice("+-*") if i == 0 else rng.choice("++-") for i in range(n - 1)]
-        if n > 2 and "*" in ops[0] and rng.random() < 0.5:
-            ops[0] = "+"
+        # "*" only as the first operator (so left-to-right is also the usual precedence), "+" favoured
+        ops = [rng.choice("+-*" if i == 0 and (n == 2 or rng.random() < 0.5) else "++-") for i in range(n - 1)]
         running = _apply([values[i] for i in order], ops)
         if all(0 <= v <= max_result for v in running):
             return order, ops
@@ -276,7 +275,7 @@ def _build_graph(rng: random.Random, knobs: Mapping[str, Any], depth: int, distr
         return len(nodes) - 1
 
     chain: list[int] = []
-    for i in range(depth):
+    for _ in range(depth):
         width = max(2, _sample(rng, knobs["branching"]))
         inputs = [chain[-1]] if chain else []
         while len(inputs) < width:
