@@ -45,7 +45,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from rlkd.structure import Decomposition, parse_decomposition
 
@@ -59,7 +59,6 @@ PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"  # package data (pypro
 OMISSION_MARKER = "\n\n[... {n} characters of the reasoning omitted ...]\n\n"
 
 _SECTION = re.compile(r"^=== (system|user|assistant) ===[ \t]*$", re.MULTILINE)
-_PLACEHOLDER = re.compile(r"\{(problem|reasoning)\}")
 _THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
 _THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
 
@@ -70,13 +69,18 @@ _THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """A chat prompt read from a prompt file: (role, text) turns, the last one holding the placeholders."""
+    """A chat prompt read from a prompt file: (role, text) turns, the last one holding the placeholders.
+
+    The judge prompts of :mod:`rlkd.llm_judge` use the same file format with other placeholders.
+    """
 
     turns: tuple[tuple[str, str], ...]
     source: str = ""
+    placeholders: tuple[str, ...] = ("problem", "reasoning")
 
     @classmethod
-    def parse(cls, text: str, source: str = "<string>") -> "PromptTemplate":
+    def parse(cls, text: str, source: str = "<string>",
+              placeholders: Sequence[str] = ("problem", "reasoning")) -> "PromptTemplate":
         """Read the ``=== role ===`` sections of a prompt file. Raises ValueError naming the file."""
         marks = list(_SECTION.finditer(text))
         if not marks:
@@ -87,21 +91,28 @@ class PromptTemplate:
         for i, m in enumerate(marks):
             end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
             turns.append((m.group(1), text[m.end():end].strip("\n")))
-        if turns[-1][0] != "user" or "{reasoning}" not in turns[-1][1]:
-            raise ValueError(f"{source}: the last section must be '=== user ===' and contain {{reasoning}}")
-        return cls(tuple(turns), source)
+        missing = [name for name in placeholders if "{" + name + "}" not in turns[-1][1]]
+        if turns[-1][0] != "user" or missing:
+            raise ValueError(f"{source}: the last section must be '=== user ===' and contain "
+                             + " and ".join("{" + name + "}" for name in placeholders))
+        return cls(tuple(turns), source, tuple(placeholders))
 
-    def render(self, problem: str, reasoning: str, few_shot: bool = True) -> list[dict[str, str]]:
-        """The chat messages for one trace; ``few_shot=False`` keeps only system turns and the request."""
-        values = {"problem": problem, "reasoning": reasoning}
+    def fill(self, values: Mapping[str, str], few_shot: bool = True) -> list[dict[str, str]]:
+        """The chat messages with the placeholders of the last turn filled in (in one pass, so a
+        placeholder-like text inside a value is left alone); ``few_shot=False`` keeps only the system
+        turns and the last one."""
         turns = list(self.turns)
         if not few_shot:
             turns = [t for t in turns[:-1] if t[0] == "system"] + [turns[-1]]
         messages = [{"role": role, "content": content} for role, content in turns[:-1]]
         last_role, last = turns[-1]
-        # One pass, so a "{reasoning}" inside the problem text is not expanded again.
-        messages.append({"role": last_role, "content": _PLACEHOLDER.sub(lambda m: values[m.group(1)], last)})
+        pattern = re.compile(r"\{(" + "|".join(map(re.escape, self.placeholders)) + r")\}")
+        messages.append({"role": last_role, "content": pattern.sub(lambda m: values[m.group(1)], last)})
         return messages
+
+    def render(self, problem: str, reasoning: str, few_shot: bool = True) -> list[dict[str, str]]:
+        """The GSRM chat messages for one trace."""
+        return self.fill({"problem": problem, "reasoning": reasoning}, few_shot)
 
 
 @lru_cache(maxsize=None)
