@@ -577,6 +577,13 @@ class TransformersBackend(Backend):
             except Exception as exc:  # noqa: BLE001 - a bad request fails alone
                 prompts.append(None)
                 results[i] = Completion(error=f"chat template failed: {type(exc).__name__}: {_short(str(exc))}")
+        limit = getattr(getattr(self.lm, "config", None), "max_position_embeddings", None)
+        for i, prompt in enumerate(prompts):
+            if prompt is not None and limit is not None:
+                length = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+                if length >= limit:
+                    results[i] = Completion(error=f"prompt of {length} tokens does not fit the model's "
+                                                  f"{limit}-token context")
         groups: dict[tuple, list[int]] = {}
         for i, request in enumerate(requests):
             if results[i] is None:

@@ -1,0 +1,195 @@
+"""Backends against real models: a `transformers serve` subprocess through OpenAIBackend (the real
+protocol, batching, timeouts, counters, the cache), and TransformersBackend in this process.
+
+The tiny random model's weights are scaled up (``varied_model_dir``) so that greedy decoding writes
+varied tokens instead of repeating one token; this makes "same text" checks able to fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from rlkd.backends import GenerationRequest, OpenAIBackend, TransformersBackend
+from rlkd.cache import CachedBackend
+
+QUESTIONS = ["hello", "What is 2+2?", "x", "Find the value of x if 3x = 12.", "Are these equal? yes or no", "abc"]
+
+
+def ask(text: str, **kwargs) -> GenerationRequest:
+    kwargs.setdefault("max_tokens", 10)
+    return GenerationRequest.chat([("user", text)], **kwargs)
+
+
+@pytest.fixture(scope="module")
+def varied_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with its layer weights redrawn larger, so greedy output is not one repeated token."""
+    import torch
+
+    from rlkd.models import load_model, load_tokenizer
+
+    model = load_model(tiny_model_dir, device="cpu", dtype="float32")
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "layers." in name and param.dim() == 2:
+                param.normal_(0.0, 0.5, generator=generator)
+    path = tmp_path_factory.mktemp("varied") / "model"
+    model.save_pretrained(path)
+    load_tokenizer(tiny_model_dir).save_pretrained(path)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _transformers_cli() -> str:
+    beside_python = Path(sys.executable).with_name("transformers")
+    found = str(beside_python) if beside_python.exists() else shutil.which("transformers")
+    assert found, "the `transformers` command (transformers[serving]) is not installed"
+    return found
+
+
+@pytest.fixture(scope="module")
+def served_model(varied_model_dir, tmp_path_factory):
+    """``transformers serve`` on the varied tiny model; yields (base_url, model name). Killed afterwards."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [_transformers_cli(), "serve", str(varied_model_dir), "--host", "127.0.0.1", "--port", str(port),
+             "--device", "cpu"],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"transformers serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"transformers serve not healthy after 120 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.25)
+        yield f"http://127.0.0.1:{port}/v1", str(varied_model_dir)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def local_backend(varied_model_dir) -> TransformersBackend:
+    return TransformersBackend(str(varied_model_dir), batch_size=4, device="cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.server
+class TestTransformersServe:
+    def test_batch_through_the_real_protocol_then_from_the_cache(self, served_model, local_backend, tmp_path):
+        base_url, model = served_model
+        requests = [ask(q) for q in QUESTIONS]
+        backend = OpenAIBackend(base_url, model, concurrency=3, timeout=60, max_retries=1)
+        cache_path = tmp_path / "cache.sqlite"
+        completions = CachedBackend(backend, cache_path).generate_sync(requests)
+
+        assert [c.error for c in completions] == [None] * len(requests)
+        assert all(len(c.texts) == 1 and c.text and 0 < c.completion_tokens <= 10 for c in completions)
+        stats = backend.stats
+        assert (stats.calls, stats.cache_hits, stats.failures, stats.retries) == (len(requests), 0, 0, 0)
+        assert stats.prompt_tokens > 0 and stats.completion_tokens > 0
+        # the server's greedy text is what the same model writes in this process
+        assert [c.text for c in completions] == [c.text for c in local_backend.generate_sync(requests)]
+        assert len(set(c.text for c in completions)) > 1
+
+        # a second identical run, with a fresh backend on the same cache file: no call reaches the server
+        again = OpenAIBackend(base_url, model, concurrency=3, timeout=60, max_retries=1)
+        cached = CachedBackend(again, cache_path).generate_sync(requests)
+        assert [c.text for c in cached] == [c.text for c in completions]
+        assert all(c.cached for c in cached)
+        assert (again.stats.calls, again.stats.cache_hits, again.stats.completion_tokens) == (0, len(requests), 0)
+
+    def test_n_samples_from_a_server_that_returns_one_choice(self, served_model):
+        base_url, model = served_model
+        backend = OpenAIBackend(base_url, model, timeout=60, max_retries=1)
+        [completion] = backend.generate_sync([ask("hello", n=2, temperature=0.7, seed=1)])
+        assert completion.error is None and len(completion.texts) == 2
+        assert backend.stats.calls == 1
+
+    def test_per_request_timeout_against_the_real_server(self, served_model):
+        base_url, model = served_model
+        backend = OpenAIBackend(base_url, model, timeout=0.01, max_retries=1, backoff_base=0.01)
+        start = time.monotonic()
+        [completion] = backend.generate_sync([ask("hello", max_tokens=200)])
+        assert completion.error == "timed out after 0.01s"
+        assert (backend.stats.calls, backend.stats.retries, backend.stats.failures) == (1, 1, 1)
+        assert time.monotonic() - start < 5
+
+    def test_unknown_model_is_a_counted_failure_not_retried(self, served_model, tmp_path):
+        base_url, _ = served_model
+        backend = OpenAIBackend(base_url, str(tmp_path / "no-such-model"), timeout=60, max_retries=1,
+                                backoff_base=0.01)
+        [completion] = backend.generate_sync([ask("hello")])
+        assert completion.error.startswith("HTTP 400") and completion.texts == []
+        assert (backend.stats.calls, backend.stats.retries, backend.stats.failures) == (1, 0, 1)  # 4xx: no retry
+
+
+@pytest.mark.slow
+class TestTransformersBackend:
+    def test_greedy_is_deterministic_and_independent_of_batching(self, local_backend):
+        batched = local_backend.generate_sync([ask(q) for q in QUESTIONS])
+        again = local_backend.generate_sync([ask(q) for q in reversed(QUESTIONS)])
+        alone = [local_backend.generate_sync([ask(q)])[0] for q in QUESTIONS[:3]]
+        texts = [c.text for c in batched]
+        assert [c.text for c in reversed(again)] == texts
+        assert [c.text for c in alone] == texts[:3]
+        assert len(set(texts)) == len(texts)  # varied output: the check above could fail
+
+    def test_token_counts_and_max_tokens(self, local_backend):
+        [completion] = local_backend.generate_sync([ask("hello", max_tokens=5)])
+        prompt = local_backend.tokenizer.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False,
+                                                              add_generation_prompt=True)
+        assert completion.prompt_tokens == len(local_backend.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        assert 0 < completion.completion_tokens <= 5
+
+    def test_n_samples_with_a_seed_are_reproducible(self, local_backend):
+        request = ask("hello", n=3, temperature=1.0, top_p=0.95, seed=7)
+        first = local_backend.generate_sync([request])[0]
+        second = local_backend.generate_sync([request])[0]
+        assert len(first.texts) == 3 and first.texts == second.texts
+        assert len(set(first.texts)) > 1  # sampled, not greedy
+        other = local_backend.generate_sync([ask("hello", n=3, temperature=1.0, top_p=0.95, seed=8)])[0]
+        assert other.texts != first.texts
+
+    def test_stop_strings_cut_the_text(self, local_backend):
+        [full] = local_backend.generate_sync([ask("What is 2+2?")])
+        stop = full.text[3:5]
+        [cut] = local_backend.generate_sync([ask("What is 2+2?", stop=(stop,))])
+        assert cut.text == full.text[: full.text.index(stop)]
+
+    def test_a_prompt_too_long_fails_alone(self, local_backend):
+        before = local_backend.stats.failures
+        too_long, fine = local_backend.generate_sync([ask("w " * 3000), ask("hello", max_tokens=3)])
+        assert too_long.error == "prompt of 6015 tokens does not fit the model's 2048-token context"
+        assert fine.ok and fine.text
+        assert local_backend.stats.failures == before + 1
