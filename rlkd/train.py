@@ -1,0 +1,523 @@
+"""Training: ``rlkd train sft`` and ``rlkd train grpo`` on Hugging Face TRL.
+
+- ``rlkd train sft --config RECIPE`` runs TRL's ``SFTTrainer``: the SFT-distillation baseline (teacher
+  traces turned into ``<think>``/``<answer>`` completions) or GSRM training (chat data from
+  ``rlkd data gsrm``).
+- ``rlkd train grpo --config RECIPE`` runs TRL's ``GRPOTrainer`` with a reward set: ``rlkd`` (accuracy,
+  structure, format, tag_count weighted 3/3/2/2), ``outcome`` (the SFT+RL baseline) or explicit weights.
+  RLKD-zero is the ``rlkd`` set from a base model.
+
+A run first validates the recipe (:mod:`rlkd.config`), then checks its inputs (model folder, data file
+and columns, checkpoint to resume) before any weights load; ``--dry-run`` stops there after printing the
+resolved recipe, the TRL configuration values and the reward weights. The output folder keeps the
+resolved recipe (``rlkd_config.yaml``), a record of every launch with package versions and the git
+commit (``rlkd_run.json``), checkpoints, the metrics of every logging step (``metrics.jsonl``) and the
+final model. ``resume: auto`` continues from the last complete checkpoint in the output folder.
+
+Under ``accelerate launch`` each process scores the completions of its own slice of the batch; TRL
+gathers the rewards and the metrics, and only the main process writes logs and files.
+
+How this departs from the authors' code:
+
+1. One entry point and one recipe format for every stage, with every GRPO setting written out (SPEC
+   section 5) rather than left to TRL defaults that have since changed.
+2. The teacher's decomposition comes precomputed in the data (``rlkd data rlkd``), so the GSRM is
+   called once per completion, not again for the teacher at every step.
+3. The console log of a step leads with the reward and its components (each reward's mean and weight,
+   then the structure reward's match rates) instead of TRL's unordered dictionary.
+4. Prompts longer than ``max_prompt_length`` are dropped and counted (TRL 1.16 no longer truncates
+   prompts); TRL 0.16 cut them from the left silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from rlkd.cli import CliError
+from rlkd.config import (
+    ConfigError,
+    GRPOJob,
+    SFTJob,
+    build_trl_config,
+    check_trl_fields,
+    dump_yaml,
+    fields_help,
+    load_job,
+    shown_trl_values,
+)
+
+log = logging.getLogger("rlkd.train")
+
+CONFIG_FILE = "rlkd_config.yaml"
+RUN_FILE = "rlkd_run.json"
+METRICS_FILE = "metrics.jsonl"
+VERSIONED_PACKAGES = ("rlkd", "torch", "transformers", "trl", "datasets", "accelerate", "peft", "deepspeed",
+                      "vllm", "openai", "math-verify", "tokenizers")
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks before any weights load
+
+
+class Preflight:
+    """Results of the input checks: ``ok`` lines, ``warnings`` (inputs not found here) and ``errors``."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def ok(self, what: str) -> None:
+        self.lines.append(("ok", what))
+
+    def warn(self, what: str) -> None:
+        self.lines.append(("missing", what))
+
+    def note(self, what: str) -> None:
+        self.lines.append(("not checked", what))
+
+    def error(self, what: str) -> None:
+        self.lines.append(("error", what))
+
+    @property
+    def errors(self) -> list[str]:
+        return [w for s, w in self.lines if s == "error"]
+
+    @property
+    def missing(self) -> list[str]:
+        return [w for s, w in self.lines if s == "missing"]
+
+    def render(self) -> str:
+        return "\n".join(f"  [{status}] {what}" for status, what in self.lines)
+
+
+def _check_model(check: Preflight, field: str, name: str) -> None:
+    from rlkd.data import is_local
+
+    if not is_local(name):
+        check.note(f"{field} = {name}: hub name (loaded from the hub or the local cache at run time)")
+        return
+    path = Path(name).expanduser()
+    if not path.exists():
+        check.warn(f"{field} = {name}: no such folder here (an earlier step of the pipeline writes it?)")
+    elif not (path / "config.json").is_file():
+        check.error(f"{field} = {name}: folder has no config.json (not a saved model)")
+    else:
+        check.ok(f"{field} = {name}: model folder found")
+
+
+def _check_data(check: Preflight, field: str, path: str, split: str, subset: str | None,
+                columns: Sequence[str], alternatives: Sequence[Sequence[str]] = ()) -> None:
+    """Check that a local dataset exists and has ``columns`` (or one of the ``alternatives`` sets)."""
+    from rlkd.data import first_columns, is_local
+
+    if not is_local(path):
+        check.note(f"{field} = {path}: hub dataset (columns checked when it loads)")
+        return
+    if not Path(path).expanduser().exists():
+        check.warn(f"{field} = {path}: no such file here (an earlier step of the pipeline writes it?)")
+        return
+    try:
+        found = first_columns(path, split, subset) or []
+    except CliError as exc:
+        check.error(f"{field} = {path}: {exc}")
+        return
+    options = [list(columns)] if columns else []
+    options += [list(a) for a in alternatives]
+    for wanted in options:
+        if all(c in found for c in wanted):
+            check.ok(f"{field} = {path}: columns {', '.join(wanted)} present")
+            return
+    wanted_text = " or ".join("(" + ", ".join(w) + ")" for w in options)
+    check.error(f"{field} = {path}: needs columns {wanted_text}; found {', '.join(found) or 'none'}")
+
+
+def _check_backend(check: Preflight, field: str, backend: Any) -> None:
+    if backend.local_model:
+        _check_model(check, f"{field}.local_model", backend.local_model)
+    else:
+        check.note(f"{field}: server {backend.base_url} model {backend.model} (reachability not checked)")
+
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint (one with ``trainer_state.json``, written last) in ``output_dir``."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = []
+    for child in folder.iterdir():
+        name = child.name
+        if child.is_dir() and name.startswith("checkpoint-") and name[len("checkpoint-"):].isdigit():
+            found.append((int(name[len("checkpoint-"):]), child))
+    for step, child in sorted(found, reverse=True):
+        state = child / "trainer_state.json"
+        try:
+            json.loads(state.read_text(encoding="utf-8"))
+            return child
+        except (OSError, ValueError):
+            log.warning("%s: incomplete checkpoint (no readable trainer_state.json), skipped", child)
+    return None
+
+
+def resume_point(job: SFTJob | GRPOJob) -> Path | None:
+    """The checkpoint this run continues from (None: start from the model)."""
+    if job.resume == "never":
+        return None
+    if job.resume == "auto":
+        return last_checkpoint(job.output_dir)
+    return Path(job.resume)
+
+
+def preflight(job: SFTJob | GRPOJob) -> Preflight:
+    """Check the inputs of a training job without loading weights."""
+    check = Preflight()
+    _check_model(check, "model", job.model)
+    if isinstance(job, GRPOJob):
+        need = [job.data.problem_column, job.data.answer_column]
+        if "structure" in job.reward_names():
+            need.append(job.data.teacher_structure_column)
+        _check_data(check, "data.path", job.data.path, job.data.split, job.data.subset, need)
+        if "structure" in job.reward_names():
+            _check_backend(check, "structure.gsrm", job.structure.gsrm)
+            if job.structure.uses_llm_judge():
+                _check_backend(check, "structure.judge_backend", job.structure.judge_backend)
+    else:
+        d = job.data
+        if d.format == "traces":
+            _check_data(check, "data.path", d.path, d.split, d.subset,
+                        [d.problem_column, d.reasoning_column, d.answer_column])
+        else:
+            _check_data(check, "data.path", d.path, d.split, d.subset, [], [["messages"], ["prompt", "completion"]])
+    point = resume_point(job)
+    if point is not None:
+        check.ok(f"resume from {point}")
+    elif job.resume == "auto":
+        check.ok(f"no checkpoint in {job.output_dir}: starts from the model")
+    return check
+
+
+# --------------------------------------------------------------------------------------------------
+# Printing the plan
+
+
+def reward_table(job: GRPOJob) -> str:
+    """``name  weight`` lines of the reward functions in use."""
+    weights = job.rewards.resolved()
+    label = f"set '{job.rewards.set}'" if job.rewards.set else "explicit weights"
+    lines = [f"rewards ({label}):"]
+    lines += [f"  {name:<10} weight {weight:g}" for name, weight in weights.items()]
+    return "\n".join(lines)
+
+
+def render_plan(job: SFTJob | GRPOJob, trl_config: Any, notes: Sequence[str], check: Preflight) -> str:
+    """What ``--dry-run`` prints: recipe, reward weights, TRL values, input checks."""
+    kind = "grpo" if isinstance(job, GRPOJob) else "sft"
+    cls_name = type(trl_config).__name__
+    parts = [f"# rlkd train {kind}: resolved configuration", dump_yaml(job).rstrip()]
+    if isinstance(job, GRPOJob):
+        parts.append(reward_table(job))
+    parts.append(f"TRL {cls_name} (values the trainer will use):")
+    parts += [f"  {k} = {v!r}" for k, v in shown_trl_values(job, trl_config).items()]
+    parts += [f"  note: {n}" for n in notes]
+    parts.append("input checks:")
+    parts.append(check.render())
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Run records
+
+
+def is_main_process() -> bool:
+    """True in a single process and in rank 0 of ``accelerate launch`` / ``torchrun``."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages a run depends on (None: not installed)."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state() -> dict[str, Any]:
+    """The commit of the rlkd checkout and whether it has uncommitted changes (None outside git)."""
+    root = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+        return {"commit": commit, "dirty": bool(status.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def write_run_record(job: SFTJob | GRPOJob, kind: str, resumed_from: Path | None,
+                     argv: Sequence[str] | None = None) -> None:
+    """Write ``rlkd_config.yaml`` and append this launch to ``rlkd_run.json`` (main process only)."""
+    out = Path(job.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / CONFIG_FILE
+    text = dump_yaml(job)
+    if config_path.exists() and config_path.read_text(encoding="utf-8") != text:
+        previous = out / f"rlkd_config.previous-{_dt.datetime.now():%Y%m%d-%H%M%S}.yaml"
+        config_path.replace(previous)
+        log.warning("%s: the configuration differs from the previous launch's (kept as %s)", out, previous.name)
+    config_path.write_text(text, encoding="utf-8")
+    run_path = out / RUN_FILE
+    record: dict[str, Any] = {"job": kind, "launches": []}
+    if run_path.exists():
+        try:
+            record = json.loads(run_path.read_text(encoding="utf-8"))
+        except ValueError:
+            log.warning("%s: unreadable, starting a new record", run_path)
+    record.setdefault("launches", []).append({
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": list(argv if argv is not None else sys.argv),
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        "git": git_state(),
+        "versions": package_versions(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    })
+    tmp = run_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(run_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Logging
+
+
+def order_metrics(logs: dict[str, Any], reward_keys: Sequence[str]) -> dict[str, Any]:
+    """Logged metrics with the reward first, then each reward component, then the structure reward's
+    own metrics, then everything else in TRL's order."""
+    first = ["reward", "reward_std"] + [k for name in reward_keys for k in (f"rewards/{name}/mean", f"rewards/{name}/std")]
+    ordered = {k: logs[k] for k in first if k in logs}
+    ordered.update({k: v for k, v in logs.items() if k.startswith("structure") and k not in ordered})
+    ordered.update({k: v for k, v in logs.items() if k not in ordered})
+    return ordered
+
+
+def format_log_line(step: int, max_steps: int, logs: dict[str, Any], reward_keys: Sequence[str],
+                    weights: Sequence[float]) -> str:
+    """One console line per logging step, leading with the reward components."""
+    parts = [f"step {step}/{max_steps}"]
+    if "reward" in logs:
+        parts.append(f"reward {logs['reward']:.3f} ± {logs.get('reward_std', 0.0):.3f}")
+    components = [f"{name} {logs[f'rewards/{name}/mean']:.3f}×{w:g}"
+                  for name, w in zip(reward_keys, weights) if f"rewards/{name}/mean" in logs]
+    if components:
+        parts.append(" ".join(components))
+    structure = [f"{k.split('/', 1)[-1]} {v:.3f}" for k, v in logs.items()
+                 if k.startswith("structure") and isinstance(v, (int, float))]
+    if structure:
+        parts.append("structure: " + " ".join(structure))
+    rest = [f"{k} {v:.4g}" for k, v in logs.items() if k in ("loss", "kl", "learning_rate", "grad_norm",
+                                                               "completions/mean_length", "train_loss",
+                                                               "mean_token_accuracy", "entropy")
+            and isinstance(v, (int, float))]
+    if rest:
+        parts.append(" ".join(rest))
+    return " | ".join(parts)
+
+
+def metrics_callback(output_dir: str, reward_keys: Sequence[str], weights: Sequence[float]):
+    """A TrainerCallback that writes each log to ``metrics.jsonl`` and prints one ordered line."""
+    from transformers import TrainerCallback
+
+    class RewardLog(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102
+            if not state.is_world_process_zero or not logs:
+                return
+            ordered = order_metrics(dict(logs), reward_keys)
+            with open(Path(output_dir) / METRICS_FILE, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": state.global_step, **ordered}) + "\n")
+            log.info("%s", format_log_line(state.global_step, state.max_steps, ordered, reward_keys, weights))
+
+    return RewardLog()
+
+
+def _quiet_progress(trainer) -> None:
+    """Keep TRL's progress bar but drop its printing of the raw log dictionary (ours replaces it)."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102
+            return
+
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(QuietProgress())
+
+
+# --------------------------------------------------------------------------------------------------
+# Running
+
+
+def structure_reward(job: GRPOJob):
+    """The structure reward of a GRPO job: the GSRM backend, the decomposer and the judge."""
+    from rlkd.backends import backend_from_config
+    from rlkd.gsrm import Decomposer
+    from rlkd.judges import make_judge
+    from rlkd.rewards import StructureReward
+
+    s = job.structure
+    try:
+        gsrm_backend = backend_from_config(s.gsrm.as_backend_config(), where="structure.gsrm")
+    except (ValueError, OSError) as exc:
+        raise ConfigError(str(exc)) from None
+    decomposer = Decomposer(gsrm_backend, domain=s.domain, max_tokens=s.gsrm_max_tokens, few_shot=s.gsrm_few_shot)
+    llm = None
+    if s.uses_llm_judge():
+        from rlkd.llm_judge import LLMJudge
+
+        try:
+            judge_backend = backend_from_config(s.judge_backend.as_backend_config(), where="structure.judge_backend")
+        except (ValueError, OSError) as exc:
+            raise ConfigError(str(exc)) from None
+        llm = LLMJudge(judge_backend)
+    fields = {"meta": s.meta_judge, "subproblem": s.subproblem_judge, "answer": s.answer_judge}
+    judge = make_judge(s.judge, overlap_threshold=s.overlap_threshold, fields=fields, llm=llm)
+    return StructureReward(decomposer, judge, mode=s.mode, lazy=s.lazy)
+
+
+def reward_functions(job: GRPOJob) -> tuple[list[Any], list[float], list[str]]:
+    """(functions, weights, the names TRL logs them under) for the job's rewards."""
+    from trl.trainer.utils import get_callable_name
+
+    from rlkd.rewards import build_rewards
+
+    weights = job.rewards.resolved()
+    structure = structure_reward(job) if "structure" in weights else None
+    funcs, func_weights = build_rewards(weights, structure)
+    return list(funcs), list(func_weights), [get_callable_name(f) for f in funcs]
+
+
+def _drop_long_prompts(rows: list[dict[str, Any]], tokenizer: Any, limit: int) -> list[dict[str, Any]]:
+    kept = []
+    for row in rows:
+        ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):  # a BatchEncoding in recent transformers
+            ids = ids["input_ids"]
+        if len(ids) <= limit:
+            kept.append(row)
+    dropped = len(rows) - len(kept)
+    if dropped:
+        log.warning("dropped %d of %d prompts longer than training.max_prompt_length=%d tokens",
+                    dropped, len(rows), limit)
+    if not kept:
+        raise CliError(f"every prompt is longer than training.max_prompt_length={limit} tokens")
+    return kept
+
+
+def run_grpo(job: GRPOJob, trl_config: Any, resume_from: Path | None) -> dict[str, Any]:
+    """Train with GRPO; return TRL's training metrics."""
+    from datasets import Dataset
+    from trl import GRPOTrainer
+
+    from rlkd.data import Records, grpo_rows
+    from rlkd.models import load_tokenizer
+
+    need_structure = "structure" in job.reward_names()
+    rows = grpo_rows(Records(job.data.path, job.data.split, job.data.subset), job.data, need_structure, job.data.limit)
+    tokenizer = load_tokenizer(job.model)
+    rows = _drop_long_prompts(rows, tokenizer, job.training.max_prompt_length)
+    funcs, weights, names = reward_functions(job)
+    trl_config.reward_weights = weights
+    trainer = GRPOTrainer(model=job.model, reward_funcs=funcs, args=trl_config,
+                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer.add_callback(metrics_callback(job.output_dir, names, weights))
+    _quiet_progress(trainer)
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    trainer.save_model(job.output_dir)
+    return dict(result.metrics)
+
+
+def run_sft(job: SFTJob, trl_config: Any, resume_from: Path | None) -> dict[str, Any]:
+    """Train with SFT; return TRL's training metrics."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from rlkd.data import Records, sft_rows
+    from rlkd.models import load_tokenizer
+
+    rows = sft_rows(Records(job.data.path, job.data.split, job.data.subset), job.data, job.data.limit)
+    tokenizer = load_tokenizer(job.model)
+    tokenizer.padding_side = "right"  # training pads on the right; generation (models.load_tokenizer) on the left
+    trainer = SFTTrainer(model=job.model, args=trl_config, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer)
+    trainer.add_callback(metrics_callback(job.output_dir, [], []))
+    _quiet_progress(trainer)
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    trainer.save_model(job.output_dir)
+    return dict(result.metrics)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``rlkd train sft|grpo``: validate, check inputs, print the plan; then train unless ``--dry-run``."""
+    kind = args.train_command
+    cls = GRPOJob if kind == "grpo" else SFTJob
+    job = load_job(cls, args.config, args.set)
+    check_trl_fields(job)
+    trl_config, notes = build_trl_config(job, preview=args.dry_run)
+    check = preflight(job)
+    if args.dry_run:
+        print(render_plan(job, trl_config, notes, check))
+        problems = check.errors + (check.missing if args.strict else [])
+        if problems:
+            print(f"dry run: {len(problems)} problem(s):\n  " + "\n  ".join(problems), file=sys.stderr)
+            return 2
+        print(f"dry run: configuration valid ({len(check.missing)} input(s) not found here)", file=sys.stderr)
+        return 0
+    if check.errors or check.missing:
+        raise CliError("inputs not ready:\n  " + "\n  ".join(check.errors + check.missing))
+    resume_from = resume_point(job)
+    if is_main_process():
+        write_run_record(job, kind, resume_from)
+        log.info("rlkd train %s: output in %s%s", kind, job.output_dir,
+                 f", resuming from {resume_from}" if resume_from else "")
+        if isinstance(job, GRPOJob):
+            log.info("%s", reward_table(job).replace("\n", "; "))
+    metrics = run_grpo(job, trl_config, resume_from) if kind == "grpo" else run_sft(job, trl_config, resume_from)
+    if is_main_process():
+        log.info("done: %s", json.dumps(metrics))
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Register ``rlkd train sft`` and ``rlkd train grpo``."""
+    p = subparsers.add_parser("train", help="train a student or the GSRM (SFT, GRPO) from a YAML recipe",
+                              description="Train with TRL from a YAML recipe (see configs/).")
+    sub = p.add_subparsers(dest="train_command", metavar="KIND")
+    p.set_defaults(func=lambda args: (_ for _ in ()).throw(CliError("choose a kind: rlkd train sft|grpo ...")))
+    for kind, cls, text in (
+        ("sft", SFTJob, "supervised fine-tuning: the SFT-distillation baseline, or GSRM training on chat data"),
+        ("grpo", GRPOJob, "GRPO with a reward set: rlkd (3/3/2/2, RLKD and RLKD-zero), outcome, or explicit weights"),
+    ):
+        q = sub.add_parser(kind, help=text, description=f"{text[0].upper()}{text[1:]}. The recipe is validated "
+                           "and the inputs checked before any weights load.",
+                           epilog=fields_help(cls), formatter_class=argparse.RawDescriptionHelpFormatter)
+        q.add_argument("--config", metavar="RECIPE.yaml", help="YAML recipe (e.g. configs/tiny/rlkd_grpo.yaml)")
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one field, e.g. --set training.max_steps=10 (repeatable; value read as YAML)")
+        q.add_argument("--dry-run", action="store_true",
+                       help="print the resolved configuration, TRL values and reward weights, check the inputs, "
+                            "and stop before loading weights")
+        q.add_argument("--strict", action="store_true",
+                       help="--dry-run: also fail when an input is not found here")
+        q.set_defaults(func=cmd_train)
