@@ -69,8 +69,9 @@ class GenerationRequest:
     def chat(cls, messages: Sequence[dict[str, str]] | Sequence[tuple[str, str]], **kwargs: Any) -> "GenerationRequest":
         """Build from OpenAI-style ``[{"role": ..., "content": ...}]`` or ``[(role, content)]``."""
         pairs = tuple((m["role"], m["content"]) if isinstance(m, dict) else (m[0], m[1]) for m in messages)
-        if "stop" in kwargs and kwargs["stop"] is not None:
-            kwargs["stop"] = tuple(kwargs["stop"])
+        if "stop" in kwargs:  # a list, one string or None are accepted; stored as a tuple
+            stop = kwargs["stop"]
+            kwargs["stop"] = (stop,) if isinstance(stop, str) else tuple(stop or ())
         return cls(messages=pairs, **kwargs)
 
     def as_openai_messages(self) -> list[dict[str, str]]:

@@ -193,3 +193,17 @@ class TestTransformersBackend:
         assert too_long.error == "prompt of 6015 tokens does not fit the model's 2048-token context"
         assert fine.ok and fine.text
         assert local_backend.stats.failures == before + 1
+
+    def test_local_model_option_builds_this_backend(self, varied_model_dir, tmp_path):
+        from test_backends import parse
+
+        from rlkd.backends import backend_from_args
+
+        backend = backend_from_args(parse(["--local-model", str(varied_model_dir), "--local-batch-size", "2",
+                                           "--cache", str(tmp_path / "c.sqlite")]))
+        assert isinstance(backend, CachedBackend) and isinstance(backend.inner, TransformersBackend)
+        assert (backend.model, backend.inner.batch_size) == (str(varied_model_dir), 2)
+        first = backend.generate_sync([ask("hello", max_tokens=3)])
+        second = backend.generate_sync([ask("hello", max_tokens=3)])
+        assert first[0].text == second[0].text and second[0].cached
+        assert (backend.stats.calls, backend.stats.cache_hits) == (1, 1)
