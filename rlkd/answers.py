@@ -1,0 +1,549 @@
+"""Answer extraction and grading: the one place that decides whether a completion got the answer right.
+
+The training ``accuracy`` reward and ``rlkd eval`` both call :func:`grade_math` / :func:`grade_choice`
+(or their ``*_detail`` forms, which also return what was extracted and why), so the training signal and
+the reported metric cannot drift apart.
+
+Math answers. :func:`extract_answer` takes, in order:
+
+1. the content of the right-most ``\\boxed{...}`` (or ``\\fbox{...}``) anywhere in the text;
+2. else, inside the last ``<answer>...</answer>`` block, the right-most "final answer is X" / "answer: X"
+   phrase, or the whole block when it holds no phrase;
+3. else the right-most such phrase anywhere in the text;
+4. else nothing (graded wrong).
+
+:func:`grade_math` then compares that string with the gold answer by math-verify (both are wrapped in
+``\\boxed{}`` so that plain numbers, ``1/2`` and LaTeX all read the same way).
+
+How this departs from the authors' evaluation (lighteval 0.9 with math-verify on the whole completion):
+
+1. Extraction is ours and explicit (the list above), and math-verify only compares the extracted string
+   with the gold. math-verify's own extraction also takes the right-most ``\\boxed{}`` first and then
+   "final answer is" phrases, so the two agree on answers written that way; it additionally falls back to
+   the last bare number or LaTeX expression of the text, which we do not: a chain of thought cut off
+   mid-way is graded wrong here rather than credited with whatever number it ended on.
+2. The ``<answer>`` tag of the training format is read (step 2); lighteval ignores tags.
+3. Time is bounded by us, not by math-verify's signal-based timeouts (which only work in the main thread
+   and cannot interrupt a long C call either): math-verify runs in a few reusable grading subprocesses,
+   and one that takes longer than ``timeout_s`` is killed (the grade is then ``False`` with the reason,
+   and the event counted in :data:`STATS`). Inputs are cut at ``MAX_ANSWER_CHARS`` and verdicts are
+   cached per (gold, answer). So every function here is safe in threads, in async code and in TRL reward
+   functions, and none of them raises.
+4. A gold answer that math-verify cannot read gives ``None`` ("cannot grade"), never a silent ``False``.
+
+Multiple choice (GPQA). :func:`extract_choice` takes the right-most *decisive* letter (a boxed letter,
+"answer is (C)", "Answer: C", "the correct option is A"); when there is none, the right-most weaker cue
+(a bold ``**C**``, a parenthesised ``(c)``, a line holding only a letter). Lower-case letters count only
+when they are marked (parentheses, brackets, bold, boxed), because "a" is also a word.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import re
+import select
+import sys
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_ANSWER_CHARS = 1000  # extracted answers and gold answers are cut here before math-verify reads them
+DEFAULT_TIMEOUT_S = 5.0
+
+# Counters over the life of the process: timeouts and errors of math-verify, for logs and reports.
+STATS: dict[str, int] = {"graded": 0, "timeouts": 0, "errors": 0, "gold_unparsable": 0}
+_stats_lock = threading.Lock()
+
+
+def _count(key: str) -> None:
+    with _stats_lock:
+        STATS[key] += 1
+
+
+@dataclass(frozen=True)
+class Grade:
+    """The outcome of grading one completion.
+
+    ``correct`` is ``None`` when the completion cannot be graded (the gold answer is unreadable);
+    ``answer`` is what was extracted from the completion (``None`` when nothing was found).
+    """
+
+    correct: bool | None
+    answer: str | None
+    reason: str
+
+
+# --------------------------------------------------------------------------------------------------
+# \boxed{...}
+
+# One token of interest at a time: a \boxed / \fbox command, an escaped character (\{ \} \\ ...), a brace.
+_BOX_TOKENS = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*|\\.|[{}]", re.DOTALL)
+_BARE_BOX_ARG = re.compile(r"[^\s${}\\]+")  # "\boxed 5": one token, no braces
+
+
+def _boxed_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of the content of every closed ``\\boxed{}`` / ``\\fbox{}``, ordered by start.
+
+    One left-to-right pass over the interesting tokens, keeping a stack of open boxes: linear time,
+    nested boxes and nested braces handled, escaped braces ignored, an unclosed box dropped.
+    """
+    spans: list[tuple[int, int]] = []
+    open_boxes: list[tuple[int, int]] = []  # (brace depth at which the box opened, content start)
+    depth = 0
+    resume = 0
+    for m in _BOX_TOKENS.finditer(text):
+        if m.start() < resume:  # inside a "\boxed 5" argument already consumed
+            continue
+        token = m.group()
+        if token[0] == "\\" and token[1:3] in ("bo", "fb") and m.end() - m.start() > 2:
+            end = m.end()
+            if end < len(text) and text[end] == "{":
+                depth += 1
+                open_boxes.append((depth, end + 1))
+                resume = end + 1
+            else:
+                bare = _BARE_BOX_ARG.match(text, end)
+                if bare:
+                    spans.append((bare.start(), bare.end()))
+                    resume = bare.end()
+        elif token == "{":
+            depth += 1
+        elif token == "}":
+            if open_boxes and open_boxes[-1][0] == depth:
+                spans.append((open_boxes.pop()[1], m.start()))
+            depth = max(depth - 1, 0)
+    spans.sort()
+    return spans
+
+
+def extract_boxed(text: str) -> list[str]:
+    """Contents of every ``\\boxed{...}`` and ``\\fbox{...}`` in ``text``, in order of appearance.
+
+    Braces are balanced (``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``), escaped braces ``\\{ \\}`` do
+    not count, a box inside a box gives both contents, an unclosed box gives nothing, and the bare form
+    ``\\boxed 5`` gives ``5``. Linear time on any input.
+
+    >>> extract_boxed(r"so \\boxed{\\frac{1}{2}} or \\fbox{3}")
+    ['\\\\frac{1}{2}', '3']
+    """
+    if not isinstance(text, str):
+        return []
+    return [text[s:e].strip() for s, e in _boxed_spans(text)]
+
+
+# --------------------------------------------------------------------------------------------------
+# "The final answer is X"
+
+# "final answer is", "The answer is", "Answer:", "**Final Answer:**", "final answer = ". Simple, linear.
+_PHRASE = re.compile(r"\b(?i:final\s+answer|answer)\b[\s*_]*(?:(?i:is)\b|:|=)[\s*_:]*")
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_MATH_DELIMS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+_SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
+_PHRASE_WINDOW = 500
+
+
+def _phrase_value(text: str, start: int) -> str | None:
+    """The answer written right after a phrase that ends at ``start``, or None if there is none."""
+    window = text[start:start + _PHRASE_WINDOW]
+    for left, right in _MATH_DELIMS:
+        if window.startswith(left):
+            close = window.find(right, len(left))
+            if close > len(left):
+                value = window[len(left):close].strip()
+                return value or None
+            return None
+    cut = _SENTENCE_END.search(window)
+    value = window[: cut.start()] if cut else window
+    value = value.strip().strip("*_").strip().rstrip(".").strip()
+    return value or None
+
+
+def _last_phrase_answer(text: str) -> str | None:
+    value = None
+    for m in _PHRASE.finditer(text):
+        found = _phrase_value(text, m.end())
+        if found is not None:
+            value = found
+    return value
+
+
+def _strip_math_delims(text: str) -> str:
+    text = text.strip()
+    for left, right in _MATH_DELIMS:
+        if len(text) > len(left) + len(right) and text.startswith(left) and text.endswith(right):
+            return text[len(left):-len(right)].strip()
+    return text
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a completion: right-most ``\\boxed{}``, else the ``<answer>`` block (its
+    right-most answer phrase, or all of it), else the right-most "final answer is X" / "The answer is X" /
+    "Answer: X" phrase; ``None`` when there is none. Surrounding ``$...$`` are removed.
+
+    >>> extract_answer(r"First \\boxed{1}, then \\boxed{2}.")
+    '2'
+    >>> extract_answer("So the final answer is $\\\\frac{1}{2}$. I hope it is correct.")
+    '\\\\frac{1}{2}'
+    """
+    if not isinstance(text, str) or not text:
+        return None
+    spans = _boxed_spans(text)
+    for s, e in reversed(spans):
+        if text[s:e].strip():
+            return text[s:e].strip()
+    tags = _ANSWER_TAG.findall(text)
+    if tags and tags[-1].strip():
+        block = tags[-1]
+        return _last_phrase_answer(block) or _strip_math_delims(block)
+    return _last_phrase_answer(text)
+
+
+# --------------------------------------------------------------------------------------------------
+# math-verify, with time bounded here
+
+
+class _NoTimeoutWarning(logging.Filter):
+    """math-verify warns when its signal timeouts are off; this module bounds time itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_NoTimeoutWarning())
+
+
+def _parse_boxed(answer: str) -> list[Any]:
+    from math_verify import parse
+
+    return parse("\\boxed{" + answer[:MAX_ANSWER_CHARS] + "}", parsing_timeout=None)
+
+
+def _readable(parsed: list[Any]) -> bool:
+    """math-verify read at least one mathematical object (not only its raw-string fallback)."""
+    return any(not isinstance(x, str) for x in parsed)
+
+
+def _compare(gold: str, answer: str) -> tuple[bool | None, str]:
+    from math_verify import verify
+
+    gold_parsed = _parse_boxed(gold)
+    if not _readable(gold_parsed):
+        return None, f"math-verify cannot read the gold answer {gold[:80]!r}"
+    pred_parsed = _parse_boxed(answer)
+    if not pred_parsed:
+        return False, "math-verify cannot read the extracted answer"
+    same = bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+    return same, "math-verify: equal" if same else "math-verify: different"
+
+
+class _Worker:
+    """One grading subprocess: JSON lines in (gold, answer), JSON lines out (correct, reason)."""
+
+    def __init__(self, startup_timeout_s: float):
+        import subprocess
+        import sys
+
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from rlkd.answers import _worker_main; _worker_main()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+        )
+        self._buffer = b""
+        if self._readline(time.monotonic() + startup_timeout_s) != b"ready":
+            self.kill()
+            raise RuntimeError(f"the math-verify grading process did not start within {startup_timeout_s}s")
+
+    def _readline(self, deadline: float) -> bytes | None:
+        fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError(f"the grading process exited (status {self.proc.poll()})")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    def ask(self, gold: str, answer: str, timeout_s: float) -> tuple[bool | None, str] | None:
+        """The worker's verdict, or None when it took longer than ``timeout_s`` (then kill the worker)."""
+        self.proc.stdin.write(json.dumps({"gold": gold, "answer": answer}).encode() + b"\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+        line = self._readline(time.monotonic() + timeout_s)
+        if line is None:
+            return None
+        reply = json.loads(line)
+        return reply["correct"], reply["reason"]
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        except Exception:  # already gone
+            pass
+
+
+class _WorkerPool:
+    """Grading subprocesses, started on demand (up to ``size``), reused, killed when they overrun.
+
+    A process, not a thread, because sympy can spend minutes inside one C call (``9^{9^{9}}``) that holds
+    the GIL: no thread-based timeout can interrupt that, and killing a process always works.
+    """
+
+    def __init__(self, size: int, startup_timeout_s: float = 120.0):
+        self.size = size
+        self.startup_timeout_s = startup_timeout_s
+        self._idle: list[_Worker] = []
+        self._started = 0
+        self._pid = os.getpid()
+        self._cond = threading.Condition()
+
+    def _acquire(self) -> _Worker:
+        with self._cond:
+            if self._pid != os.getpid():  # forked: the parent's workers are not ours to use
+                self._idle, self._started, self._pid = [], 0, os.getpid()
+            while not self._idle and self._started >= self.size:
+                self._cond.wait()
+            if self._idle:
+                return self._idle.pop()
+            self._started += 1
+        try:
+            return _Worker(self.startup_timeout_s)
+        except BaseException:
+            self._release(None)
+            raise
+
+    def _release(self, worker: _Worker | None) -> None:
+        with self._cond:
+            if worker is None:
+                self._started -= 1
+            else:
+                self._idle.append(worker)
+            self._cond.notify()
+
+    def compare(self, gold: str, answer: str, timeout_s: float) -> tuple[bool | None, str] | None:
+        worker = self._acquire()
+        try:
+            outcome = worker.ask(gold, answer, timeout_s)
+        except BaseException:
+            worker.kill()
+            self._release(None)
+            raise
+        if outcome is None:
+            worker.kill()
+            self._release(None)
+        else:
+            self._release(worker)
+        return outcome
+
+    def close(self) -> None:
+        with self._cond:
+            for worker in self._idle:
+                worker.kill()
+            self._started -= len(self._idle)
+            self._idle = []
+
+
+_POOL = _WorkerPool(size=max(1, min(4, os.cpu_count() or 1)))
+atexit.register(_POOL.close)
+
+_CACHE: OrderedDict[tuple[str, str], tuple[bool | None, str]] = OrderedDict()
+_CACHE_SIZE = 8192
+
+
+def _worker_main() -> None:
+    """The grading subprocess: answer one JSON request per line until standard input closes."""
+    logging.basicConfig(level=logging.ERROR)
+    protocol = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything printed by sympy goes to stderr, never into the protocol
+    import math_verify  # noqa: F401  (import before saying ready: startup is not part of any timeout)
+
+    protocol.write(b"ready\n")
+    protocol.flush()
+    for line in sys.stdin.buffer:
+        request = json.loads(line)
+        try:
+            same, reason = _compare(request["gold"], request["answer"])
+        except Exception as exc:  # math-verify / sympy raise on odd inputs: a failed grade, not a crash
+            same, reason = False, f"math-verify error: {type(exc).__name__}: {str(exc)[:200]}"
+        protocol.write(json.dumps({"correct": same, "reason": reason}).encode() + b"\n")
+        protocol.flush()
+
+
+def _compare_bounded(gold: str, answer: str, timeout_s: float) -> tuple[bool | None, str] | None:
+    """:func:`_compare` in a grading subprocess, cached; None if it took longer than ``timeout_s``."""
+    key = (gold, answer)
+    with _stats_lock:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    outcome = _POOL.compare(gold, answer, timeout_s)
+    with _stats_lock:
+        _CACHE[key] = outcome if outcome is not None else (False, f"math-verify took longer than {timeout_s}s")
+        if len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return outcome
+
+
+def gold_answer(gold: Any) -> str:
+    """The gold answer as a string: numbers stringified, a worked solution reduced to its last
+    ``\\boxed{}``, surrounding ``$...$`` removed."""
+    text = gold if isinstance(gold, str) else str(gold)
+    boxed = extract_boxed(text)
+    if boxed:
+        return boxed[-1]
+    return _strip_math_delims(text)
+
+
+def math_equal(gold: Any, answer: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Grade:
+    """Compare an already extracted ``answer`` with ``gold`` by math-verify, time bounded, never raising.
+
+    ``correct`` is None when the gold cannot be read; False (with the reason) on a timeout or an error.
+    """
+    gold_text = gold_answer(gold)
+    if not gold_text.strip():
+        _count("gold_unparsable")
+        return Grade(None, answer, "the gold answer is empty")
+    try:
+        outcome = _compare_bounded(gold_text, answer, timeout_s)
+    except Exception as exc:  # the grading process could not start or died: a counted, failed grade
+        _count("errors")
+        log.warning("grading failed: %s", exc)
+        return Grade(False, answer, f"grading error: {type(exc).__name__}: {exc}")
+    if outcome is None:
+        _count("timeouts")
+        log.warning("math-verify took longer than %.1fs comparing %r with gold %r; graded wrong",
+                    timeout_s, answer[:80], gold_text[:80])
+        return Grade(False, answer, f"math-verify took longer than {timeout_s}s")
+    same, reason = outcome
+    if reason.startswith("math-verify error"):
+        _count("errors")
+    if same is None:
+        _count("gold_unparsable")
+    else:
+        _count("graded")
+    return Grade(same, answer, reason)
+
+
+def grade_math_detail(completion_text: str, gold: Any, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Grade:
+    """Extract the answer of ``completion_text`` (:func:`extract_answer`) and compare it with ``gold``.
+
+    >>> grade_math_detail(r"... so $x = \\boxed{\\dfrac{1}{2}}$", "0.5").correct
+    True
+    """
+    try:
+        answer = extract_answer(completion_text)
+        grade = math_equal(gold, answer or "", timeout_s=timeout_s)  # reads the gold even with no answer
+        if answer is None and grade.correct is not None:
+            return Grade(False, None, "no answer found (no \\boxed{}, <answer> block or 'answer is' phrase)")
+        return Grade(grade.correct, answer, grade.reason)
+    except Exception as exc:  # never raise into a reward function or an evaluation loop
+        _count("errors")
+        return Grade(False, None, f"grading error: {type(exc).__name__}: {exc}")
+
+
+def grade_math(completion_text: str, gold: Any, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool | None:
+    """True if the completion's final answer equals ``gold`` by math-verify, False if not (or if no
+    answer was found, or the check timed out), None if the gold answer cannot be read. Never raises;
+    safe in threads and async code.
+
+    >>> grade_math(r"The answer is \\boxed{1/2}", r"\\frac{1}{2}")
+    True
+    """
+    return grade_math_detail(completion_text, gold, timeout_s=timeout_s).correct
+
+
+# --------------------------------------------------------------------------------------------------
+# Multiple choice
+
+_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+_DECISIVE = re.compile(
+    r"\b(?i:answer|option|choice)\b[\s*_]*(?:(?i:is)\b|:|=)[\s*_:]*"
+    r"(?:(?i:option|choice|letter)\s*)?"
+    r"(?P<open>[(\[])?\s*(?:\*\*)?(?P<letter>[A-Za-z])(?:\*\*)?\s*(?P<close>[)\]])?(?![A-Za-z0-9])"
+)
+_WEAK = re.compile(
+    r"\*\*\s*\(?(?P<bold>[A-Za-z])\)?\s*\*\*"  # **C** or **(c)**
+    r"|\((?P<paren>[A-Za-z])\)"  # (b)
+    r"|^[ \t]*(?P<line>[A-Z])[.)]?[ \t]*$",  # a line holding only "C", "C." or "C)"
+    re.MULTILINE,
+)
+
+
+def _boxed_letter(content: str, letters: str) -> str | None:
+    inner = _WRAPPERS.sub(r"\1", content)
+    inner = re.sub(r"(?i)^\s*(?:option|choice)\s*", "", inner)
+    inner = inner.strip().strip("*(). :").strip()
+    if len(inner) == 1 and inner.upper() in letters:
+        return inner.upper()
+    return None
+
+
+def extract_choice(text: str, letters: str = "ABCD") -> str | None:
+    """The multiple-choice letter a reply settles on (upper case), or None.
+
+    Decisive forms, right-most wins: ``\\boxed{D}`` (also ``\\boxed{\\text{(D)}}``), "Answer: C",
+    "The answer is (b)", "The correct option is A.". Without any, the right-most weak cue: ``**C**``,
+    ``(b)``, or a line holding only the letter. Lower case counts only when marked (``(b)``, ``**b**``,
+    boxed), since "a" is also a word.
+
+    >>> extract_choice("Option (B) fails, so the correct option is A.")
+    'A'
+    """
+    if not isinstance(text, str) or not text:
+        return None
+    letters = letters.upper()
+    best: tuple[int, str] | None = None
+    for s, e in _boxed_spans(text):
+        letter = _boxed_letter(text[s:e], letters)
+        if letter and (best is None or s > best[0]):
+            best = (s, letter)
+    for m in _DECISIVE.finditer(text):
+        letter = m.group("letter")
+        marked = bool(m.group("open") and m.group("close"))
+        if letter.upper() in letters and (letter.isupper() or marked):
+            if best is None or m.start("letter") > best[0]:
+                best = (m.start("letter"), letter.upper())
+    if best is not None:
+        return best[1]
+    weak = None
+    for m in _WEAK.finditer(text):
+        letter = m.group("bold") or m.group("paren") or m.group("line")
+        if letter and letter.upper() in letters:
+            weak = letter.upper()
+    return weak
+
+
+def grade_choice_detail(completion_text: str, gold_letter: str, letters: str = "ABCD") -> Grade:
+    """Extract the letter (:func:`extract_choice`) and compare it with ``gold_letter``. Never raises."""
+    try:
+        gold = (gold_letter or "").strip().upper()
+        if len(gold) != 1 or gold not in letters.upper():
+            return Grade(None, None, f"the gold letter {gold_letter!r} is not one of {letters}")
+        letter = extract_choice(completion_text, letters)
+        if letter is None:
+            return Grade(False, None, "no answer letter found")
+        return Grade(letter == gold, letter, "letter matches" if letter == gold else "letter differs")
+    except Exception as exc:
+        return Grade(False, None, f"grading error: {type(exc).__name__}: {exc}")
+
+
+def grade_choice(completion_text: str, gold_letter: str, letters: str = "ABCD") -> bool:
+    """True if the letter the reply settles on is ``gold_letter`` (case-insensitive); never raises.
+
+    >>> grade_choice("**Answer: (c)**", "C")
+    True
+    """
+    return bool(grade_choice_detail(completion_text, gold_letter, letters).correct)
