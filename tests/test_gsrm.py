@@ -234,7 +234,6 @@ class TestDecomposeCommand:
         assert [r["id"] for r in _records(out)] == [1, 2, 3]
 
     def test_cache_next_to_the_output_makes_a_rerun_free(self, tmp_path):
-        pytest.importorskip("rlkd.cache")  # the request cache is being added beside this module
         inp = tmp_path / "in.jsonl"
         _write_input(inp, n=3)
         with _gsrm_server() as server:
@@ -292,3 +291,32 @@ class TestDecomposeCommand:
         with _gsrm_server() as server:
             assert _decompose(server, inp, out, "--no-cache") == 2
         assert "in.jsonl:2: id 1 appears twice in the input" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_decompose_with_a_real_local_model(tiny_model_dir, tmp_path):
+    """End to end with no fake: the tiny random model writes nonsense, which is recorded as no_steps."""
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    _write_input(inp, n=2)
+    args = ["decompose", "--input", str(inp), "--output", str(out), "--local-model", str(tiny_model_dir),
+            "--max-tokens", "8", "--max-failure-share", "1", "--no-cache"]
+    assert main(args) == 0
+    records = _records(out)
+    assert [r["id"] for r in records] == ["q0", "q1"]
+    for record in records:
+        assert record["status"] == "no_steps" and record["reason"] and record["structure"]["steps"] == []
+        assert isinstance(record["raw"], str)
+    assert main(args) == 0  # resumes: nothing left to do
+    assert _records(out) == records
+
+
+def test_domain_column_picks_the_prompt_per_line(tmp_path, capsys):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(json.dumps({"id": 1, "problem": "p", "reasoning": "r", "domain": "code"}) + "\n"
+                   + json.dumps({"id": 2, "problem": "q", "reasoning": "r"}) + "\n"
+                   + json.dumps({"id": 3, "problem": "s", "reasoning": "r", "domain": "poetry"}) + "\n")
+    with _gsrm_server() as server:
+        assert _decompose(server, inp, out, "--no-cache", "--domain-column", "domain", "--batch-size", "1") == 2
+        systems = [body["messages"][0]["content"] for body in server.requests]
+    assert "In programming" in systems[0] and "In mathematics" in systems[1] and len(systems) == 2
+    assert "in.jsonl:3: column 'domain' is 'poetry'; expected one of math, code, science, puzzle" in capsys.readouterr().err
