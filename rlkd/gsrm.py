@@ -241,30 +241,34 @@ class Decomposer:
                         domain: str | None = None) -> list[DecomposeResult]:
         """Decompose ``(problem, reasoning)`` items (or ``(problem, reasoning, domain)``), concurrently.
 
-        Returns one result per item, in order; never raises for one bad item.
+        Returns one result per item, in order; never raises for one bad item. A trace whose reasoning is
+        empty (e.g. a completion that starts with ``</think>``) gets ``no_steps`` without a call.
         """
-        prepared = []
-        for item in items:
+        results: list[DecomposeResult | None] = [None] * len(items)
+        prepared, positions = [], []
+        for i, item in enumerate(items):
+            if not split_reasoning(item[1])[0]:  # nothing to decompose: no call
+                self.no_steps += 1
+                results[i] = DecomposeResult(Decomposition(reason="empty reasoning: nothing to decompose"))
+                continue
             item_domain = item[2] if len(item) > 2 and item[2] else domain  # type: ignore[misc]
             prepared.append(self.request(item[0], item[1], item_domain))
-        if not prepared:
-            return []
-        completions = await self.backend.generate([p[0] for p in prepared])
-        results = []
-        for (_, truncated, notes), completion in zip(prepared, completions):
+            positions.append(i)
+        completions = await self.backend.generate([p[0] for p in prepared]) if prepared else []
+        for i, (_, truncated, notes), completion in zip(positions, prepared, completions):
             self.calls += 1
             if completion.error is not None:
                 self.failures += 1
-                results.append(DecomposeResult(Decomposition(reason=f"GSRM call failed: {completion.error}"),
-                                               "", truncated, completion.error, notes))
+                results[i] = DecomposeResult(Decomposition(reason=f"GSRM call failed: {completion.error}"),
+                                             "", truncated, completion.error, notes)
                 continue
             raw = completion.text
             decomposition = parse_decomposition(raw)
             if not decomposition.steps:
                 self.no_steps += 1
-            results.append(DecomposeResult(decomposition, raw, truncated, None, notes,
-                                           completion.prompt_tokens, completion.completion_tokens))
-        return results
+            results[i] = DecomposeResult(decomposition, raw, truncated, None, notes,
+                                         completion.prompt_tokens, completion.completion_tokens)
+        return results  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -320,3 +320,12 @@ def test_domain_column_picks_the_prompt_per_line(tmp_path, capsys):
         systems = [body["messages"][0]["content"] for body in server.requests]
     assert "In programming" in systems[0] and "In mathematics" in systems[1] and len(systems) == 2
     assert "in.jsonl:3: column 'domain' is 'poetry'; expected one of math, code, science, puzzle" in capsys.readouterr().err
+
+
+def test_empty_reasoning_needs_no_call():
+    backend = ScriptedBackend(lambda request: CANNED)
+    gsrm = Decomposer(backend)
+    empty, full, blank = asyncio.run(gsrm.decompose([("p", "<think>\n</think> 4"), ("p", "r"), ("p", "  ")]))
+    assert (empty.status, empty.reason) == ("no_steps", "empty reasoning: nothing to decompose")
+    assert blank.status == "no_steps" and full.status == "ok"
+    assert len(backend.requests) == 1 and (gsrm.calls, gsrm.no_steps) == (1, 2)
