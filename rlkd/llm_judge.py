@@ -40,7 +40,7 @@ from typing import Any, Sequence
 
 from rlkd.gsrm import PROMPTS_DIR, PromptTemplate
 from rlkd.judges import Judge, JudgeRequest
-from rlkd.structure import FIELDS, Field, Verdict
+from rlkd.structure import FIELDS, Verdict
 
 FIELD_NAMES = {"meta": "meta-reasoning", "subproblem": "sub-problem", "answer": "answer"}
 QUESTIONS = {
