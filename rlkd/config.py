@@ -33,14 +33,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from rlkd.cli import CliError
+from rlkd.rewards import REWARD_NAMES, REWARD_SETS
 
-# The reward names rlkd knows (rlkd.rewards defines them) and the paper's sets; used for validation
-# here so that checking a recipe does not import the reward code.
-REWARD_NAMES = ("accuracy", "structure", "format", "tag_count")
-REWARD_SETS_FALLBACK: dict[str, dict[str, float]] = {
-    "rlkd": {"accuracy": 3.0, "structure": 3.0, "format": 2.0, "tag_count": 2.0},
-    "outcome": {"accuracy": 1.0, "format": 1.0, "tag_count": 1.0},
-}
 JUDGES = ("text", "overlap", "math", "hybrid", "llm")
 FIELD_JUDGES = ("text", "overlap", "math", "llm")
 STRUCTURE_MODES = ("paper", "normalized", "ungated", "ungated-normalized")
@@ -118,6 +112,11 @@ class BackendConfig:
         config = dataclasses.asdict(self)
         if cache is not None:
             config["cache"] = cache
+        if self.local_model:  # server-only settings do not apply in-process
+            for name in ("api_key_env", "concurrency", "timeout", "max_retries"):
+                config.pop(name)
+        else:
+            config.pop("local_batch_size")
         return {k: v for k, v in config.items() if v is not None}
 
 
@@ -129,11 +128,14 @@ class StructureConfig:
     gsrm: BackendConfig = section(BackendConfig, "the GSRM backend (a server with base_url/model, or local_model)")
     domain: str = option("math", "domain named in the GSRM prompt", DOMAINS)
     gsrm_max_tokens: int = option(2048, "most tokens the GSRM may write per decomposition")
+    gsrm_max_trace_chars: int = option(24000, "longer completions keep their first 2/3 and last 1/3 of this "
+                                       "many characters before the GSRM sees them")
     judge: str = option("hybrid", "how step fields are compared; 'llm' asks judge_backend", JUDGES)
     meta_judge: str = option("overlap", "hybrid judge: judge for meta-reasoning", FIELD_JUDGES)
     subproblem_judge: str = option("overlap", "hybrid judge: judge for sub-problems", FIELD_JUDGES)
     answer_judge: str = option("math", "hybrid judge: judge for answers", FIELD_JUDGES)
     overlap_threshold: float = option(0.5, "token F1 at or above which the overlap judge says 'same'")
+    judge_batched: bool = option(False, "llm judge: ask for all verdicts of a pair in one JSON request")
     judge_backend: BackendConfig = section(BackendConfig, "the LLM judge's backend (judge 'llm' or a hybrid "
                                            "field set to 'llm')")
     gsrm_few_shot: bool = option(False, "include the prompt's worked example: false for a GSRM fine-tuned by "
@@ -142,6 +144,12 @@ class StructureConfig:
     mode: str = option("paper", "paper: the authors' algorithm; normalized: divided by the teacher's step "
                        "count; ungated: no prefix gate", STRUCTURE_MODES)
     lazy: bool = option(False, "judge meta-reasoning in order and stop at the first mismatch (fewer calls)")
+    max_failure_share: float = option(0.1, "training stops once more than this share of GSRM calls (or judge "
+                                      "verdicts) failed, after min_failures")
+    min_failures: int = option(20, "failures tolerated before max_failure_share is checked")
+    sample_log: bool = option(True, "append a few scored completions per step to <output_dir>/structure_samples.jsonl "
+                              "(read it with rlkd inspect --pairs)")
+    samples_per_step: int = option(2, "completions per step written to the sample log")
 
     def uses_llm_judge(self) -> bool:
         """Whether any field is judged by the LLM judge."""
@@ -154,9 +162,10 @@ class StructureConfig:
 class RewardsConfig:
     """Which reward functions GRPO optimises and their weights."""
 
-    set: str | None = option("rlkd", "named reward set: rlkd (accuracy 3, structure 3, format 2, tag_count "
-                             "2) or outcome (accuracy, format, tag_count; the SFT+RL baseline); null when "
-                             "weights are given", tuple(REWARD_SETS_FALLBACK))
+    set: str | None = option("rlkd", "named reward set: " + "; ".join(
+                             f"{name} ({', '.join(f'{k} {v:g}' for k, v in weights.items())})"
+                             for name, weights in REWARD_SETS.items())
+                             + " (outcome is the SFT+RL baseline); null when weights are given", tuple(REWARD_SETS))
     weights: dict[str, float] | None = option(None, "explicit {reward name: weight} used instead of a set; "
                                               f"names: {', '.join(REWARD_NAMES)}")
 
@@ -164,10 +173,6 @@ class RewardsConfig:
         """The {name: weight} mapping the trainer will use."""
         if self.weights is not None:
             return {k: float(v) for k, v in self.weights.items()}
-        try:
-            from rlkd.rewards import REWARD_SETS
-        except ImportError:
-            REWARD_SETS = REWARD_SETS_FALLBACK  # noqa: N806
         return {k: float(v) for k, v in dict(REWARD_SETS[self.set]).items()}
 
 
@@ -369,8 +374,9 @@ class DataGsrmJob:
     failures: str | None = option(None, "JSONL of records left out, with the reason (null: <output>.failures.jsonl)")
     backend: BackendConfig = section(BackendConfig, "the strong LLM that writes the decompositions")
     request_cache: bool = option(True, "cache requests in <output>.cache.sqlite unless backend.cache names a file")
-    max_tokens: int = option(4096, "most tokens per decomposition")
-    temperature: float = option(0.0, "sampling temperature of the decomposing LLM (0: greedy)")
+    max_tokens: int = option(4096, "most tokens per decomposition (the LLM decodes greedily)")
+    max_trace_chars: int = option(24000, "longer traces keep their first 2/3 and last 1/3 of this many "
+                                  "characters (the same cut the GSRM sees in training)")
     few_shot: bool = option(True, "show the strong LLM the prompt's worked example")
     sft_few_shot: bool = option(False, "keep the worked example in the prompts written to the SFT data (false: "
                                 "the GSRM learns the bare instruction; then use structure.gsrm_few_shot=false)")
@@ -418,6 +424,7 @@ class DataRlkdJob:
     gsrm: BackendConfig = section(BackendConfig, "the GSRM that decomposes the teacher's reasoning")
     request_cache: bool = option(True, "cache requests in <output_dir>/gsrm.cache.sqlite unless gsrm.cache names a file")
     max_tokens: int = option(2048, "most tokens per decomposition")
+    max_trace_chars: int = option(24000, "longer traces keep their first 2/3 and last 1/3 of this many characters")
     gsrm_few_shot: bool = option(False, "include the prompt's worked example (false for a GSRM fine-tuned on "
                                  "rlkd data gsrm output; must match structure.gsrm_few_shot in training)")
     batch_size: int = option(64, "records sent per batch (and written per flush)")

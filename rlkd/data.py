@@ -98,6 +98,15 @@ class Records:
             for index, row in enumerate(self._table):
                 yield index, dict(row), f"{self.path}[{index}]"
 
+    def scan(self, columns: Sequence[str | None]) -> Iterator[tuple[int, dict[str, Any], str]]:
+        """Like iterating, but a table reads only ``columns`` (a quick first pass over a large input)."""
+        if self._table is None:
+            yield from self
+            return
+        keep = [c for c in dict.fromkeys(columns) if c and c in self._table.column_names]
+        for index, row in enumerate(self._table.select_columns(keep)):
+            yield index, dict(row), f"{self.path}[{index}]"
+
     def columns(self) -> list[str]:
         """Column names (of the first record, for JSONL)."""
         if self._table is not None:
@@ -241,6 +250,367 @@ def _messages(value: Any, column: str, where: str) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Resumable output
+
+
+def id_key(value: Any) -> str:
+    """The key an id is compared by when resuming (the same as ``rlkd decompose``'s)."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def done_ids(*paths: Path) -> set[str]:
+    """Ids already written to any of ``paths`` (a torn last line left by a kill is cut off and redone)."""
+    from rlkd.gsrm import read_done_ids
+
+    done: set[str] = set()
+    for path in paths:
+        done |= read_done_ids(Path(path))
+    return done
+
+
+def _record_id(obj: Mapping[str, Any], index: int, id_column: str | None, where: str) -> Any:
+    if id_column is None:
+        return index
+    if id_column not in obj or obj[id_column] is None:
+        raise CliError(f"{where}: id column '{id_column}' is missing")
+    return obj[id_column]
+
+
+def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _Writer:
+    """Append JSON lines to several files, flushing after each record (one whole line per write)."""
+
+    def __init__(self, **paths: Path) -> None:
+        self.handles = {}
+        for name, path in paths.items():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.handles[name] = open(path, "a", encoding="utf-8")
+
+    def write(self, name: str, record: Mapping[str, Any]) -> None:
+        handle = self.handles[name]
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            handle.close()
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="rec", dynamic_ncols=True)
+
+
+def _advance(bar: Any, handled: int) -> None:
+    bar.update(handled - bar.n)
+
+
+def _postfix(bar: Any, backend: Any, counts: Mapping[str, int]) -> None:
+    stats = backend.stats
+    bar.set_postfix(tokens=stats.prompt_tokens + stats.completion_tokens, failed=counts.get("error", 0),
+                    unparsable=counts.get("no_steps", 0), refresh=False)
+
+
+def _backend(config: Any, cache: str | None, where: str):
+    from rlkd.backends import backend_from_config
+
+    try:
+        return backend_from_config(config.as_backend_config(cache=cache), where=where)
+    except (ValueError, OSError) as exc:
+        raise CliError(f"{where}: {exc}") from None
+
+
+def _run_async(make_coro):
+    import asyncio
+
+    return asyncio.run(make_coro())
+
+
+# --------------------------------------------------------------------------------------------------
+# rlkd data gsrm
+
+
+def run_data_gsrm(job: Any, backend: Any = None) -> dict[str, int]:
+    """Build the GSRM's SFT data (``job`` is a :class:`rlkd.config.DataGsrmJob`); return counts.
+
+    Each record's ``problem`` and reasoning (the text before ``</think>``) go to the strong LLM with the
+    GSRM prompt of its domain; a reply that parses into steps becomes one chat example, ``prompt`` (the
+    GSRM prompt, without the worked example unless ``sft_few_shot``) and ``completion`` (the steps,
+    written canonically); a reply with no steps goes to the failures file with the parser's reason and
+    the raw text. A backend failure is not written, so the next run retries it. ``backend`` overrides
+    ``job.backend`` (tests pass a scripted one).
+    """
+    from rlkd.backends import FailureBudget, TooManyFailures
+    from rlkd.gsrm import DOMAINS, Decomposer, build_prompt
+
+    records = Records(job.input, job.split, job.subset)
+    output, failures = Path(job.output), job.failures_path()
+    done = done_ids(output, failures)
+    total = len(records) if job.limit is None else min(job.limit, len(records))
+    backend = backend if backend is not None else _backend(job.backend, job.cache_path(), "backend")
+    decomposer = Decomposer(backend, domain=job.default_domain, max_trace_chars=job.max_trace_chars,
+                            max_tokens=job.max_tokens, few_shot=job.few_shot)
+    budget = FailureBudget(job.max_failure_share, job.min_failures, what="traces")
+    counts = {"ok": 0, "no_steps": 0, "error": 0, "already_done": 0}
+
+    def todo() -> Iterator[tuple[Any, str, str, str]]:
+        for index, obj, where in records:
+            if index >= total:
+                break
+            record_id = _record_id(obj, index, job.id_column, where)
+            problem = _text(obj.get(job.problem_column), job.problem_column, where)
+            reasoning = _text(obj.get(job.reasoning_column), job.reasoning_column, where)
+            domain = obj.get(job.domain_column) if job.domain_column else None
+            if domain is not None and domain not in DOMAINS:
+                raise CliError(f"{where}: column '{job.domain_column}' is {domain!r}; expected one of "
+                               f"{', '.join(DOMAINS)}")
+            if id_key(record_id) in done:
+                counts["already_done"] += 1
+                continue
+            yield record_id, problem, reasoning, domain or job.default_domain
+
+    bar = _progress(total, "data gsrm")
+    writer = _Writer(output=output, failures=failures)
+
+    async def run() -> None:
+        try:
+            for batch in _batched(todo(), job.batch_size):
+                results = await decomposer.decompose([(p, r, d) for _, p, r, d in batch])
+                for (record_id, problem, reasoning, domain), result in zip(batch, results):
+                    counts[result.status] += 1
+                    if result.status == "error":
+                        log.warning("id %s: decomposition request failed (retried by the next run): %s",
+                                    id_key(record_id), result.error)
+                    elif result.status == "no_steps":
+                        writer.write("failures", {"id": record_id, "domain": domain, "reason": result.reason,
+                                                  "raw": result.raw})
+                    else:
+                        prompt = build_prompt(problem, reasoning, domain, max_trace_chars=job.max_trace_chars,
+                                              few_shot=job.sft_few_shot)
+                        writer.write("output", {
+                            "id": record_id, "domain": domain, "prompt": prompt,
+                            "completion": [{"role": "assistant", "content": result.decomposition.render()}],
+                            "steps": len(result.decomposition.steps), "truncated": result.truncated})
+                _advance(bar, sum(counts.values()))
+                _postfix(bar, backend, counts)
+                for result in results:  # after writing, so stopping loses nothing already done
+                    budget.record(result.status == "ok", result.reason or "")
+            budget.finish()
+        finally:
+            await backend.aclose()
+
+    try:
+        _run_async(run)
+    except TooManyFailures as exc:
+        raise CliError(f"stopped: {exc}. Everything written so far is kept in {output} and {failures}; fix "
+                       "the cause and run the same command again to resume") from None
+    finally:
+        writer.close()
+        bar.close()
+    return counts
+
+
+# --------------------------------------------------------------------------------------------------
+# rlkd data rlkd
+
+
+def first_correct(generations: Any, flags: Any, where: str, job: Any) -> int | None:
+    """Index of the first generation flagged correct (None if none is); errors name the record."""
+    if not isinstance(generations, list) or not all(isinstance(g, str) for g in generations):
+        raise CliError(f"{where}: column '{job.generations_column}' must be a list of texts")
+    if not isinstance(flags, list):
+        raise CliError(f"{where}: column '{job.correctness_column}' must be a list of true/false flags")
+    if len(flags) != len(generations):
+        raise CliError(f"{where}: {len(generations)} generations but {len(flags)} correctness flags")
+    for i, flag in enumerate(flags):
+        if flag is True:
+            return i
+    return None
+
+
+def test_ids(usable: Sequence[Any], test_size: float, seed: int) -> set[str]:
+    """The id keys of the test split: a seeded sample of the usable records (a fraction or a count).
+
+    Depends only on the usable ids, their order and the seed, so a resumed run draws the same split.
+    """
+    count = round(test_size * len(usable)) if test_size < 1 else min(int(test_size), len(usable))
+    chosen = random.Random(seed).sample(range(len(usable)), count)
+    return {id_key(usable[i]) for i in chosen}
+
+
+def run_data_rlkd(job: Any, backend: Any = None) -> dict[str, int]:
+    """Build the RLKD train and test sets (``job`` is a :class:`rlkd.config.DataRlkdJob`); return counts.
+
+    A first pass reads only ids and correctness flags to find the usable records (those with a
+    generation flagged correct) and draw the test split; the second decomposes the first correct
+    generation of each record not yet written with the GSRM and writes it to ``train.jsonl`` or
+    ``test.jsonl`` with ``teacher_reasoning`` (the whole generation) and ``teacher_structure`` (the
+    steps as GSRM text). Records without a correct generation, or whose decomposition has no steps, go
+    to ``skipped.jsonl`` with the reason. A backend failure is not written (the next run retries it).
+    """
+    from rlkd.backends import FailureBudget, TooManyFailures
+    from rlkd.gsrm import Decomposer
+
+    records = Records(job.input, job.split, job.subset)
+    out = Path(job.output_dir)
+    paths = {"train": out / "train.jsonl", "test": out / "test.jsonl", "skipped": out / "skipped.jsonl"}
+    done = done_ids(*paths.values())
+    total = len(records) if job.limit is None else min(job.limit, len(records))
+
+    usable: list[Any] = []
+    for index, obj, where in records.scan([job.id_column, job.correctness_column, job.generations_column]):
+        if index >= total:
+            break
+        record_id = _record_id(obj, index, job.id_column, where)
+        flags = obj.get(job.correctness_column)
+        gens = obj.get(job.generations_column)
+        if first_correct(gens, flags, where, job) is not None:
+            usable.append(record_id)
+    test = test_ids(usable, job.test_size, job.seed)
+
+    backend = backend if backend is not None else _backend(job.gsrm, job.cache_path(), "gsrm")
+    decomposer = Decomposer(backend, domain=job.domain, max_trace_chars=job.max_trace_chars,
+                            max_tokens=job.max_tokens, few_shot=job.gsrm_few_shot)
+    budget = FailureBudget(job.max_failure_share, job.min_failures, what="teacher decompositions")
+    counts = {"train": 0, "test": 0, "no_correct": 0, "no_steps": 0, "error": 0, "already_done": 0}
+    writer = _Writer(**paths)
+
+    def todo() -> Iterator[tuple[Any, dict[str, Any], int]]:
+        for index, obj, where in records:
+            if index >= total:
+                break
+            record_id = _record_id(obj, index, job.id_column, where)
+            if id_key(record_id) in done:
+                counts["already_done"] += 1
+                continue
+            chosen = first_correct(obj.get(job.generations_column), obj.get(job.correctness_column), where, job)
+            if chosen is None:
+                counts["no_correct"] += 1
+                writer.write("skipped", {"id": record_id, "reason": "no generation flagged correct in "
+                                         f"'{job.correctness_column}'"})
+                continue
+            _text(obj.get(job.problem_column), job.problem_column, where)
+            if obj.get(job.answer_column) is None:
+                raise CliError(f"{where}: column '{job.answer_column}' is missing")
+            yield record_id, obj, chosen
+
+    bar = _progress(total, "data rlkd")
+
+    async def run() -> None:
+        try:
+            for batch in _batched(todo(), job.batch_size):
+                items = [(obj[job.problem_column], obj[job.generations_column][k]) for _, obj, k in batch]
+                results = await decomposer.decompose(items)
+                for (record_id, obj, k), result in zip(batch, results):
+                    if result.status == "error":
+                        counts["error"] += 1
+                        log.warning("id %s: GSRM request failed (retried by the next run): %s",
+                                    id_key(record_id), result.error)
+                    elif result.status == "no_steps":
+                        counts["no_steps"] += 1
+                        writer.write("skipped", {"id": record_id, "reason": f"GSRM output has no steps: "
+                                                 f"{result.reason}", "raw": result.raw})
+                    else:
+                        split = "test" if id_key(record_id) in test else "train"
+                        counts[split] += 1
+                        writer.write(split, {
+                            "id": record_id, "problem": obj[job.problem_column],
+                            "answer": str(obj[job.answer_column]),
+                            "teacher_reasoning": obj[job.generations_column][k],
+                            "teacher_structure": result.decomposition.render(),
+                            "teacher_generation": k, "truncated": result.truncated})
+                _advance(bar, sum(counts[k] for k in ("already_done", "no_correct", "train", "test",
+                                                      "no_steps", "error")))
+                _postfix(bar, backend, counts)
+                for result in results:
+                    budget.record(result.status == "ok", result.reason or "")
+            budget.finish()
+        finally:
+            await backend.aclose()
+
+    try:
+        _run_async(run)
+    except TooManyFailures as exc:
+        raise CliError(f"stopped: {exc}. Everything written so far is kept in {out}; fix the cause and run "
+                       "the same command again to resume") from None
+    finally:
+        writer.close()
+        bar.close()
+    counts["usable"] = len(usable)
+    counts["test_target"] = len(test)
+    return counts
+
+
+# --------------------------------------------------------------------------------------------------
+# rlkd data tiny
+
+
+def wrong_generation(trace: str, answer: str) -> str:
+    """A teacher generation with a wrong final answer (the tiny OpenR1-style records need some)."""
+    return trace.replace(f"\\boxed{{{answer}}}", f"\\boxed{{{int(answer) + 1}}}")
+
+
+def build_tiny(output_dir: str | Path, *, train: int = 64, test: int = 16, seed: int = 0) -> dict[str, Path]:
+    """Build the inputs of ``configs/tiny/``: testbed data in every format the pipelines read, and tiny
+    student and GSRM models. Returns the written paths by name.
+
+    - ``tasks_train.jsonl`` / ``tasks_test.jsonl``: rlkd rows (``problem``, ``answer``,
+      ``teacher_reasoning``, ``teacher_structure``) for ``train sft`` and ``train grpo``;
+    - ``traces.jsonl``: teacher traces (``problem``, ``reasoning``, ``domain``) for ``data gsrm``;
+    - ``openr1.jsonl``: OpenR1-Math-style records (``generations`` with ``correctness_math_verify``; the
+      first generation is wrong, every eighth record has no correct one) for ``data rlkd``;
+    - ``gsrm_sft.jsonl``: the GSRM's chat SFT data as ``data gsrm`` writes it, with the testbed's exact
+      decompositions standing in for the strong LLM's;
+    - ``student/`` and ``gsrm_base/``: tiny random Llama models sharing one tokenizer trained on all of it.
+    """
+    from rlkd import testbed
+    from rlkd.config import SYSTEM_PROMPT
+    from rlkd.gsrm import build_prompt, load_prompt
+    from rlkd.models import build_tiny_model, build_tokenizer
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_tasks = testbed.generate_tasks(train, "id", seed)
+    test_tasks = testbed.generate_tasks(test, "id", seed + 1, exclude=[t.key for t in train_tasks])
+    paths = {
+        "tasks_train": testbed.write_dataset(train_tasks, out / "tasks_train.jsonl"),
+        "tasks_test": testbed.write_dataset(test_tasks, out / "tasks_test.jsonl"),
+        "traces": out / "traces.jsonl", "openr1": out / "openr1.jsonl", "gsrm_sft": out / "gsrm_sft.jsonl",
+    }
+    with open(paths["traces"], "w", encoding="utf-8") as traces, \
+            open(paths["openr1"], "w", encoding="utf-8") as openr1, \
+            open(paths["gsrm_sft"], "w", encoding="utf-8") as sft:
+        for n, task in enumerate(train_tasks):
+            answer = str(task.answer)
+            traces.write(json.dumps({"id": task.id, "problem": task.problem, "reasoning": task.trace,
+                                     "domain": "math"}) + "\n")
+            correct = n % 8 != 7
+            openr1.write(json.dumps({"uuid": task.id, "problem": task.problem, "answer": answer,
+                                     "generations": [wrong_generation(task.trace, answer), task.trace],
+                                     "correctness_math_verify": [False, correct]}) + "\n")
+            sft.write(json.dumps({"id": task.id, "domain": "math",
+                                  "prompt": build_prompt(task.problem, task.trace, "math", few_shot=False),
+                                  "completion": [{"role": "assistant", "content": task.decomposition.render()}],
+                                  "steps": len(task.decomposition.steps), "truncated": False}) + "\n")
+    texts = testbed.corpus(train_tasks) + [SYSTEM_PROMPT] + [text for _, text in load_prompt("math").turns]
+    tokenizer = build_tokenizer(texts, vocab_size=1024)
+    paths["student"] = build_tiny_model(out / "student", tokenizer=tokenizer, seed=seed)
+    paths["gsrm_base"] = build_tiny_model(out / "gsrm_base", tokenizer=tokenizer, seed=seed + 1)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------
 # rlkd data
 
 
@@ -262,21 +632,66 @@ def add_parser(subparsers) -> None:
         q.add_argument("--config", metavar="RECIPE.yaml", help="YAML recipe (e.g. configs/tiny/data_rlkd.yaml)")
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one field, e.g. --set limit=100 (repeatable; value read as YAML)")
-        q.add_argument("--dry-run", action="store_true", help="print the resolved configuration, check the input, stop")
+        q.add_argument("--dry-run", action="store_true",
+                       help="print the resolved configuration and the input's columns, then stop")
         q.set_defaults(func=cmd_data)
+    q = sub.add_parser("tiny", help="build the tiny models and testbed data the configs/tiny recipes run on (CPU)",
+                       description="Build everything configs/tiny/ reads: testbed tasks as rlkd rows, teacher "
+                       "traces, OpenR1-style records, GSRM SFT data, and tiny student and GSRM models.")
+    q.add_argument("--output-dir", default="runs/tiny", help="where to write (default %(default)s)")
+    q.add_argument("--train", type=int, default=64, help="training tasks (default %(default)s)")
+    q.add_argument("--test", type=int, default=16, help="test tasks (default %(default)s)")
+    q.add_argument("--seed", type=int, default=0, help="testbed seed (default %(default)s)")
+    q.set_defaults(func=cmd_tiny)
 
 
 def _no_kind(args: argparse.Namespace) -> int:
     raise CliError("choose a kind: rlkd data gsrm|rlkd|tiny ...")
 
 
+def cmd_tiny(args: argparse.Namespace) -> int:
+    """``rlkd data tiny``."""
+    if args.train < 1 or args.test < 0:
+        raise CliError("--train must be >= 1 and --test >= 0")
+    paths = build_tiny(args.output_dir, train=args.train, test=args.test, seed=args.seed)
+    for name, path in paths.items():
+        print(f"{name:12} {path}")
+    return 0
+
+
+def _check_columns(records: Records, wanted: Sequence[str | None]) -> None:
+    found = records.columns()
+    missing = [c for c in wanted if c and c not in found]
+    if missing:
+        raise CliError(f"{records.path}: missing column(s) {', '.join(missing)}; found {', '.join(found) or 'none'}")
+
+
 def cmd_data(args: argparse.Namespace) -> int:
-    """``rlkd data gsrm|rlkd``."""
+    """``rlkd data gsrm|rlkd``: exit status 0, or 1 when some requests failed (run again to retry them)."""
     from rlkd.config import DataGsrmJob, DataRlkdJob, dump_yaml, load_job
 
-    cls = DataGsrmJob if args.data_command == "gsrm" else DataRlkdJob
-    job = load_job(cls, args.config, args.set)
+    gsrm = args.data_command == "gsrm"
+    job = load_job(DataGsrmJob if gsrm else DataRlkdJob, args.config, args.set)
+    records = Records(job.input, job.split, job.subset)
+    if gsrm:
+        _check_columns(records, [job.id_column, job.problem_column, job.reasoning_column, job.domain_column])
+    else:
+        _check_columns(records, [job.id_column, job.problem_column, job.answer_column, job.generations_column,
+                                 job.correctness_column])
     if args.dry_run:
         print(dump_yaml(job).rstrip())
+        print(f"input: {len(records)} records, columns {', '.join(records.columns())}")
         return 0
-    raise CliError("not implemented yet")
+    if gsrm:
+        counts = run_data_gsrm(job)
+        print(f"{job.output}: {counts['ok']} examples written; {counts['no_steps']} unparsable (in "
+              f"{job.failures_path()} with the reason); {counts['already_done']} already done; {counts['error']} "
+              "requests failed (not written; run again to retry them)", file=sys.stderr)
+    else:
+        counts = run_data_rlkd(job)
+        print(f"{job.output_dir}: {counts['train']} train and {counts['test']} test records written; skipped "
+              f"{counts['no_correct']} without a correct generation and {counts['no_steps']} with an unparsable "
+              f"decomposition (skipped.jsonl); {counts['already_done']} already done; {counts['error']} requests "
+              f"failed (not written; run again to retry them); test split {counts['test_target']} of "
+              f"{counts['usable']} usable records", file=sys.stderr)
+    return 1 if counts["error"] else 0

@@ -324,8 +324,10 @@ def format_log_line(step: int, max_steps: int, logs: dict[str, Any], reward_keys
                   for name, w in zip(reward_keys, weights) if f"rewards/{name}/mean" in logs]
     if components:
         parts.append(" ".join(components))
-    structure = [f"{k.split('/', 1)[-1]} {v:.3f}" for k, v in logs.items()
-                 if k.startswith("structure") and isinstance(v, (int, float))]
+    first = ("meta_match", "subproblem_match", "answer_match", "prefix_length")
+    found = {k.split("/", 1)[-1]: v for k, v in logs.items() if k.startswith("structure/") and isinstance(v, (int, float))}
+    names = [n for n in first if n in found] + [n for n in found if n not in first]
+    structure = [f"{n} {found[n]:.3f}" for n in names]
     if structure:
         parts.append("structure: " + " ".join(structure))
     rest = [f"{k} {v:.4g}" for k, v in logs.items() if k in ("loss", "kl", "learning_rate", "grad_norm",
@@ -381,7 +383,8 @@ def structure_reward(job: GRPOJob):
         gsrm_backend = backend_from_config(s.gsrm.as_backend_config(), where="structure.gsrm")
     except (ValueError, OSError) as exc:
         raise ConfigError(str(exc)) from None
-    decomposer = Decomposer(gsrm_backend, domain=s.domain, max_tokens=s.gsrm_max_tokens, few_shot=s.gsrm_few_shot)
+    decomposer = Decomposer(gsrm_backend, domain=s.domain, max_trace_chars=s.gsrm_max_trace_chars,
+                            max_tokens=s.gsrm_max_tokens, few_shot=s.gsrm_few_shot)
     llm = None
     if s.uses_llm_judge():
         from rlkd.llm_judge import LLMJudge
@@ -390,10 +393,12 @@ def structure_reward(job: GRPOJob):
             judge_backend = backend_from_config(s.judge_backend.as_backend_config(), where="structure.judge_backend")
         except (ValueError, OSError) as exc:
             raise ConfigError(str(exc)) from None
-        llm = LLMJudge(judge_backend)
+        llm = LLMJudge(judge_backend, batched=s.judge_batched)
     fields = {"meta": s.meta_judge, "subproblem": s.subproblem_judge, "answer": s.answer_judge}
     judge = make_judge(s.judge, overlap_threshold=s.overlap_threshold, fields=fields, llm=llm)
-    return StructureReward(decomposer, judge, mode=s.mode, lazy=s.lazy)
+    sample_log = Path(job.output_dir) / "structure_samples.jsonl" if s.sample_log else None
+    return StructureReward(decomposer, judge, mode=s.mode, lazy=s.lazy, max_failure_share=s.max_failure_share,
+                           min_failures=s.min_failures, sample_log=sample_log, samples_per_step=s.samples_per_step)
 
 
 def reward_functions(job: GRPOJob) -> tuple[list[Any], list[float], list[str]]:
