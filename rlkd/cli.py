@@ -186,6 +186,9 @@ def _score_parser(sub) -> None:
                         "step count; ungated: no prefix gate")
     p.add_argument("--lazy", action="store_true",
                    help="judge meta-reasoning in order and stop at the first mismatch (fewer judge calls)")
+    p.add_argument("--judge-batched", action="store_true",
+                   help="llm judge: all step pairs of one student in one request with a JSON reply "
+                        "(default: one yes/no request per pair)")
     add_backend_arguments(p)
     p.set_defaults(func=cmd_score)
 
@@ -219,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # one INFO line per HTTP request drowns the reward logs
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

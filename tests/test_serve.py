@@ -129,6 +129,36 @@ class TestTransformersServe:
         assert all(c.cached for c in cached)
         assert (again.stats.calls, again.stats.cache_hits, again.stats.completion_tokens) == (0, len(requests), 0)
 
+    def test_gsrm_decomposition_and_llm_judge_through_the_server(self, served_model):
+        """The GSRM decomposer and the LLM judge speak the real protocol: one request per trace, one per
+        judged pair (or per completion when batched). The random model writes nonsense, so its outputs
+        give no steps and unreadable verdicts: both must come back as recorded failures, not crashes."""
+        import asyncio
+
+        from rlkd.gsrm import Decomposer
+        from rlkd.judges import JudgeRequest
+        from rlkd.llm_judge import LLMJudge
+
+        base_url, model = served_model
+        backend = OpenAIBackend(base_url, model, concurrency=4, timeout=60, max_retries=1)
+        decomposer = Decomposer(backend, domain="math", max_tokens=12)
+        items = [("What is 2+3?", "<think>2 plus 3 is 5.</think> 5"), ("Find x if 2x=4.", "x is 2")]
+        results = asyncio.run(decomposer.decompose(items))
+        assert backend.stats.calls == 2 and backend.stats.completion_tokens > 0
+        assert [r.error for r in results] == [None, None]
+        assert all(r.status in ("ok", "no_steps") and r.raw for r in results)
+        assert all(r.reason for r in results if r.status == "no_steps")
+
+        requests = [JudgeRequest("meta", "find x first", "start with x"), JudgeRequest("answer", "2", "two"),
+                    JudgeRequest("subproblem", "What is x?", "What is y?")]
+        judge = LLMJudge(backend, batched=False, max_tokens=4)
+        verdicts = judge.judge(requests)
+        assert backend.stats.calls == 2 + 3
+        assert len(verdicts) == 3 and all(v.same is not None or v.reason for v in verdicts)
+        batched = LLMJudge(backend, batched=True, max_tokens=16).judge(requests)
+        assert backend.stats.calls == 2 + 3 + 1  # all pairs of one call in one request
+        assert len(batched) == 3 and backend.stats.failures == 0  # protocol ok; verdict failures are the judge's
+
     def test_n_samples_from_a_server_that_returns_one_choice(self, served_model):
         base_url, model = served_model
         backend = OpenAIBackend(base_url, model, timeout=60, max_retries=1)
