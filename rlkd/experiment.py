@@ -1,0 +1,960 @@
+"""The RLKD experiment in miniature on the synthetic testbed, and ``rlkd demo`` that runs it end to end.
+
+On tasks whose true reasoning structure is known (:mod:`rlkd.testbed`), the experiment compares the
+paper's methods under one recipe (:class:`DemoJob`, a YAML file in ``configs/demo/``):
+
+1. **Data**: training, in-distribution test and out-of-distribution test tasks (structurally disjoint),
+   plus separate tasks whose teacher traces train the GSRM.
+2. **Models**: one BPE tokenizer built from the testbed's texts, tiny random Llama students (one
+   initialisation per seed) and a tiny GSRM, all saved and reloaded through :mod:`rlkd.models`.
+3. **GSRM**: the GSRM is trained by ``rlkd train sft`` (:func:`rlkd.train.run_sft`) on (flat teacher
+   narrative -> ground-truth decomposition) pairs written in the exact prompt the structure reward's
+   :class:`rlkd.gsrm.Decomposer` sends, then measured on held-out teacher traces of both splits against
+   the ground truth, beside the exact rule-based decomposer (:func:`rlkd.testbed.rule_decompose`).
+4. **Students** (each seed): ``sft`` (SFT on the teacher traces), ``sft_grpo`` (then GRPO with the
+   outcome rewards), ``sft_rlkd`` (then GRPO with the RLKD rewards 3/3/2/2, the structure reward
+   computed by the trained GSRM through a local transformers backend) and ``rlkd_zero`` (RLKD only,
+   from a format-primed model, on a small fraction of the training tasks). All RL methods share one
+   RL section: the same steps, generations, batch and learning rate.
+5. **Evaluation**: every model on both test splits, ``n`` sampled completions per problem: pass@1 and
+   pass@k (unbiased estimator), the share of well-formatted completions, and the structure alignment of
+   the completion (rule-decomposed) with the oracle's decomposition (:func:`rlkd.testbed.alignment`).
+6. **Report**: :mod:`rlkd.report` writes ``report.md`` / ``report.html`` with PNG plots.
+
+Every stage writes into the run folder and records its time in ``stages.json``; a re-run skips the
+stages whose outputs are there (``--fresh`` starts over), so an interrupted demo resumes.
+
+How this departs from the paper (and why):
+
+1. Teacher, student and GSRM are all tiny and local; the teacher is the testbed's oracle program. The
+   GSRM is trained on ground-truth decompositions instead of GPT-4o's, so its accuracy can be measured.
+2. RLKD-zero starts from a *format-primed* model: the base model fine-tuned briefly (``prime`` section)
+   on the teacher traces of the same small fraction of tasks it then trains on with RL. The paper starts
+   from Qwen2.5-Math-7B, which already writes fluent reasoning; a randomly initialised tiny model writes
+   nothing the structure reward can score, so a format-only prime (tags around filler text) would leave
+   RL no signal at all. The prime uses far fewer steps than the SFT baseline.
+3. The prompts carry no system prompt (``system_prompt: null``), because the tiny models have short
+   contexts and the evaluation protocol (SPEC section 6) uses none either.
+4. The structure reward's default judge here is ``hybrid`` with ``overlap`` (threshold 0.4) for the
+   meta-reasoning, ``text`` for the sub-problem (on this testbed ``What is x?`` is an exact test of the
+   chosen quantity) and ``math`` for answers; the paper asks an LLM judge.
+5. The GSRM prompt is the packaged ``math`` prompt without its worked example (``gsrm_few_shot:
+   false``), the same text the GSRM was fine-tuned on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from rlkd.cli import CliError
+from rlkd.config import (
+    ConfigError,
+    GRPOJob,
+    GRPOTraining,
+    SFTJob,
+    SFTTraining,
+    StructureConfig,
+    _positive,
+    option,
+    section,
+)
+
+log = logging.getLogger("rlkd.experiment")
+
+DEFAULT_CONFIG = Path("configs/demo/demo.yaml")
+DEFAULT_OUTPUT = "runs/demo"
+
+# method name -> (label shown in tables, what it is)
+METHODS: dict[str, tuple[str, str]] = {
+    "sft": ("SFT", "SFT on the teacher traces"),
+    "sft_grpo": ("SFT+GRPO", "SFT, then GRPO with the outcome rewards (accuracy 3, format 2, tag_count 2)"),
+    "sft_rlkd": ("SFT+RLKD", "SFT, then GRPO with the RLKD rewards (accuracy 3, structure 3, format 2, tag_count 2)"),
+    "rlkd_zero": ("RLKD-zero", "RLKD rewards only, from a format-primed model, on a small fraction of the tasks"),
+}
+SPLITS = ("id", "ood")
+STAGES_FILE = "stages.json"
+RESULTS_FILE = "results.json"
+DONE_FILE = "rlkd_stage_done.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# The recipe
+
+
+@dataclass
+class DataSection:
+    """The testbed tasks of the experiment."""
+
+    seed: int = option(0, "seed of the task generator (all splits derive from it)")
+    train: int = option(200, "training tasks (SFT traces and RL prompts)")
+    test_id: int = option(24, "in-distribution test tasks (same knobs as training, disjoint structures)")
+    test_ood: int = option(24, "out-of-distribution test tasks (deeper chains, more distractors)")
+    gsrm_train: int = option(300, "tasks whose teacher traces train the GSRM (disjoint from the test sets)")
+    gsrm_wordings: int = option(1, "teacher traces per GSRM training task, each under another wording")
+    gsrm_test: int = option(24, "held-out teacher traces per split on which the GSRM's accuracy is measured")
+    zero_fraction: float = option(0.1, "RLKD-zero: share of the training tasks it is primed and trained on")
+    id_knobs: dict[str, Any] = option({"depth": [2, 3], "distractors": [1, 2]},
+                                      "testbed knobs of the training and in-distribution test tasks "
+                                      "(overrides of rlkd.testbed.SPLITS['id'])")
+    ood_knobs: dict[str, Any] = option({}, "testbed knobs of the out-of-distribution tasks (overrides of "
+                                       "rlkd.testbed.SPLITS['ood'])")
+
+
+@dataclass
+class ModelSection:
+    """A tiny Llama built by rlkd.models.build_tiny_model."""
+
+    hidden_size: int = option(64, "hidden size")
+    num_layers: int = option(2, "transformer layers")
+    num_heads: int = option(4, "attention heads")
+    max_position_embeddings: int = option(2048, "context length")
+
+
+@dataclass
+class EvalSection:
+    """Sampling evaluation of every model on both test splits (SPEC section 6 settings by default)."""
+
+    n: int = option(4, "completions sampled per problem (pass@1 is their mean correctness)")
+    ks: list[int] = option([1, 2, 4], "k of the pass@k values reported (each at most n)")
+    temperature: float = option(0.6, "sampling temperature")
+    top_p: float = option(0.95, "nucleus sampling")
+    max_tokens_id: int = option(192, "most new tokens per completion on the in-distribution split")
+    max_tokens_ood: int = option(384, "most new tokens per completion on the out-of-distribution split")
+    batch_size: int = option(32, "sequences per generate batch")
+    gsrm_student_check: int = option(16, "student completions (SFT model, first seed, id split) decomposed by "
+                                     "the GSRM and compared with the rule decomposer (0: skip)")
+
+
+def _sft_defaults(**overrides: Any) -> SFTTraining:
+    base = dict(learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.05, max_grad_norm=1.0,
+                num_train_epochs=1.0, max_steps=-1, per_device_train_batch_size=16, gradient_accumulation_steps=1,
+                save_steps=100000, logging_steps=10, bf16=False, use_cpu=True, activation_checkpointing=False,
+                max_length=1024)
+    base.update(overrides)
+    return SFTTraining(**base)
+
+
+def _rl_defaults() -> GRPOTraining:
+    return GRPOTraining(learning_rate=1e-4, lr_scheduler_type="constant_with_warmup", warmup_steps=0.0,
+                        max_steps=8, per_device_train_batch_size=8, num_generations=4, temperature=0.7,
+                        max_completion_length=160, max_prompt_length=512, save_steps=100000, logging_steps=1,
+                        bf16=False, use_cpu=True, activation_checkpointing=False)
+
+
+def _structure_defaults() -> StructureConfig:
+    return StructureConfig(judge="hybrid", meta_judge="overlap", subproblem_judge="text", answer_judge="math",
+                           overlap_threshold=0.4, gsrm_max_tokens=224, gsrm_few_shot=False, mode="paper")
+
+
+@dataclass
+class DemoJob:
+    """``rlkd demo``: the RLKD experiment in miniature (every section can be overridden with --set)."""
+
+    output: str = option(DEFAULT_OUTPUT, "run folder: data, models, evaluations, results.json and the report")
+    seeds: list[int] = option([0, 1, 2], "seeds: one student initialisation, SFT and RL run per seed per method")
+    methods: list[str] = option(list(METHODS), f"methods to run, from {', '.join(METHODS)}")
+    device: str = option("auto", "auto: GPU when there is one (bf16), else CPU; cpu: always the CPU",
+                         ("auto", "cpu"))
+    system_prompt: str | None = option(None, "system message before each problem, in training and evaluation "
+                                       "(null: none)")
+    vocab_size: int = option(1024, "BPE vocabulary of the tokenizer built from the testbed's texts")
+    data: DataSection = section(DataSection, "testbed tasks")
+    student: ModelSection = section(ModelSection, "the tiny student model")
+    gsrm: ModelSection = option(ModelSection(hidden_size=128, num_layers=2), "the tiny GSRM model")
+    gsrm_training: SFTTraining = option(_sft_defaults(num_train_epochs=2.0), "GSRM fine-tuning (TRL SFTConfig "
+                                        "fields, as in rlkd train sft)")
+    sft: SFTTraining = option(_sft_defaults(num_train_epochs=3.0), "the SFT baseline's training (also the "
+                              "start of SFT+GRPO and SFT+RLKD)")
+    prime: SFTTraining = option(_sft_defaults(num_train_epochs=3.0, logging_steps=2), "RLKD-zero's brief "
+                                "format priming on its fraction of the teacher traces")
+    rl: GRPOTraining = option(_rl_defaults(), "GRPO settings shared by every RL method (equal budgets)")
+    structure: StructureConfig = option(_structure_defaults(), "the structure reward's judge and mode (the GSRM "
+                                        "backend is the trained GSRM, filled in by the experiment)")
+    eval: EvalSection = section(EvalSection, "evaluation")
+
+    def validate(self) -> None:
+        """Check the cross-field rules (types and choices are checked when the recipe is read)."""
+        if not self.output:
+            raise ConfigError("output: required")
+        if not self.seeds:
+            raise ConfigError("seeds: give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: repeated seed in {self.seeds}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ConfigError(f"methods: unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+        if not self.methods:
+            raise ConfigError("methods: give at least one method")
+        _positive(self.data, "data", "train", "test_id", "test_ood", "gsrm_train", "gsrm_wordings")
+        if not 0 < self.data.zero_fraction <= 1:
+            raise ConfigError(f"data.zero_fraction: must be in (0, 1], got {self.data.zero_fraction}")
+        if self.data.gsrm_test < 0:
+            raise ConfigError(f"data.gsrm_test: must be >= 0, got {self.data.gsrm_test}")
+        for name in ("student", "gsrm"):
+            _positive(getattr(self, name), name, "hidden_size", "num_layers", "num_heads", "max_position_embeddings")
+        _positive(self.eval, "eval", "n", "max_tokens_id", "max_tokens_ood", "batch_size")
+        if not self.eval.ks or any(k < 1 or k > self.eval.n for k in self.eval.ks):
+            raise ConfigError(f"eval.ks: each k must be in 1..eval.n={self.eval.n}, got {self.eval.ks}")
+        if self.vocab_size < 300:
+            raise ConfigError(f"vocab_size: must be >= 300 (byte alphabet plus special tokens), got {self.vocab_size}")
+        if self.rl.num_generations < 2:
+            raise ConfigError("rl.num_generations: GRPO needs at least 2 completions per prompt")
+        if self.rl.per_device_train_batch_size % self.rl.num_generations:
+            raise ConfigError(f"rl.per_device_train_batch_size ({self.rl.per_device_train_batch_size}) must be a "
+                              f"multiple of rl.num_generations ({self.rl.num_generations})")
+
+    def seeds_list(self) -> list[int]:
+        return list(self.seeds)
+
+
+def load_demo_job(config: str | Path | None, overrides: Sequence[str] = ()) -> DemoJob:
+    """Read a demo recipe (or the built-in defaults when ``config`` is None) with ``--set`` overrides.
+
+    A section given in part keeps the demo's defaults for the fields it leaves out (not the paper
+    defaults of the training dataclasses), so a recipe only spells out what it changes.
+    """
+    from rlkd.config import build_job, merge_overrides, read_recipe
+
+    data = read_recipe(config) if config else {}
+    data = merge_overrides(data, overrides)
+    return build_job(DemoJob, _deep_merge(dataclasses.asdict(DemoJob()), data))
+
+
+def _deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and key not in _REPLACED_MAPPINGS:
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# mappings a recipe gives whole (a recipe's knobs replace the default knobs instead of adding to them)
+_REPLACED_MAPPINGS = ("id_knobs", "ood_knobs", "extra", "weights")
+
+
+# --------------------------------------------------------------------------------------------------
+# Stages: timing, logging and skipping what is done
+
+
+class Stages:
+    """Times every stage, logs it, and records it in ``stages.json``; ``done(path)`` marks an output
+    folder complete so that a re-run skips the stage."""
+
+    def __init__(self, root: Path, total: int, fresh: bool = False) -> None:
+        self.root = root
+        self.path = root / STAGES_FILE
+        self.total = total
+        self.count = 0
+        self.started = time.monotonic()
+        self.records: dict[str, dict[str, Any]] = {}
+        if self.path.exists() and not fresh:
+            try:
+                self.records = json.loads(self.path.read_text(encoding="utf-8"))
+            except ValueError:
+                log.warning("%s: unreadable, stage times start over", self.path)
+
+    @staticmethod
+    def is_done(folder: Path) -> bool:
+        return (folder / DONE_FILE).is_file()
+
+    @staticmethod
+    def mark_done(folder: Path, **info: Any) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / DONE_FILE).write_text(json.dumps(info) + "\n", encoding="utf-8")
+
+    @contextlib.contextmanager
+    def stage(self, name: str, done_folder: Path | None = None) -> Iterator[bool]:
+        """Run a stage (yields True) or skip it (yields False) when ``done_folder`` is marked done."""
+        self.count += 1
+        prefix = f"[{self.count}/{self.total}] {name}"
+        if done_folder is not None and self.is_done(done_folder):
+            log.info("%s: done before, skipped (%s)", prefix, done_folder)
+            self.records.setdefault(name, {"seconds": 0.0})["skipped"] = True
+            self._write()
+            yield False
+            return
+        log.info("%s ...", prefix)
+        t0 = time.monotonic()
+        yield True
+        seconds = time.monotonic() - t0
+        if done_folder is not None:
+            self.mark_done(done_folder, stage=name, seconds=round(seconds, 2))
+        self.records[name] = {"seconds": round(seconds, 2), "skipped": False}
+        self._write()
+        elapsed = time.monotonic() - self.started
+        log.info("%s: %.1f s (run so far %s)", prefix, seconds, _clock(elapsed))
+
+    def _write(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.records, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(self.path)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def make_tasks(data: DataSection) -> dict[str, list[Any]]:
+    """The experiment's task sets: ``train``, ``test_id``, ``test_ood`` and ``gsrm`` (GSRM training).
+
+    Every set is structurally disjoint from the others (no two tasks share a structure key), so the
+    test sets are held out from both the student's and the GSRM's training.
+    """
+    from rlkd.testbed import generate_tasks
+
+    seed = data.seed
+    train = generate_tasks(data.train, "id", seed=seed, **data.id_knobs)
+    seen = {t.key for t in train}
+    test_id = generate_tasks(data.test_id, "id", seed=seed + 1, exclude=seen, **data.id_knobs)
+    seen |= {t.key for t in test_id}
+    test_ood = generate_tasks(data.test_ood, "ood", seed=seed + 2, exclude=seen, **data.ood_knobs)
+    seen |= {t.key for t in test_ood}
+    gsrm = generate_tasks(data.gsrm_train, "id", seed=seed + 3, exclude=seen, **data.id_knobs)
+    return {"train": train, "test_id": test_id, "test_ood": test_ood, "gsrm": gsrm}
+
+
+def gsrm_sft_rows(tasks: Sequence[Any], wordings: int = 1) -> list[dict[str, Any]]:
+    """GSRM training rows (chat ``prompt``/``completion``) in exactly the prompt the structure reward's
+    :class:`rlkd.gsrm.Decomposer` sends (``math`` prompt, no worked example), so the GSRM is used the
+    way it was trained. The targets are the ground-truth decompositions of the testbed's teacher traces."""
+    from rlkd.gsrm import build_prompt
+    from rlkd.testbed import gsrm_pairs, teacher_trace
+
+    pairs = gsrm_pairs(tasks, traces_per_task=wordings)
+    by_id = {t.id: t for t in tasks}
+    rows = []
+    for pair in pairs:
+        task_id, j = pair["id"].rsplit("#", 1)
+        task = by_id[task_id]
+        trace = teacher_trace(task, task.trace_seed + int(j))
+        prompt = build_prompt(task.problem, trace, "math", few_shot=False)
+        rows.append({"id": pair["id"], "prompt": prompt,
+                     "completion": [{"role": "assistant", "content": pair["messages"][-1]["content"]}]})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Training through rlkd.train
+
+
+def train_job(job: SFTJob | GRPOJob) -> dict[str, Any]:
+    """Run one ``rlkd train sft|grpo`` job from Python, the way the command does: validate, check the
+    inputs, record the launch, train, save. Returns TRL's training metrics."""
+    from rlkd import train as trainer
+    from rlkd.config import build_trl_config, check_trl_fields
+
+    job.validate()
+    check_trl_fields(job)
+    trl_config, _ = build_trl_config(job)
+    check = trainer.preflight(job)
+    if check.errors or check.missing:
+        raise CliError("inputs not ready:\n  " + "\n  ".join(check.errors + check.missing))
+    resume_from = trainer.resume_point(job)
+    kind = "grpo" if isinstance(job, GRPOJob) else "sft"
+    trainer.write_run_record(job, kind, resume_from, argv=["rlkd demo", kind, job.output_dir])
+    run = trainer.run_grpo if kind == "grpo" else trainer.run_sft
+    return run(job, trl_config, resume_from)
+
+
+def _training_for_device(training: Any, device: str) -> Any:
+    """A copy of a training section adapted to the machine: CPU without bf16 when there is no GPU."""
+    import torch
+
+    t = dataclasses.replace(training)
+    if device == "cpu" or not torch.cuda.is_available():
+        t.use_cpu, t.bf16 = True, False
+    return t
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k: 1 - C(n-c, k) / C(n, k) (SPEC section 6), from :mod:`rlkd.evaluate`."""
+    try:
+        from rlkd.evaluate import pass_at_k as estimator
+    except ImportError:  # rlkd.evaluate not installed yet: the same estimator, written out
+        if n - c < k:
+            return 1.0
+        return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+    return float(estimator(n, c, k))
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def evaluate_model(model_dir: Path, tasks: Sequence[Any], *, n: int, ks: Sequence[int], max_tokens: int,
+                   temperature: float, top_p: float, seed: int, batch_size: int, system_prompt: str | None,
+                   samples_path: Path | None = None, desc: str = "eval") -> dict[str, Any]:
+    """Sample ``n`` completions per task and measure pass@1, pass@k, format and structure alignment.
+
+    Correctness is :func:`rlkd.answers.grade_math` (the training accuracy reward's grader); alignment
+    rule-decomposes each completion and compares it with the task's oracle decomposition.
+    """
+    from tqdm.auto import tqdm
+
+    from rlkd.answers import grade_math
+    from rlkd.backends import GenerationRequest, TransformersBackend
+    from rlkd.data import chat_prompt
+    from rlkd.rewards import format_reward
+    from rlkd.testbed import alignment, rule_decompose
+
+    backend = TransformersBackend(str(model_dir), batch_size=batch_size)
+    per_request = max(1, batch_size // n)
+    texts: list[list[str]] = []
+    with tqdm(total=len(tasks), desc=desc, unit="problem", leave=False) as bar:
+        for start in range(0, len(tasks), per_request):
+            chunk = tasks[start: start + per_request]
+            requests = [GenerationRequest.chat(chat_prompt(t.problem, system_prompt), max_tokens=max_tokens,
+                                               temperature=temperature, top_p=top_p, n=n, seed=seed + start)
+                        for t in chunk]
+            for task, completion in zip(chunk, backend.generate_sync(requests)):
+                if completion.error:
+                    raise CliError(f"{desc}: generation failed for {task.id}: {completion.error}")
+                texts.append(list(completion.texts))
+            bar.update(len(chunk))
+    rows = []
+    keys = ("meta_prefix_share", "meta_match", "answer_match", "answers_found")
+    for task, samples in zip(tasks, texts):
+        correct = [bool(grade_math(text, task.answer)) for text in samples]
+        formats = format_reward(samples)
+        aligned = [alignment(rule_decompose(text), task.decomposition) for text in samples]
+        rows.append({"id": task.id, "answer": str(task.answer), "correct": correct, "format": formats,
+                     "alignment": [{k: a[k] for k in (*keys, "exact", "student_steps", "teacher_steps")}
+                                   for a in aligned],
+                     "completions": samples})
+    if samples_path is not None:
+        _write_jsonl(samples_path, rows)
+    metrics: dict[str, Any] = {"problems": len(rows), "n": n}
+    metrics["pass@k"] = {str(k): _mean([pass_at_k(n, sum(r["correct"]), k) for r in rows]) for k in ks}
+    metrics["pass@1"] = metrics["pass@k"].get("1", _mean([pass_at_k(n, sum(r["correct"]), 1) for r in rows]))
+    metrics["format"] = _mean([f for r in rows for f in r["format"]])
+    flat = [a for r in rows for a in r["alignment"]]
+    metrics["alignment"] = {k: _mean([a[k] for a in flat]) for k in keys}
+    metrics["alignment"]["exact"] = _mean([float(a["exact"]) for a in flat])
+    metrics["alignment"]["student_steps"] = _mean([a["student_steps"] for a in flat])
+    return metrics
+
+
+def evaluate_gsrm(gsrm_dir: Path, items: Sequence[tuple[str, str, Any]], *, max_tokens: int,
+                  batch_size: int, desc: str = "GSRM") -> dict[str, Any]:
+    """Decompose ``(problem, trace, reference decomposition)`` items with the trained GSRM (through the
+    same :class:`rlkd.gsrm.Decomposer` the structure reward uses) and compare with the reference.
+
+    Returns the means of :func:`rlkd.testbed.alignment` (choice and answer match, exact sequences) and
+    the share of steps whose meta-reasoning text is the reference's word for word, plus the records.
+    """
+    import asyncio
+
+    from tqdm.auto import tqdm
+
+    from rlkd.backends import TransformersBackend
+    from rlkd.gsrm import Decomposer
+    from rlkd.judges import normalize_text
+    from rlkd.structure import as_decomposition
+    from rlkd.testbed import alignment
+
+    decomposer = Decomposer(TransformersBackend(str(gsrm_dir), batch_size=batch_size), domain="math",
+                            max_tokens=max_tokens, few_shot=False)
+    results = []
+    with tqdm(total=len(items), desc=desc, unit="trace", leave=False) as bar:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start: start + batch_size]
+            results += asyncio.run(decomposer.decompose([(p, t) for p, t, _ in chunk]))
+            bar.update(len(chunk))
+    records = []
+    for (problem, trace, reference), result in zip(items, results):
+        reference = as_decomposition(reference)
+        a = alignment(result.decomposition, reference)
+        meta_same = [normalize_text(s.meta_reasoning) == normalize_text(r.meta_reasoning)
+                     for s, r in zip(result.decomposition.steps, reference.steps)]
+        records.append({"alignment": a, "meta_text_exact": sum(meta_same) / len(reference.steps) if reference.steps else 0.0,
+                        "steps_equal": len(result.decomposition.steps) == len(reference.steps),
+                        "error": result.error, "no_steps": not result.decomposition.steps,
+                        "raw": result.raw})
+    summary = _alignment_summary([r["alignment"] for r in records])
+    summary["meta_text_exact"] = _mean([r["meta_text_exact"] for r in records])
+    summary["step_count_equal"] = _mean([float(r["steps_equal"]) for r in records])
+    summary["no_steps"] = _mean([float(r["no_steps"]) for r in records])
+    summary["errors"] = sum(r["error"] is not None for r in records)
+    summary["traces"] = len(records)
+    return {"summary": summary, "records": records}
+
+
+def _alignment_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    keys = ("meta_prefix_share", "meta_match", "answer_match", "answers_found")
+    out = {k: _mean([float(r[k]) for r in rows]) for k in keys}
+    out["exact"] = _mean([float(r["exact"]) for r in rows])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The experiment
+
+
+class Experiment:
+    """One run of the experiment in ``job.output``; :meth:`run` executes (or skips) every stage."""
+
+    def __init__(self, job: DemoJob, fresh: bool = False) -> None:
+        self.job = job
+        self.root = Path(job.output)
+        self.fresh = fresh
+        if fresh and self.root.exists():
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        seeds, methods = len(job.seeds), len(job.methods)
+        needs_prime = "rlkd_zero" in job.methods
+        rl_methods = sum(m != "sft" for m in job.methods)
+        needs_sft = any(m in job.methods for m in ("sft", "sft_grpo", "sft_rlkd"))
+        total = 4 + seeds * (int(needs_sft) + int(needs_prime) + rl_methods + methods) + 2
+        self.stages = Stages(self.root, total, fresh)
+        self.tasks: dict[str, list[Any]] = {}
+
+    # ---- paths
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def model_dir(self, seed: int, name: str) -> Path:
+        return self.path(f"seed{seed}", name)
+
+    # ---- stages
+
+    def run(self) -> dict[str, Any]:
+        """Run every stage; return the results (also written to ``results.json``) and write the report."""
+        started = time.monotonic()
+        job = self.job
+        (self.root / "config.yaml").write_text(_dump_job(job), encoding="utf-8")
+        self.stage_data()
+        self.stage_models()
+        self.stage_gsrm()
+        gsrm_eval = self.stage_gsrm_eval()
+        for seed in job.seeds:
+            self.stage_seed(seed)
+        check = self.stage_gsrm_student_check()
+        results = self.collect(gsrm_eval, check, time.monotonic() - started)
+        self.stage_report(results)
+        return results
+
+    def stage_data(self) -> None:
+        with self.stages.stage("data: testbed tasks and training files", self.path("data")) as todo:
+            self.tasks = make_tasks(self.job.data)  # deterministic: rebuilt on a resumed run too
+            if todo:
+                self._write_data()
+
+    def _write_data(self) -> None:
+        from rlkd.testbed import write_dataset
+
+        d = self.path("data")
+        t = self.tasks
+        write_dataset(t["train"], d / "train.jsonl")
+        write_dataset(t["test_id"], d / "test_id.jsonl")
+        write_dataset(t["test_ood"], d / "test_ood.jsonl")
+        write_dataset(self.zero_tasks(), d / "zero.jsonl")
+        _write_jsonl(d / "gsrm_train.jsonl", gsrm_sft_rows(t["gsrm"], self.job.data.gsrm_wordings))
+
+    def zero_tasks(self) -> list[Any]:
+        count = max(1, math.ceil(self.job.data.zero_fraction * len(self.tasks["train"])))
+        return self.tasks["train"][:count]
+
+    def stage_models(self) -> None:
+        from rlkd.models import build_tiny_model, build_tokenizer
+        from rlkd.gsrm import load_prompt
+        from rlkd.testbed import corpus, token_stats
+
+        with self.stages.stage("models: tokenizer, tiny GSRM and students", self.path("models")) as todo:
+            if not todo:
+                return
+            texts = corpus(self.tasks["train"] + self.tasks["gsrm"])
+            texts += [content for _, content in load_prompt("math").turns if "{" not in content]
+            tokenizer = build_tokenizer(texts, self.job.vocab_size)
+            g = self.job.gsrm
+            build_tiny_model(self.path("models", "gsrm-base"), tokenizer=tokenizer, hidden_size=g.hidden_size,
+                             num_layers=g.num_layers, num_heads=g.num_heads,
+                             max_position_embeddings=g.max_position_embeddings, seed=self.job.data.seed)
+            s = self.job.student
+            for seed in self.job.seeds:
+                build_tiny_model(self.path("models", f"student-base-seed{seed}"), tokenizer=tokenizer,
+                                 hidden_size=s.hidden_size, num_layers=s.num_layers, num_heads=s.num_heads,
+                                 max_position_embeddings=s.max_position_embeddings, seed=seed)
+            stats = {name: token_stats(self.tasks[name], tokenizer) for name in ("train", "test_id", "test_ood")}
+            (self.path("models") / "token_stats.json").parent.mkdir(parents=True, exist_ok=True)
+            (self.path("models") / "token_stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
+
+    def student_base(self, seed: int) -> Path:
+        path = self.path("models", f"student-base-seed{seed}")
+        if not (path / "config.json").exists():  # a seed added to a resumed run
+            from rlkd.models import build_tiny_model, load_tokenizer
+
+            s = self.job.student
+            build_tiny_model(path, tokenizer=load_tokenizer(self.path("models", "gsrm-base")),
+                             hidden_size=s.hidden_size, num_layers=s.num_layers, num_heads=s.num_heads,
+                             max_position_embeddings=s.max_position_embeddings, seed=seed)
+        return path
+
+    def _sft(self, name: str, model: Path, output: Path, data: Path, training: SFTTraining, seed: int,
+             chat: bool = False) -> None:
+        t = _training_for_device(training, self.job.device)
+        t.seed = seed
+        job = SFTJob(model=str(model), output_dir=str(output), resume="auto")
+        job.data.path = str(data)
+        job.data.system_prompt = self.job.system_prompt
+        job.data.solution_column = None
+        if chat:
+            job.data.format = "chat"
+        job.training = t
+        log.info("%s: rlkd train sft (%s -> %s)", name, model, output)
+        train_job(job)
+
+    def stage_gsrm(self) -> None:
+        out = self.path("gsrm")
+        with self.stages.stage("GSRM: rlkd train sft on (narrative, decomposition) pairs", out) as todo:
+            if todo:
+                self._sft("GSRM", self.path("models", "gsrm-base"), out, self.path("data", "gsrm_train.jsonl"),
+                          self.job.gsrm_training, self.job.data.seed, chat=True)
+
+    def stage_gsrm_eval(self) -> dict[str, Any]:
+        from rlkd.testbed import rule_decompose
+
+        out = self.path("gsrm_eval")
+        with self.stages.stage("GSRM accuracy on held-out teacher traces", out) as todo:
+            if todo:
+                summary: dict[str, Any] = {}
+                for split, name in (("id", "test_id"), ("ood", "test_ood")):
+                    tasks = self.tasks[name][: self.job.data.gsrm_test]
+                    if not tasks:
+                        continue
+                    items = [(t.problem, t.trace, t.decomposition) for t in tasks]
+                    max_tokens = self.job.structure.gsrm_max_tokens * (2 if split == "ood" else 1)
+                    measured = evaluate_gsrm(self.path("gsrm"), items, max_tokens=max_tokens,
+                                             batch_size=self.job.eval.batch_size, desc=f"GSRM {split}")
+                    rule = _alignment_summary([_rule_alignment(rule_decompose(t.trace), t.decomposition)
+                                               for t in tasks])
+                    summary[split] = {"gsrm": measured["summary"], "rule": rule}
+                    _write_jsonl(out / f"{split}.jsonl", measured["records"])
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+
+    def stage_seed(self, seed: int) -> None:
+        job = self.job
+        methods = job.methods
+        data = self.path("data")
+        if any(m in methods for m in ("sft", "sft_grpo", "sft_rlkd")):
+            out = self.model_dir(seed, "sft")
+            with self.stages.stage(f"seed {seed}: SFT on {len(self.tasks['train'])} teacher traces", out) as todo:
+                if todo:
+                    self._sft("SFT", self.student_base(seed), out, data / "train.jsonl", job.sft, seed)
+        if "rlkd_zero" in methods:
+            out = self.model_dir(seed, "prime")
+            with self.stages.stage(f"seed {seed}: format priming for RLKD-zero ({len(self.zero_tasks())} traces)",
+                                   out) as todo:
+                if todo:
+                    self._sft("prime", self.student_base(seed), out, data / "zero.jsonl", job.prime, seed)
+        plan = [("sft_grpo", "sft", "outcome", "train.jsonl"), ("sft_rlkd", "sft", "rlkd", "train.jsonl"),
+                ("rlkd_zero", "prime", "rlkd", "zero.jsonl")]
+        for method, start, reward_set, data_file in plan:
+            if method not in methods:
+                continue
+            out = self.model_dir(seed, method)
+            with self.stages.stage(f"seed {seed}: {METHODS[method][0]} (GRPO, reward set '{reward_set}')", out) as todo:
+                if todo:
+                    self._grpo(method, self.model_dir(seed, start), out, data / data_file, reward_set, seed)
+        for method in methods:
+            out = self.path("eval", f"seed{seed}", method)
+            with self.stages.stage(f"seed {seed}: evaluate {METHODS[method][0]} on id and ood", out) as todo:
+                if todo:
+                    self._evaluate(seed, method, out)
+
+    def _grpo(self, method: str, model: Path, output: Path, data: Path, reward_set: str, seed: int) -> None:
+        t = _training_for_device(self.job.rl, self.job.device)
+        t.seed = seed
+        structure = dataclasses.replace(self.job.structure)
+        structure.gsrm = dataclasses.replace(structure.gsrm, local_model=str(self.path("gsrm")), base_url=None,
+                                             local_batch_size=max(structure.gsrm.local_batch_size,
+                                                                  t.per_device_train_batch_size))
+        structure.domain = "math"
+        job = GRPOJob(model=str(model), output_dir=str(output), resume="auto", structure=structure, training=t)
+        job.data.path = str(data)
+        job.data.system_prompt = self.job.system_prompt
+        job.rewards.set = reward_set
+        log.info("%s: rlkd train grpo with reward set '%s' (%s -> %s)", METHODS[method][0], reward_set, model, output)
+        train_job(job)
+
+    def _evaluate(self, seed: int, method: str, out: Path) -> None:
+        e = self.job.eval
+        metrics = {}
+        for split, name, max_tokens in (("id", "test_id", e.max_tokens_id), ("ood", "test_ood", e.max_tokens_ood)):
+            metrics[split] = evaluate_model(
+                self.model_dir(seed, method), self.tasks[name], n=e.n, ks=e.ks, max_tokens=max_tokens,
+                temperature=e.temperature, top_p=e.top_p, seed=seed * 1000, batch_size=e.batch_size,
+                system_prompt=self.job.system_prompt, samples_path=out / f"{split}.jsonl",
+                desc=f"{METHODS[method][0]} seed {seed} {split}")
+            log.info("%s seed %d %s: pass@1 %.3f, format %.2f, meta prefix %.2f", METHODS[method][0], seed, split,
+                     metrics[split]["pass@1"], metrics[split]["format"], metrics[split]["alignment"]["meta_prefix_share"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+
+    def stage_gsrm_student_check(self) -> dict[str, Any] | None:
+        """The GSRM on student completions (what it sees during RL), against the rule decomposer."""
+        from rlkd.testbed import rule_decompose
+
+        count = self.job.eval.gsrm_student_check
+        seed = self.job.seeds[0]
+        method = "sft" if "sft" in self.job.methods else self.job.methods[0]
+        source = self.path("eval", f"seed{seed}", method, "id.jsonl")
+        out = self.path("gsrm_student_check")
+        if count <= 0 or not source.exists():
+            return None
+        with self.stages.stage(f"GSRM on {count} student completions vs the rule decomposer", out) as todo:
+            if todo:
+                by_id = {t.id: t for t in self.tasks["test_id"]}
+                items = []
+                for line in source.read_text(encoding="utf-8").splitlines():
+                    row = json.loads(line)
+                    for text in row["completions"][:1]:
+                        items.append((by_id[row["id"]].problem, text, rule_decompose(text)))
+                    if len(items) >= count:
+                        break
+                measured = evaluate_gsrm(self.path("gsrm"), items, max_tokens=self.job.structure.gsrm_max_tokens,
+                                         batch_size=self.job.eval.batch_size, desc="GSRM on students")
+                measured["summary"]["source"] = (f"{METHODS[method][0]} seed {seed}, id split, first completion "
+                                                 "per problem")
+                _write_jsonl(out / "records.jsonl", measured["records"])
+                (out / "summary.json").write_text(json.dumps(measured["summary"], indent=2), encoding="utf-8")
+        path = out / "summary.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+    # ---- results
+
+    def collect(self, gsrm_eval: Mapping[str, Any], gsrm_student: Mapping[str, Any] | None,
+                wall_s: float) -> dict[str, Any]:
+        """Gather everything the report needs into one JSON-ready structure (see :mod:`rlkd.report`)."""
+        job = self.job
+        methods: dict[str, Any] = {}
+        for method in job.methods:
+            seeds = {}
+            for seed in job.seeds:
+                path = self.path("eval", f"seed{seed}", method, "metrics.json")
+                if path.exists():
+                    seeds[str(seed)] = json.loads(path.read_text(encoding="utf-8"))
+            methods[method] = {"label": METHODS[method][0], "description": METHODS[method][1], "seeds": seeds}
+        training: dict[str, Any] = {}
+        for method in job.methods:
+            if method == "sft":
+                continue
+            training[method] = {str(seed): _read_metrics(self.model_dir(seed, method) / "metrics.jsonl")
+                                for seed in job.seeds}
+        stats_path = self.path("models", "token_stats.json")
+        results = {
+            "title": "RLKD on the synthetic multi-branch testbed",
+            "config": dataclasses.asdict(job),
+            "methods": methods,
+            "training": training,
+            "gsrm": {"heldout": dict(gsrm_eval), "students": dict(gsrm_student) if gsrm_student else None},
+            "token_stats": json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.exists() else None,
+            "example": self.example(),
+            "data": {"train": len(self.tasks["train"]), "test_id": len(self.tasks["test_id"]),
+                     "test_ood": len(self.tasks["test_ood"]), "gsrm_train": len(self.tasks["gsrm"]),
+                     "zero": len(self.zero_tasks())},
+            "stages": dict(self.stages.records),
+            "wall_time_s": round(wall_s, 1),
+            "machine": machine_info(),
+        }
+        (self.root / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        return results
+
+    def example(self) -> dict[str, Any] | None:
+        """One test problem with the teacher's steps and a student's (rule-decomposed) steps."""
+        from rlkd.testbed import rule_decompose
+
+        preferred = [m for m in ("sft_rlkd", "rlkd_zero", "sft_grpo", "sft") if m in self.job.methods]
+        seed = self.job.seeds[0]
+        by_id = {t.id: t for t in self.tasks["test_id"]}
+        for method in preferred:
+            path = self.path("eval", f"seed{seed}", method, "id.jsonl")
+            if not path.exists():
+                continue
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if not rows:
+                continue
+            # the problem where this student's first completion lines up best with the oracle
+            row = max(rows, key=lambda r: (r["alignment"][0]["meta_prefix_share"], r["correct"][0]))
+            task = by_id[row["id"]]
+            text = row["completions"][0]
+            return {"method": method, "label": METHODS[method][0], "seed": seed, "id": task.id,
+                    "problem": task.problem, "answer": str(task.answer), "teacher_trace": task.trace,
+                    "teacher_steps": task.decomposition.to_dict()["steps"], "student_trace": text,
+                    "student_steps": rule_decompose(text).to_dict()["steps"], "correct": row["correct"][0],
+                    "alignment": row["alignment"][0]}
+        return None
+
+    def stage_report(self, results: Mapping[str, Any]) -> None:
+        from rlkd.report import write_report
+
+        with self.stages.stage("report: markdown, HTML and plots") as _:
+            write_report(results, self.path("report"))
+
+
+def _rule_alignment(decomposition: Any, reference: Any) -> dict[str, Any]:
+    from rlkd.testbed import alignment
+
+    return alignment(decomposition, reference)
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a torn last line of a killed run
+    return rows
+
+
+def _dump_job(job: DemoJob) -> str:
+    from rlkd.config import dump_yaml
+
+    return dump_yaml(job)
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the run ran: CPU count, torch threads, GPU (if any), platform."""
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpus": os.cpu_count()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:  # pragma: no cover - not on every platform
+        pass
+    return info
+
+
+# --------------------------------------------------------------------------------------------------
+# rlkd demo
+
+
+def results_table(results: Mapping[str, Any]) -> str:
+    """The console table: per method and split, pass@1 and alignment as mean ± std over seeds."""
+    from rlkd.report import summarize
+
+    summary = summarize(results)
+    lines = [f"{'method':<10} {'split':<5} {'seeds':>5}  {'pass@1':>13}  {'pass@' + str(summary['kmax']):>13}  "
+             f"{'format':>13}  {'meta prefix':>13}"]
+    for method, splits in summary["methods"].items():
+        for split in SPLITS:
+            s = splits.get(split)
+            if not s:
+                continue
+            lines.append(f"{s['label']:<10} {split:<5} {s['seeds']:>5}  {_pm(s['pass@1']):>13}  "
+                         f"{_pm(s['pass@kmax']):>13}  {_pm(s['format']):>13}  {_pm(s['meta_prefix_share']):>13}")
+    return "\n".join(lines)
+
+
+def _pm(stat: Mapping[str, float]) -> str:
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``rlkd demo``: run the experiment (or only re-render its report) and print the results table."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("WANDB_DISABLED", "true")
+    config = args.config
+    if config is None and DEFAULT_CONFIG.is_file():
+        config = str(DEFAULT_CONFIG)
+    overrides = list(args.set)
+    if args.output:
+        overrides.append(f"output={args.output}")
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise CliError(f"--seeds: must be >= 1, got {args.seeds}")
+        overrides.append(f"seeds={list(range(args.seeds))}")
+    job = load_demo_job(config, overrides)
+    root = Path(job.output)
+    if args.report_only:
+        path = root / RESULTS_FILE
+        if not path.exists():
+            raise CliError(f"{path}: no results to report (run rlkd demo first)")
+        from rlkd.report import write_report
+
+        results = json.loads(path.read_text(encoding="utf-8"))
+        paths = write_report(results, root / "report")
+    else:
+        log.info("rlkd demo: %s -> %s (seeds %s, methods %s)", config or "built-in defaults", root, job.seeds,
+                 ", ".join(job.methods))
+        results = Experiment(job, fresh=args.fresh).run()
+        paths = {"markdown": root / "report" / "report.md", "html": root / "report" / "report.html"}
+    print()
+    print(results_table(results))
+    print()
+    stages = results.get("stages", {})
+    if stages:
+        print("stage times (s): " + ", ".join(f"{name.split(':')[0]} {rec.get('seconds', 0):.0f}"
+                                              for name, rec in stages.items() if not rec.get("skipped")))
+    print(f"wall time: {_clock(results.get('wall_time_s', 0))}")
+    print(f"report: {paths['markdown']}  (HTML: {paths['html']})")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    """Register ``rlkd demo``."""
+    p = subparsers.add_parser(
+        "demo", help="the RLKD experiment in miniature on the synthetic testbed, end to end (CPU, minutes)",
+        description="Generate testbed tasks, build tiny models, train a GSRM, train SFT / SFT+GRPO / SFT+RLKD / "
+        "RLKD-zero students over several seeds, evaluate them on in- and out-of-distribution tests, and write "
+        "a markdown + HTML report with plots. Re-running resumes: finished stages are skipped.",
+    )
+    p.add_argument("--config", metavar="RECIPE.yaml",
+                   help=f"demo recipe (default {DEFAULT_CONFIG} when it exists, else the built-in defaults; "
+                        "configs/demo/full.yaml is the larger run)")
+    p.add_argument("--output", metavar="DIR", help=f"run folder (default: the recipe's output, {DEFAULT_OUTPUT})")
+    p.add_argument("--seeds", type=int, metavar="N", help="number of seeds (0..N-1) instead of the recipe's list")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one recipe field, e.g. --set rl.max_steps=20 (repeatable; value read as YAML)")
+    p.add_argument("--fresh", action="store_true", help="delete the run folder first instead of resuming")
+    p.add_argument("--report-only", action="store_true",
+                   help="only re-render the report from the run folder's results.json")
+    p.set_defaults(func=cmd_demo)
