@@ -18,17 +18,20 @@ Math answers. :func:`extract_answer` takes, in order:
 How this departs from the authors' evaluation (lighteval 0.9 with math-verify on the whole completion):
 
 1. Extraction is ours and explicit (the list above), and math-verify only compares the extracted string
-   with the gold. math-verify's own extraction also takes the right-most ``\\boxed{}`` first and then
-   "final answer is" phrases, so the two agree on answers written that way; it additionally falls back to
-   the last bare number or LaTeX expression of the text, which we do not: a chain of thought cut off
-   mid-way is graded wrong here rather than credited with whatever number it ended on.
+   with the gold. lighteval's math-verify extraction also looks for ``\\boxed{}`` and "final answer is"
+   phrases and takes the right-most match, so the two agree on answers written that way. It differs in
+   two fallbacks we do not have: when the right-most box cannot be parsed it tries the box before it,
+   and when there is no anchor at all it takes the last bare number or LaTeX expression of the text. So
+   a chain of thought cut off mid-way is graded wrong here rather than credited with whatever number it
+   ended on.
 2. The ``<answer>`` tag of the training format is read (step 2); lighteval ignores tags.
 3. Time is bounded by us, not by math-verify's signal-based timeouts (which only work in the main thread
    and cannot interrupt a long C call either): math-verify runs in a few reusable grading subprocesses,
    and one that takes longer than ``timeout_s`` is killed (the grade is then ``False`` with the reason,
    and the event counted in :data:`STATS`). Inputs are cut at ``MAX_ANSWER_CHARS`` and verdicts are
-   cached per (gold, answer). So every function here is safe in threads, in async code and in TRL reward
-   functions, and none of them raises.
+   cached per (gold, answer), timeouts included. So every function here is safe in threads and in TRL
+   reward functions, and none of them raises; they block while math-verify works, so async code calls
+   them through ``asyncio.to_thread``.
 4. A gold answer that math-verify cannot read gives ``None`` ("cannot grade"), never a silent ``False``.
 
 Multiple choice (GPQA). :func:`extract_choice` takes the right-most *decisive* letter (a boxed letter,

@@ -35,6 +35,7 @@ no system prompt, temperature 0.6, top_p 0.95, up to 32768 new tokens, n = 64 (A
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import json
 import logging
@@ -79,8 +80,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     Computed as the product 1 - prod_{i=n-c+1..n} (1 - k/i), which stays exact in floating point for any
     n (no huge binomials).
 
-    >>> pass_at_k(4, 2, 1), pass_at_k(4, 2, 2), pass_at_k(4, 0, 3), pass_at_k(4, 2, 3)
-    (0.5, 0.8333333333333334, 0.0, 1.0)
+    >>> pass_at_k(4, 2, 1), round(pass_at_k(4, 2, 2), 6), pass_at_k(4, 0, 3), pass_at_k(4, 2, 3)
+    (0.5, 0.833333, 0.0, 1.0)
     """
     for name, value in (("n", n), ("c", c), ("k", k)):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -357,8 +358,10 @@ class _VllmEngine:
 
     def generate(self, batch: list[tuple[Problem, int]]) -> list[dict[str, Any]]:
         a = self.args
-        prompts = [self.tokenizer.apply_chat_template(_messages(a, p), tokenize=False, add_generation_prompt=True)
-                   for p, _ in batch]
+        # token ids, rendered exactly as the transformers engine does (no second BOS added by vLLM)
+        prompts = [{"prompt_token_ids": self.tokenizer(
+            self.tokenizer.apply_chat_template(_messages(a, p), tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False)["input_ids"]} for p, _ in batch]
         params = [self.vllm.SamplingParams(temperature=a.temperature, top_p=a.top_p, max_tokens=a.max_new_tokens,
                                            n=1, seed=_seed_for(a.seed, p.id, s)) for p, s in batch]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
@@ -428,18 +431,22 @@ def grade_samples(problems: list[Problem], cache: dict[tuple[str, int], dict[str
 
     from rlkd.answers import grade_choice_detail, grade_math_detail
 
-    records = []
     todo = [(p, s, cache[(p.id, s)]) for p in problems for s in range(n)
             if (p.id, s) in cache and cache[(p.id, s)].get("prompt_hash") == p.prompt_hash]
-    for p, s, gen in tqdm(todo, desc="grading", unit="sample", dynamic_ncols=True):
+
+    def grade(item: tuple[Problem, int, dict[str, Any]]) -> dict[str, Any]:
+        p, s, gen = item
         if p.kind == "choice":
-            grade = grade_choice_detail(gen["completion"], p.gold, CHOICE_LETTERS)
+            g = grade_choice_detail(gen["completion"], p.gold, CHOICE_LETTERS)
         else:
-            grade = grade_math_detail(gen["completion"], p.gold, timeout_s=timeout_s)
-        records.append({"id": p.id, "sample": s, "gold": p.gold, "answer": grade.answer, "correct": grade.correct,
-                        "reason": grade.reason, "completion_tokens": gen.get("completion_tokens"),
-                        "truncated": gen.get("truncated"), "completion": gen["completion"]})
-    return records
+            g = grade_math_detail(gen["completion"], p.gold, timeout_s=timeout_s)
+        return {"id": p.id, "sample": s, "gold": p.gold, "answer": g.answer, "correct": g.correct,
+                "reason": g.reason, "completion_tokens": gen.get("completion_tokens"),
+                "truncated": gen.get("truncated"), "completion": gen["completion"]}
+
+    # math-verify runs in rlkd.answers' grading processes: a few threads keep several of them busy
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        return list(tqdm(pool.map(grade, todo), total=len(todo), desc="grading", unit="sample", dynamic_ncols=True))
 
 
 def summarize(problems: list[Problem], records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -596,6 +603,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     settings["n"] = n
     _check_settings(out_dir, settings)
     counts = generate_missing(args, problems, n, out_dir)
+    stats_before = dict(STATS)
     cache = _read_cache(out_dir / "generations.jsonl")
     records = grade_samples(problems, cache, n, args.grade_timeout)
     _write_jsonl(out_dir / "samples.jsonl", records)
@@ -606,7 +614,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         {**asdict(p), "n": len(correct.get(p.id, [])), "correct": sum(bool(c) for c in correct.get(p.id, []))}
         for p in problems))
     summary = {"benchmark": spec.name, "model": args.model, "kind": problems[0].kind, **summarize(problems, records),
-               "generation": counts, "grading": dict(STATS), "settings": settings}
+               "generation": counts, "grading": {k: STATS[k] - stats_before.get(k, 0) for k in STATS},
+               "settings": settings}
     _write_json(out_dir / "summary.json", summary)
     plot_pass_at_k([(Path(args.model.rstrip("/")).name or args.model, summary)], out_dir / "pass_at_k.png",
                    f"{spec.name}: pass@k")
