@@ -1,0 +1,184 @@
+"""rlkd train sft / grpo: the tiny recipes end to end on CPU, run records, reward-first logs, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlkd.cli import main
+from rlkd.train import format_log_line, last_checkpoint, order_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """What ``rlkd data tiny`` writes, small: 8 training tasks, a tiny student and a tiny GSRM."""
+    from rlkd.data import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny"), train=8, test=2)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def grpo_args(recipe: str, tiny: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    args = ["train", "grpo", "--config", str(REPO / "configs/tiny" / recipe), "--set", f"model={tiny['student']}",
+            "--set", f"data.path={tiny['tasks_train']}", "--set", f"output_dir={out}",
+            "--set", "training.max_steps=2", "--set", "training.save_steps=2", "--set", "training.max_completion_length=24"]
+    if recipe.startswith("rlkd"):
+        args += ["--set", f"structure.gsrm.local_model={tiny['gsrm_base']}", "--set", "structure.gsrm_max_tokens=24"]
+    return args + list(extra)
+
+
+def check_run_record(out: Path, launches: int = 1) -> dict:
+    import torch
+    import transformers
+    import trl
+
+    record = json.loads((out / "rlkd_run.json").read_text(encoding="utf-8"))
+    assert len(record["launches"]) == launches
+    launch = record["launches"][-1]
+    assert launch["versions"]["torch"] == torch.__version__
+    assert launch["versions"]["trl"] == trl.__version__
+    assert launch["versions"]["transformers"] == transformers.__version__
+    assert re.fullmatch(r"[0-9a-f]{40}", launch["git"]["commit"]) and isinstance(launch["git"]["dirty"], bool)
+    return record
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe, data, model", [("sft.yaml", "tasks_train", "student"),
+                                                 ("gsrm_sft.yaml", "gsrm_sft", "gsrm_base")])
+def test_sft_tiny_recipe(recipe, data, model, tiny, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="rlkd.train")
+    out = tmp_path / "run"
+    assert main(["train", "sft", "--config", str(REPO / "configs/tiny" / recipe), "--set", f"model={tiny[model]}",
+                 "--set", f"data.path={tiny[data]}", "--set", f"output_dir={out}", "--set", "training.max_steps=2",
+                 "--set", "training.save_steps=2", "--set", "training.logging_steps=1",
+                 "--set", "training.per_device_train_batch_size=2"]) == 0
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text(encoding="utf-8"))
+    assert state["global_step"] == 2
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    config = yaml.safe_load((out / "rlkd_config.yaml").read_text(encoding="utf-8"))
+    assert (config["model"], config["training"]["max_steps"]) == (str(tiny[model]), 2)
+    check_run_record(out)
+    steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+    assert steps == [1, 2]
+    assert any(m.startswith("step 2/2 | loss ") for m in caplog.messages)
+
+
+@pytest.mark.slow
+def test_grpo_outcome_tiny_recipe(tiny, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="rlkd.train")
+    out = tmp_path / "outcome"
+    assert main(grpo_args("sft_then_grpo.yaml", tiny, out)) == 0
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file()
+    check_run_record(out)
+    first = read_jsonl(out / "metrics.jsonl")[0]
+    # the reward and its components lead every logged line
+    assert list(first)[:9] == ["step", "reward", "reward_std", "rewards/accuracy/mean", "rewards/accuracy/std",
+                               "rewards/format/mean", "rewards/format/std", "rewards/tag_count/mean",
+                               "rewards/tag_count/std"]
+    line = next(m for m in caplog.messages if m.startswith("step 1/2 | reward "))
+    assert re.search(r"\| accuracy [\d.]+×3 format [\d.]+×2 tag_count [\d.]+×2 \|", line), line
+
+
+@pytest.mark.slow
+def test_grpo_rlkd_tiny_recipe_with_a_local_gsrm(tiny, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="rlkd.train")
+    out = tmp_path / "rlkd"
+    assert main(grpo_args("rlkd_grpo.yaml", tiny, out)) == 0
+    logged = [r for r in read_jsonl(out / "metrics.jsonl") if "reward" in r]
+    assert [r["step"] for r in logged] == [1, 2]
+    assert list(logged[0])[1:5] == ["reward", "reward_std", "rewards/accuracy/mean", "rewards/accuracy/std"]
+    assert list(logged[0])[5:7] == ["rewards/structure/mean", "rewards/structure/std"]
+    for name in ("structure/meta_match", "structure/subproblem_match", "structure/answer_match",
+                 "structure/prefix_length", "structure/gsrm_failures"):
+        assert name in logged[0], name
+    assert logged[0]["structure/gsrm_failures"] == 0.0  # the GSRM (a real local model) answered every call
+    samples = read_jsonl(out / "structure_samples.jsonl")
+    assert samples and {"reward", "teacher", "student", "completion"} <= set(samples[0])
+    assert any(m.startswith("step 1/2 | reward ") and "structure: meta_match " in m for m in caplog.messages)
+    assert yaml.safe_load((out / "rlkd_config.yaml").read_text(encoding="utf-8"))["rewards"]["set"] == "rlkd"
+
+
+@pytest.mark.slow
+def test_killed_grpo_run_resumes_from_its_last_checkpoint(tiny, tmp_path):
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "rlkd.cli", *grpo_args("sft_then_grpo.yaml", tiny, out,
+                                                            "--set", "training.max_steps=6")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoint-2" / "trainer_state.json").exists():
+        assert first.poll() is None, first.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    first.stderr.close()
+    assert first.returncode == -signal.SIGKILL
+    assert not (out / "model.safetensors").exists()  # killed before the end
+    checkpoint = last_checkpoint(out)
+    step = int(checkpoint.name.split("-")[1])
+    assert 2 <= step < 6
+    logged_before = len(read_jsonl(out / "metrics.jsonl"))
+
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resuming from {checkpoint}" in second.stderr
+    record = check_run_record(out, launches=2)
+    assert record["launches"][0]["resumed_from"] is None
+    assert record["launches"][1]["resumed_from"] == str(checkpoint)
+    resumed = [r["step"] for r in read_jsonl(out / "metrics.jsonl")[logged_before:] if "reward" in r]
+    assert resumed == list(range(step + 1, 7))
+    final = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text(encoding="utf-8"))
+    assert final["global_step"] == 6
+    assert (out / "model.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_last_checkpoint_skips_an_incomplete_one(tmp_path):
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text('{"global_step": %d}' % step, encoding="utf-8")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert last_checkpoint(tmp_path / "absent") is None
+
+
+def test_metrics_are_ordered_reward_first():
+    logs = {"loss": 0.1, "kl": 0.0, "structure/judge_failures": 0.0, "rewards/format/mean": 1.0, "reward": 2.5,
+            "rewards/accuracy/mean": 0.5, "structure/meta_match": 0.25, "reward_std": 0.5}
+    ordered = order_metrics(logs, ["accuracy", "format"])
+    assert list(ordered) == ["reward", "reward_std", "rewards/accuracy/mean", "rewards/format/mean",
+                             "structure/judge_failures", "structure/meta_match", "loss", "kl"]
+    assert format_log_line(3, 10, ordered, ["accuracy", "format"], [3.0, 2.0]) == (
+        "step 3/10 | reward 2.500 ± 0.500 | accuracy 0.500×3 format 1.000×2 | "
+        "structure: meta_match 0.250 judge_failures 0.000 | loss 0.1 kl 0")
+
+
+def test_dry_run_reports_the_checkpoint_it_would_resume(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "checkpoint-3").mkdir(parents=True)
+    (out / "checkpoint-3" / "trainer_state.json").write_text('{"global_step": 3}', encoding="utf-8")
+    assert main(grpo_args("rlkd_zero.yaml", tiny, out, "--dry-run", "--strict")) == 0
+    printed = capsys.readouterr().out
+    assert f"[ok] resume from {out / 'checkpoint-3'}" in printed
+    assert f"[ok] model = {tiny['student']}: model folder found" in printed
+    assert f"[ok] data.path = {tiny['tasks_train']}: columns problem, answer, teacher_structure present" in printed
