@@ -1,0 +1,133 @@
+"""The benchmark scripts in benchmarks/: their pieces on literal inputs, and a smoke run of each at a tiny
+size that must print its result lines. No timing is asserted (speed belongs in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlkd.backends import OpenAIBackend
+from rlkd.gsrm import Decomposer
+from rlkd.judges import JudgeRequest, TextJudge, score_structure
+from rlkd.llm_judge import LLMJudge
+from rlkd.structure import Decomposition, Step, structure_reward
+from rlkd.testbed import generate_tasks, rule_decompose
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    """Import a benchmark script as a module (once; scripts import each other by file name)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def run_script(*args: str, timeout: float = 120) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def task():
+    return generate_tasks(1, split="ood", seed=0, depth=(8, 12))[0]
+
+
+class TestLatencyServer:
+    @pytest.mark.server
+    def test_answers_gsrm_per_pair_and_batched_prompts_and_counts_what_it_served(self, task):
+        server_module = load("latency_server")
+        with server_module.LatencyServer(latency_ms=1) as server:
+            backend = OpenAIBackend(server.base_url, "m", api_key_env=None, max_retries=0)
+            pairs = [JudgeRequest("meta", "Start from x.", "start  from X"), JudgeRequest("answer", "4", "5"),
+                     JudgeRequest("subproblem", "What is x?", "What is y?")]
+
+            async def go():
+                [decomposed] = await Decomposer(backend).decompose([(task.problem, task.trace)])
+                each = await LLMJudge(backend).ajudge(pairs)
+                batched = await LLMJudge(backend, batched=True).ajudge(pairs)
+                await backend.aclose()
+                return decomposed, each, batched
+
+            import asyncio
+
+            decomposed, each, batched = asyncio.run(go())
+            counters = server.counters.as_dict()
+        assert decomposed.decomposition.render() == task.decomposition.render()
+        assert [v.same for v in each] == [True, False, False]
+        assert [v.same for v in batched] == [True, False, False]
+        assert counters["requests"] == {"gsrm": 1, "judge": 3, "judge_batched": 1, "other": 0}
+        assert sum(counters["prompt_tokens"].values()) == backend.stats.prompt_tokens
+        assert sum(counters["completion_tokens"].values()) == backend.stats.completion_tokens
+
+    def test_token_count_and_cut(self):
+        server_module = load("latency_server")
+        assert server_module.count_tokens('{"1": "yes"}') == 9  # { " 1 " : " yes " }
+        assert server_module.cut_tokens("a b, c d", 3) == ("a b,", True)
+        assert server_module.cut_tokens("a b", 5) == ("a b", False)
+
+    def test_nonsense_gets_a_chunk_decomposition(self):
+        from rlkd.structure import parse_decomposition
+
+        server_module = load("latency_server")
+        text = server_module.chunk_decomposition("no digits here. none at all. just words!")
+        assert [s.answer for s in parse_decomposition(text).steps] == ["here.", "all.", "words!"]
+
+
+class TestRewardCostPieces:
+    def test_authors_loop_asks_in_their_order_and_matches_the_library_reward(self):
+        bench = load("reward_cost")
+        teacher = Decomposition([Step("a", "q", "1"), Step("b", "r", "2"), Step("c", "s", "3"), Step("d", "t", "4")])
+        student = Decomposition([Step("a", "q", "9"), Step("b", "x", "2"), Step("z", "s", "3"), Step("d", "t", "4")])
+        asked = []
+
+        def same(field, a, b):
+            asked.append((field, a))
+            return a == b
+
+        reward = bench.authors_structure_reward(teacher, student, same)
+        lookup = lambda f, i: TextJudge().judge_one(JudgeRequest(f, teacher.steps[i].get(f), student.steps[i].get(f)))
+        assert reward == structure_reward(teacher, student, lookup).reward == 1.0
+        assert asked == [("meta", "a"), ("meta", "b"), ("meta", "c"), ("subproblem", "q"), ("subproblem", "r"),
+                         ("answer", "1"), ("answer", "2")]
+
+    @pytest.mark.parametrize("edit, step, expected", [("copy", 3, "k"), ("slip", 3, "k - 0.5"), ("stop", 3, "3"),
+                                                      ("diverge", 3, "2"), ("diverge", 5, "4")])
+    def test_edits_of_the_teacher_trace_earn_the_reward_they_are_built_for(self, task, edit, step, expected):
+        import asyncio
+
+        bench = load("reward_cost")
+        k = len(task.decomposition)
+        student = rule_decompose(bench.edit_trace(task, edit, step, wording_seed=task.trace_seed + 1))
+        result = asyncio.run(score_structure(task.decomposition, student, TextJudge()))
+        assert result.reward == eval(expected, {"k": k})
+
+    def test_batch_has_every_edit_and_teacher_steps_in_range(self):
+        bench = load("reward_cost")
+        batch = bench.build_batch(prompts=5, generations=4, min_steps=8, max_steps=12)
+        assert len(batch.completions) == 20 and len(set(batch.completions)) == 20
+        assert {e: batch.edits.count(e) for e in bench.EDITS} == {e: 4 for e in bench.EDITS}
+        assert all(8 <= len(rule_decompose(t).steps) <= 12 for t in batch.distinct_traces)
+
+
+@pytest.mark.server
+def test_reward_cost_smoke_run_prints_identical_rewards_and_ratio_lines():
+    out = run_script(str(BENCH / "reward_cost.py"), "--prompts", "2", "--generations", "2", "--min-steps", "3",
+                     "--max-steps", "4", "--latency", "0:0", "--variants", "per-pair,batched")
+    assert "rewards identical: yes (4 completions" in out
+    assert "server counts match client counts: yes" in out
+    ratio_lines = [line for line in out.splitlines() if line.startswith("ratio ")]
+    assert [line.split(":")[0] for line in ratio_lines] == [
+        "ratio ours per-pair / authors", "ratio ours batched / authors",
+        "ratio ours batched + offline teacher pass / authors"]
+    assert "| authors (baseline) | " in out and "goal >= 10x fewer LLM tokens:" in out
