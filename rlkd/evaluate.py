@@ -527,6 +527,10 @@ def plot_pass_at_k(runs: Sequence[tuple[str, dict[str, Any]]], path: Path, title
         if points:
             ax.plot([k for k, _ in points], [v for _, v in points], marker="o", label=f"{label} (n={summary['n']})")
     ax.set_xscale("log", base=2)
+    ticks = sorted({int(k) for _, summary in runs for k in summary["pass_at_k"]})
+    if ticks:
+        ax.set_xticks(ticks, [str(k) for k in ticks])
+        ax.minorticks_off()
     ax.set_xlabel("k")
     ax.set_ylabel("pass@k")
     ax.set_ylim(0, 1.02)
