@@ -10,10 +10,9 @@ Judges here need no LLM, so the structure reward can run with none at all:
 1. ``text``: equal after lower-casing and collapsing whitespace and punctuation.
 2. ``overlap``: token F1 at or above a threshold (default 0.5).
 3. ``math``: answers compared by math-verify (texts it cannot read fall back to ``text``); the
-   meta-reasoning and sub-problem fields, which are prose, are compared as ``text``.
-   math-verify's own timeouts use signals, which only work in the main thread, so this judge turns them
-   off and bounds time itself: inputs are cut at ``max_chars`` and each check runs in a worker thread
-   that is abandoned (and the verdict counted as failed) after ``timeout_s``.
+   meta-reasoning and sub-problem fields, which are prose, are compared as ``text``. It shares
+   :func:`rlkd.answers.math_equal` with the accuracy reward and the evaluator: time-bounded in any
+   thread, and a check that runs past ``timeout_s`` is a failed verdict, counted, not a crash.
 4. ``hybrid``: one judge per field, e.g. ``overlap`` for meta-reasoning and sub-problems and ``math``
    for answers (the default).
 
@@ -27,10 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
 import re
 import string
-import threading
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
@@ -131,66 +128,31 @@ class OverlapJudge(Judge):
         return Verdict(f1 >= self.threshold, self.name, f"token F1 {f1:.2f} (threshold {self.threshold})")
 
 
-class _NoTimeoutWarning(logging.Filter):
-    """math-verify warns on every call made with its signal timeouts off; this judge bounds time itself."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Timeout is disabled")
-
-
-for _name in ("math_verify.parser", "math_verify.grader"):
-    logging.getLogger(_name).addFilter(_NoTimeoutWarning())
-
-
 class MathJudge(Judge):
-    """Answer equivalence by math-verify, with time bounded by this judge (safe in any thread)."""
+    """Answer equivalence by math-verify through :func:`rlkd.answers.math_equal`, the same time-bounded
+    path the accuracy reward and the evaluator use (math-verify runs in killable worker processes, since
+    some inputs hold the GIL in one long sympy call that no thread or signal timeout can interrupt)."""
 
     name = "math"
-    _pool: concurrent.futures.ThreadPoolExecutor | None = None
-    _pool_lock = threading.Lock()
 
-    def __init__(self, timeout_s: float = 5.0, max_chars: int = 2000):
+    def __init__(self, timeout_s: float = 5.0):
         self.timeout_s = timeout_s
-        self.max_chars = max_chars
         self._text = TextJudge()
-
-    @classmethod
-    def _executor(cls) -> concurrent.futures.ThreadPoolExecutor:
-        with cls._pool_lock:
-            if cls._pool is None:
-                cls._pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="rlkd-math")
-            return cls._pool
-
-    def _check(self, teacher: str, student: str) -> tuple[bool | None, str]:
-        from math_verify import parse, verify
-
-        def read(text: str):
-            text = text[: self.max_chars]
-            if "\\" in text and "$" not in text:  # bare LaTeX: math-verify only reads it between $...$
-                text = f"${text}$"
-            return parse(text, parsing_timeout=None)
-
-        gold, pred = read(teacher), read(student)
-        if not gold or not pred:
-            return None, "math-verify could not read " + ("the teacher's" if not gold else "the student's") + " text"
-        return bool(verify(gold, pred, timeout_seconds=None)), "math-verify"
 
     def judge_one(self, request: JudgeRequest) -> Verdict:
         if request.field != "answer":  # math-verify would pull numbers out of prose: compare as text
             return self._text.judge_one(request)
-        future = self._executor().submit(self._check, request.teacher, request.student)
-        try:
-            same, reason = future.result(timeout=self.timeout_s)
-        except concurrent.futures.TimeoutError:
-            return Verdict(None, self.name, f"math-verify took longer than {self.timeout_s}s")
-        except Exception as exc:  # math-verify raises on some inputs; that is a failed verdict, not a crash
-            return Verdict(None, self.name, f"math-verify error: {type(exc).__name__}: {exc}")
-        if same is None:  # not mathematics: compare as text
+        from rlkd.answers import math_equal
+
+        grade = math_equal(request.teacher, request.student, timeout_s=self.timeout_s)
+        if grade.reason.startswith(("math-verify took longer", "grading error")):
+            return Verdict(None, self.name, grade.reason)
+        if grade.correct is None:  # the teacher's answer is not mathematics: compare as text
             fallback = self._text.judge_one(request)
-            return Verdict(fallback.same, f"{self.name}>text", reason)
-        if not same and self._text.judge_one(request).same:
-            return Verdict(True, f"{self.name}>text", "math-verify said no but texts are equal")
-        return Verdict(same, self.name, reason)
+            return Verdict(fallback.same, f"{self.name}>text", grade.reason)
+        if not grade.correct and self._text.judge_one(request).same:
+            return Verdict(True, f"{self.name}>text", "math-verify said no but the texts are equal")
+        return Verdict(grade.correct, self.name, grade.reason)
 
     async def ajudge(self, requests: Sequence[JudgeRequest]) -> list[Verdict]:
         return list(await asyncio.gather(*(asyncio.to_thread(self.judge_one, r) for r in requests)))

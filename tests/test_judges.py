@@ -64,9 +64,9 @@ class TestMathJudge:
         # math-verify would pull the number 2 out of both sentences; prose is compared as text instead
         assert verdicts(MathJudge(), "subproblem", [("What is 2 plus x?", "Is 2 prime?")]) == [False]
 
-    def test_non_math_answers_fall_back_to_text(self):
-        j = MathJudge()
-        (v,) = j.judge([JudgeRequest("answer", "yes", "Yes")])
+    def test_non_math_answers(self):
+        assert verdicts(MathJudge(), "answer", [("yes", "Yes"), ("yes", "no")]) == [True, False]
+        (v,) = MathJudge().judge([JudgeRequest("answer", "", "")])  # nothing to read: compared as text
         assert v.same is True and v.judge == "math>text"
 
     def test_safe_in_threads(self):
@@ -83,15 +83,12 @@ class TestMathJudge:
         assert results == [True] * 4
 
     def test_time_is_bounded(self):
-        class StuckMath(MathJudge):  # stands in for a math-verify call that hangs
-            def _check(self, teacher, student):
-                time.sleep(3)
-                return True, "late"
-
+        # sympy evaluates this tower in one C call holding the GIL; only a killable worker bounds it
         start = time.perf_counter()
-        (v,) = StuckMath(timeout_s=0.2).judge([JudgeRequest("answer", "1", "1")])
-        assert time.perf_counter() - start < 2
-        assert v.same is None and v.reason == "math-verify took longer than 0.2s"
+        (v,) = MathJudge(timeout_s=1.0).judge([JudgeRequest("answer", "9^{9^{9}}", "7")])
+        assert time.perf_counter() - start < 20
+        assert v.same is None and v.reason == "math-verify took longer than 1.0s"
+        assert verdicts(MathJudge(), "answer", [("2", "2.0")]) == [True]  # the next check still works
 
 
 class TestHybridAndFactory:
