@@ -494,7 +494,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     resume_from = resume_point(job)
     if is_main_process():
         write_run_record(job, kind, resume_from)
-        log.info("rlkd train %s: output in %s%s", kind, job.output_dir,
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        log.info("rlkd train %s: output in %s, %d process%s%s", kind, job.output_dir, world, "es" if world > 1 else "",
                  f", resuming from {resume_from}" if resume_from else "")
         if isinstance(job, GRPOJob):
             log.info("%s", reward_table(job).replace("\n", "; "))
