@@ -23,3 +23,12 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from rlkd.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> dict[str, Path]:
+    """What ``rlkd data tiny`` writes, small (8 training tasks, 2 test tasks, a tiny student and GSRM),
+    built once per session; keys as returned by :func:`rlkd.data.build_tiny`."""
+    from rlkd.data import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny_pipeline"), train=8, test=2)

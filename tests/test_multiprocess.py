@@ -26,10 +26,8 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_rlkd_grpo_in_two_processes(tmp_path):
-    from rlkd.data import build_tiny
-
-    tiny = build_tiny(tmp_path / "tiny", train=8, test=2)
+def test_rlkd_grpo_in_two_processes(tiny_pipeline, tmp_path):
+    tiny = tiny_pipeline
     out = tmp_path / "run"
     accelerate = Path(sys.executable).parent / "accelerate"
     command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
