@@ -264,3 +264,50 @@ class TestInputs:
         data = write_jsonl(tmp_path / "d.jsonl", [{"problem": "p", "answer": "1"}])
         with pytest.raises(CliError, match=r"d\.jsonl:1: column 'teacher_structure' is missing"):
             grpo_rows(Records(str(data)), GRPOData(), True)
+
+
+@pytest.mark.slow
+def test_data_gsrm_killed_mid_run_resumes_with_every_input_once(tmp_path):
+    """``rlkd data gsrm`` in a subprocess, SIGKILLed while writing, then run again to the end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fault_server import Action, FaultServer
+
+    traces = [{"id": f"t{i}", "problem": f"Problem {i}: what is {i}+1?", "reasoning": f"<think>{i}+1={i + 1}</think>"}
+              for i in range(30)]
+    inp = write_jsonl(tmp_path / "traces.jsonl", traces)
+    output = tmp_path / "sft.jsonl"
+
+    def reply(body: dict) -> Action:
+        user = body["messages"][-1]["content"]
+        number = int(user.split("Problem ")[1].split(":")[0])
+        text = NO_STEPS if number % 5 == 0 else f"[Meta-reasoning 1]: add\n[Sub-problem 1]: {number}+1?\n[Answer 1]: {number + 1}"
+        return Action("ok", text=text, delay=0.05)
+
+    with FaultServer(default=reply) as server:
+        command = [sys.executable, "-m", "rlkd.cli", "data", "gsrm", "--set", f"input={inp}", "--set", f"output={output}",
+                   "--set", "id_column=id", "--set", f"backend.base_url={server.base_url}", "--set", "backend.model=m",
+                   "--set", "backend.concurrency=1", "--set", "batch_size=1", "--set", "max_failure_share=1.0"]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not (output.exists() and len(output.read_bytes().splitlines()) >= 5):
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        assert first.returncode == -signal.SIGKILL
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stderr[-2000:]
+    ids = [r["id"] for r in read_jsonl(output)]
+    failed = [r["id"] for r in read_jsonl(Path(str(output) + ".failures.jsonl"))]
+    assert sorted(ids + failed) == sorted(t["id"] for t in traces)  # every input exactly once
+    assert failed == [f"t{i}" for i in range(0, 30, 5)]
+    import re
+
+    done_before = int(re.search(r"; (\d+) already done;", second.stderr).group(1))
+    assert 5 <= done_before < 30  # the second run skipped what the killed one wrote, and only that
