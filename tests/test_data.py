@@ -311,3 +311,27 @@ def test_data_gsrm_killed_mid_run_resumes_with_every_input_once(tmp_path):
 
     done_before = int(re.search(r"; (\d+) already done;", second.stderr).group(1))
     assert 5 <= done_before < 30  # the second run skipped what the killed one wrote, and only that
+
+
+@pytest.mark.slow
+def test_tiny_data_rlkd_recipe_with_a_local_gsrm(tiny_pipeline, tmp_path, capsys):
+    """configs/tiny/data_rlkd.yaml through the CLI with a real (tiny, untrained) local GSRM."""
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "rlkd"
+    args = ["data", "rlkd", "--config", str(repo / "configs/tiny/data_rlkd.yaml"),
+            "--set", f"input={tiny_pipeline['openr1']}", "--set", f"gsrm.local_model={tiny_pipeline['gsrm_base']}",
+            "--set", f"output_dir={out}", "--set", "max_tokens=32", "--set", "limit=8"]
+    assert main(args) == 0
+    found = split_ids(out)
+    assert sorted(sum(found.values(), [])) == sorted(f"id-0-{i}" for i in range(8))
+    skipped = {r["id"]: r["reason"] for r in read_jsonl(out / "skipped.jsonl")}
+    assert skipped["id-0-7"] == "no generation flagged correct in 'correctness_math_verify'"
+    assert all(reason.startswith("GSRM output has no steps: ") for i, reason in skipped.items() if i != "id-0-7")
+    for name in ("train", "test"):
+        for record in read_jsonl(out / f"{name}.jsonl"):
+            assert record["teacher_generation"] == 1 and record["teacher_structure"].startswith("[Meta-reasoning 1]")
+    assert "test split 2 of 7 usable records" in capsys.readouterr().err
+    assert (out / "gsrm.cache.sqlite").is_file()
+    # run again: nothing left to do
+    assert main(args) == 0
+    assert "; 8 already done;" in capsys.readouterr().err
