@@ -171,6 +171,10 @@ class DemoJob:
     system_prompt: str | None = option(None, "system message before each problem, in training and evaluation "
                                        "(null: none)")
     vocab_size: int = option(1024, "BPE vocabulary of the tokenizer built from the testbed's texts")
+    gsrm_prompt: str = option("testbed", "the GSRM's prompt, in training and in the structure reward: testbed (the "
+                              "testbed's short instruction, rlkd.testbed.gsrm_prompt, written to the run folder as a "
+                              "prompt file), a packaged domain (math, code, science, puzzle; without the worked "
+                              "example) or a prompt file")
     data: DataSection = section(DataSection, "testbed tasks")
     student: ModelSection = section(ModelSection, "the tiny student model")
     gsrm: ModelSection = option(ModelSection(hidden_size=128, num_layers=2), "the tiny GSRM model")
@@ -344,10 +348,28 @@ def make_tasks(data: DataSection) -> dict[str, list[Any]]:
     return {"train": train, "test_id": test_id, "test_ood": test_ood, "gsrm": gsrm}
 
 
-def gsrm_sft_rows(tasks: Sequence[Any], wordings: int = 1) -> list[dict[str, Any]]:
+def write_gsrm_prompt(path: Path) -> Path:
+    """Write the testbed's GSRM prompt (:func:`rlkd.testbed.gsrm_prompt`) as a prompt file that
+    :func:`rlkd.gsrm.load_prompt` reads, so that the Decomposer sends exactly what the testbed defines."""
+    from rlkd.testbed import GSRM_INSTRUCTION, gsrm_prompt
+
+    text = f"=== user ===\n{GSRM_INSTRUCTION}\n\nProblem: {{problem}}\n\nReasoning: {{reasoning}}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    from rlkd.gsrm import load_prompt
+
+    load_prompt.cache_clear()
+    check = load_prompt(str(path)).render("P", "R", few_shot=False)
+    if check != [{"role": "user", "content": gsrm_prompt("P", "R")}]:  # pragma: no cover - a guard on drift
+        raise RuntimeError(f"{path}: the prompt file does not reproduce rlkd.testbed.gsrm_prompt")
+    return path
+
+
+def gsrm_sft_rows(tasks: Sequence[Any], wordings: int = 1, prompt: str = "math") -> list[dict[str, Any]]:
     """GSRM training rows (chat ``prompt``/``completion``) in exactly the prompt the structure reward's
-    :class:`rlkd.gsrm.Decomposer` sends (``math`` prompt, no worked example), so the GSRM is used the
-    way it was trained. The targets are the ground-truth decompositions of the testbed's teacher traces."""
+    :class:`rlkd.gsrm.Decomposer` sends (``prompt``: a domain or a prompt file, without the worked
+    example), so the GSRM is used the way it was trained. The targets are the ground-truth
+    decompositions of the testbed's teacher traces."""
     from rlkd.gsrm import build_prompt
     from rlkd.testbed import gsrm_pairs, teacher_trace
 
@@ -358,8 +380,8 @@ def gsrm_sft_rows(tasks: Sequence[Any], wordings: int = 1) -> list[dict[str, Any
         task_id, j = pair["id"].rsplit("#", 1)
         task = by_id[task_id]
         trace = teacher_trace(task, task.trace_seed + int(j))
-        prompt = build_prompt(task.problem, trace, "math", few_shot=False)
-        rows.append({"id": pair["id"], "prompt": prompt,
+        messages = build_prompt(task.problem, trace, prompt, few_shot=False)
+        rows.append({"id": pair["id"], "prompt": messages,
                      "completion": [{"role": "assistant", "content": pair["messages"][-1]["content"]}]})
     return rows
 
@@ -470,7 +492,7 @@ def evaluate_model(model_dir: Path, tasks: Sequence[Any], *, n: int, ks: Sequenc
 
 
 def evaluate_gsrm(gsrm_dir: Path, items: Sequence[tuple[str, str, Any]], *, max_tokens: int,
-                  batch_size: int, desc: str = "GSRM") -> dict[str, Any]:
+                  batch_size: int, prompt: str = "math", desc: str = "GSRM") -> dict[str, Any]:
     """Decompose ``(problem, trace, reference decomposition)`` items with the trained GSRM (through the
     same :class:`rlkd.gsrm.Decomposer` the structure reward uses) and compare with the reference.
 
@@ -487,7 +509,7 @@ def evaluate_gsrm(gsrm_dir: Path, items: Sequence[tuple[str, str, Any]], *, max_
     from rlkd.structure import as_decomposition
     from rlkd.testbed import alignment
 
-    decomposer = Decomposer(TransformersBackend(str(gsrm_dir), batch_size=batch_size), domain="math",
+    decomposer = Decomposer(TransformersBackend(str(gsrm_dir), batch_size=batch_size), domain=prompt,
                             max_tokens=max_tokens, few_shot=False)
     results = []
     with tqdm(total=len(items), desc=desc, unit="trace", leave=False) as bar:
@@ -584,7 +606,22 @@ class Experiment:
         write_dataset(t["test_id"], d / "test_id.jsonl")
         write_dataset(t["test_ood"], d / "test_ood.jsonl")
         write_dataset(self.zero_tasks(), d / "zero.jsonl")
-        _write_jsonl(d / "gsrm_train.jsonl", gsrm_sft_rows(t["gsrm"], self.job.data.gsrm_wordings))
+        _write_jsonl(d / "gsrm_train.jsonl", gsrm_sft_rows(t["gsrm"], self.job.data.gsrm_wordings, self.gsrm_prompt()))
+
+    def gsrm_prompt(self) -> str:
+        """The GSRM prompt as :class:`rlkd.gsrm.Decomposer` takes it: a domain name or a prompt file."""
+        from rlkd.gsrm import DOMAINS
+
+        if self.job.gsrm_prompt == "testbed":
+            path = self.path("data", "gsrm_prompt.txt")
+            if not path.exists():
+                write_gsrm_prompt(path)
+            return str(path.resolve())
+        if self.job.gsrm_prompt in DOMAINS:
+            return self.job.gsrm_prompt
+        if not Path(self.job.gsrm_prompt).is_file():
+            raise CliError(f"gsrm_prompt: {self.job.gsrm_prompt}: no such prompt file (or use testbed or a domain)")
+        return str(Path(self.job.gsrm_prompt).resolve())
 
     def zero_tasks(self) -> list[Any]:
         count = max(1, math.ceil(self.job.data.zero_fraction * len(self.tasks["train"])))
@@ -599,7 +636,7 @@ class Experiment:
             if not todo:
                 return
             texts = corpus(self.tasks["train"] + self.tasks["gsrm"])
-            texts += [content for _, content in load_prompt("math").turns if "{" not in content]
+            texts += [content for _, content in load_prompt(self.gsrm_prompt()).turns]
             tokenizer = build_tokenizer(texts, self.job.vocab_size)
             g = self.job.gsrm
             build_tiny_model(self.path("models", "gsrm-base"), tokenizer=tokenizer, hidden_size=g.hidden_size,
@@ -660,7 +697,8 @@ class Experiment:
                     items = [(t.problem, t.trace, t.decomposition) for t in tasks]
                     max_tokens = self.job.structure.gsrm_max_tokens * (2 if split == "ood" else 1)
                     measured = evaluate_gsrm(self.path("gsrm"), items, max_tokens=max_tokens,
-                                             batch_size=self.job.eval.batch_size, desc=f"GSRM {split}")
+                                             batch_size=self.job.eval.batch_size, prompt=self.gsrm_prompt(),
+                                             desc=f"GSRM {split}")
                     rule = _alignment_summary([_rule_alignment(rule_decompose(t.trace), t.decomposition)
                                                for t in tasks])
                     summary[split] = {"gsrm": measured["summary"], "rule": rule}
@@ -706,7 +744,9 @@ class Experiment:
         structure.gsrm = dataclasses.replace(structure.gsrm, local_model=str(self.path("gsrm")), base_url=None,
                                              local_batch_size=max(structure.gsrm.local_batch_size,
                                                                   t.per_device_train_batch_size))
-        structure.domain = "math"
+        # a prompt file where the recipe format only names domains: Decomposer takes either (see the
+        # module docstring); the structure section is built here, not read from YAML
+        structure.domain = self.gsrm_prompt()
         job = GRPOJob(model=str(model), output_dir=str(output), resume="auto", structure=structure, training=t)
         job.data.path = str(data)
         job.data.system_prompt = self.job.system_prompt
@@ -750,7 +790,8 @@ class Experiment:
                     if len(items) >= count:
                         break
                 measured = evaluate_gsrm(self.path("gsrm"), items, max_tokens=self.job.structure.gsrm_max_tokens,
-                                         batch_size=self.job.eval.batch_size, desc="GSRM on students")
+                                         batch_size=self.job.eval.batch_size, prompt=self.gsrm_prompt(),
+                                         desc="GSRM on students")
                 measured["summary"]["source"] = (f"{METHODS[method][0]} seed {seed}, id split, first completion "
                                                  "per problem")
                 _write_jsonl(out / "records.jsonl", measured["records"])

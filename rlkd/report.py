@@ -383,7 +383,8 @@ def _diagnostics(results: Mapping[str, Any]) -> list[str]:
                           if f"rewards/{name}/mean" in t)
         notes.append(
             f"{label} ({t['seeds']} seeds, {t['logged_steps']} logged steps): mean structure reward "
-            f"{_fmt(t['rewards/structure/mean'])} (unnormalised: the teacher has 2-3 steps here); the batch mean "
+            f"{_fmt(t['rewards/structure/mean'])} (unnormalised, at most the teacher's step count, "
+            f"{_fmt(t.get('structure/teacher_steps'), 2)} on average); the batch mean "
             f"was zero at {_fmt(t.get('structure_zero_step_share'))} of steps and "
             f"{_fmt(t.get('structure/zero_share'))} of scored completions got 0; meta-reasoning match "
             f"{_fmt(t.get('structure/meta_match'))}, sub-problem match {_fmt(t.get('structure/subproblem_match'))}, "
