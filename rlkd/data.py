@@ -31,6 +31,7 @@ How this departs from the authors' code (SPEC section 4):
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import random
@@ -268,11 +269,18 @@ def done_ids(*paths: Path) -> set[str]:
     return done
 
 
-def _record_id(obj: Mapping[str, Any], index: int, id_column: str | None, where: str) -> Any:
+def _record_id(obj: Mapping[str, Any], index: int, id_column: str | None, where: str,
+               seen: set[str] | None = None) -> Any:
+    """The record's id (its position without an id column); with ``seen``, a repeated id is an error."""
     if id_column is None:
         return index
     if id_column not in obj or obj[id_column] is None:
         raise CliError(f"{where}: id column '{id_column}' is missing")
+    if seen is not None:
+        key = id_key(obj[id_column])
+        if key in seen:
+            raise CliError(f"{where}: id {obj[id_column]!r} appears twice in the input (column '{id_column}')")
+        seen.add(key)
     return obj[id_column]
 
 
@@ -331,12 +339,6 @@ def _backend(config: Any, cache: str | None, where: str):
         raise CliError(f"{where}: {exc}") from None
 
 
-def _run_async(make_coro):
-    import asyncio
-
-    return asyncio.run(make_coro())
-
-
 # --------------------------------------------------------------------------------------------------
 # rlkd data gsrm
 
@@ -365,10 +367,11 @@ def run_data_gsrm(job: Any, backend: Any = None) -> dict[str, int]:
     counts = {"ok": 0, "no_steps": 0, "error": 0, "already_done": 0}
 
     def todo() -> Iterator[tuple[Any, str, str, str]]:
+        seen: set[str] = set()
         for index, obj, where in records:
             if index >= total:
                 break
-            record_id = _record_id(obj, index, job.id_column, where)
+            record_id = _record_id(obj, index, job.id_column, where, seen)
             problem = _text(obj.get(job.problem_column), job.problem_column, where)
             reasoning = _text(obj.get(job.reasoning_column), job.reasoning_column, where)
             domain = obj.get(job.domain_column) if job.domain_column else None
@@ -411,7 +414,7 @@ def run_data_gsrm(job: Any, backend: Any = None) -> dict[str, int]:
             await backend.aclose()
 
     try:
-        _run_async(run)
+        asyncio.run(run())
     except TooManyFailures as exc:
         raise CliError(f"stopped: {exc}. Everything written so far is kept in {output} and {failures}; fix "
                        "the cause and run the same command again to resume") from None
@@ -469,10 +472,11 @@ def run_data_rlkd(job: Any, backend: Any = None) -> dict[str, int]:
     total = len(records) if job.limit is None else min(job.limit, len(records))
 
     usable: list[Any] = []
+    seen: set[str] = set()
     for index, obj, where in records.scan([job.id_column, job.correctness_column, job.generations_column]):
         if index >= total:
             break
-        record_id = _record_id(obj, index, job.id_column, where)
+        record_id = _record_id(obj, index, job.id_column, where, seen)
         flags = obj.get(job.correctness_column)
         gens = obj.get(job.generations_column)
         if first_correct(gens, flags, where, job) is not None:
@@ -540,7 +544,7 @@ def run_data_rlkd(job: Any, backend: Any = None) -> dict[str, int]:
             await backend.aclose()
 
     try:
-        _run_async(run)
+        asyncio.run(run())
     except TooManyFailures as exc:
         raise CliError(f"stopped: {exc}. Everything written so far is kept in {out}; fix the cause and run "
                        "the same command again to resume") from None

@@ -335,3 +335,11 @@ def test_tiny_data_rlkd_recipe_with_a_local_gsrm(tiny_pipeline, tmp_path, capsys
     # run again: nothing left to do
     assert main(args) == 0
     assert "; 8 already done;" in capsys.readouterr().err
+
+
+def test_a_repeated_id_is_an_error_naming_the_line(tmp_path):
+    inp = write_jsonl(tmp_path / "traces.jsonl", [TRACES[0], TRACES[1], dict(TRACES[2], id="a")])
+    job = build_job(DataGsrmJob, {"input": str(inp), "output": str(tmp_path / "o.jsonl"), "id_column": "id",
+                                  "backend": {"local_model": "unused"}, "request_cache": False, "max_failure_share": 1.0})
+    with pytest.raises(CliError, match=r"traces\.jsonl:3: id 'a' appears twice in the input \(column 'id'\)"):
+        run_data_gsrm(job, ScriptedBackend(script))
