@@ -36,7 +36,6 @@ import json
 import logging
 import random
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 

@@ -505,12 +505,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _no_kind(args: argparse.Namespace) -> int:
+    raise CliError("choose a kind: rlkd train sft|grpo ...")
+
+
 def add_parser(subparsers) -> None:
     """Register ``rlkd train sft`` and ``rlkd train grpo``."""
     p = subparsers.add_parser("train", help="train a student or the GSRM (SFT, GRPO) from a YAML recipe",
                               description="Train with TRL from a YAML recipe (see configs/).")
     sub = p.add_subparsers(dest="train_command", metavar="KIND")
-    p.set_defaults(func=lambda args: (_ for _ in ()).throw(CliError("choose a kind: rlkd train sft|grpo ...")))
+    p.set_defaults(func=_no_kind)
     for kind, cls, text in (
         ("sft", SFTJob, "supervised fine-tuning: the SFT-distillation baseline, or GSRM training on chat data"),
         ("grpo", GRPOJob, "GRPO with a reward set: rlkd (3/3/2/2, RLKD and RLKD-zero), outcome, or explicit weights"),
