@@ -163,16 +163,19 @@ _LABEL_WORDS = "|".join(sorted((re.escape(w).replace(r"\ ", r"[ \t]") for w in _
 # Two anchored patterns per line: a plain label (optional list/heading marker, optional bracket, the
 # label, an optional number, the closing bracket and/or a separator), and the same label wrapped in
 # markdown bold or italics. A bracket pair or a separator is required, so a sentence that merely starts
-# with "Answer" is not a label. No nested quantifiers: matching is linear in the line length.
-_HEAD = r"^[ \t]*(?:#{1,6}[ \t]*|[-*+][ \t]+)?"
+# with "Answer" is not a label. No nested quantifiers, and the blanks before the label are matched
+# possessively (``*+``: what follows each run must start with a non-blank anyway), so a line that is not
+# a label fails without trying the ways of splitting a run of blanks: matching is linear in its length.
+_HEAD = r"^[ \t]*+(?:#{1,6}[ \t]*+|[-*+][ \t]++)?"
 _BODY = (
-    r"[ \t]*(?P<open>[\[(])?[ \t]*"
+    r"(?:(?P<open>[\[(])[ \t]*+)?"
     rf"(?P<label>{_LABEL_WORDS})[ \t]*#?[ \t]*(?P<num>\d{{1,9}})?[ \t]*(?P<close>[\])])?[ \t]*"
 )
 _SEP = r"(?P<sep>[:\uff1a]|[-\u2013\u2014.](?=[ \t]|$))?[ \t]*"
 _PLAIN_LABEL = re.compile(_HEAD + _BODY + _SEP, re.IGNORECASE)
 _BOLD_LABEL = re.compile(
-    _HEAD + r"(?P<md1>\*\*|__|\*|_)" + _BODY + r"(?P<md2>\*\*|__|\*|_)?[ \t]*" + _SEP + r"(?P<md3>\*\*|__|\*|_)?",
+    _HEAD + r"(?P<md1>\*\*|__|\*|_)[ \t]*+" + _BODY + r"(?P<md2>\*\*|__|\*|_)?[ \t]*" + _SEP
+    + r"(?P<md3>\*\*|__|\*|_)?",
     re.IGNORECASE,
 )
 
