@@ -103,7 +103,7 @@ def parse_batched_verdicts(text: str, count: int) -> list[tuple[bool | None, str
     if start != -1 and end > start:
         try:
             obj = json.loads(body[start:end + 1])
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the decoder recurses
             obj = None
     if not isinstance(obj, dict):
         reason = f"batched reply is not a JSON object: {_short(text)!r}"
