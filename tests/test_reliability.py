@@ -1,0 +1,246 @@
+"""Reliability under backend faults and bad input, through the commands a user runs.
+
+Every test drives a real command (``rlkd decompose``, ``rlkd data gsrm``, ``rlkd data rlkd``,
+``rlkd score``, ``rlkd inspect``) or the structure reward as TRL calls it, against the scriptable local
+server of tests/fault_server.py: a real HTTP server on 127.0.0.1 that delays, drops connections, answers
+429 with Retry-After, 500, or a body that is not JSON or is cut short. What each test checks:
+
+1. the job keeps going past a faulty sample; that sample's failure is counted and logged with its reason,
+   and it is not written as if it had succeeded (a re-run retries it);
+2. when failures pass the configured share, the run stops with a clear error and keeps what it wrote;
+3. bad input stops with an error naming the file and line (or is handled as documented), and the output
+   file's earlier lines are intact afterwards.
+
+RELIABILITY.md lists each fault and bad input with the test that shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import socket
+
+import pytest
+
+from fault_server import Action, FaultServer
+from rlkd.cli import main
+
+GOOD_REPLY = "[Meta-reasoning 1]: start\n[Sub-problem 1]: {problem}\n[Answer 1]: 42"
+_PROBLEM = re.compile(r"Problem:\n(.*?)\n\nReasoning:", re.S)
+
+
+def problem_of(body: dict) -> str:
+    """The problem a GSRM request is about ('' for other requests)."""
+    last = next((m.get("content", "") for m in reversed(body.get("messages") or []) if m.get("role") == "user"), "")
+    m = _PROBLEM.search(last)
+    return m.group(1) if m else ""
+
+
+class Faults:
+    """A fault-server script keyed by problem text: ``{"p1": [Action("500"), ...]}`` gives p1's
+    requests those actions in turn (the last one repeats); other problems get a good decomposition."""
+
+    def __init__(self, plan: dict[str, list[Action]] | None = None):
+        self.plan = {k: list(v) for k, v in (plan or {}).items()}
+        self.seen: dict[str, int] = {}
+
+    def __call__(self, body: dict) -> Action:
+        problem = problem_of(body)
+        self.seen[problem] = self.seen.get(problem, 0) + 1
+        actions = self.plan.get(problem)
+        if actions:
+            action = actions[0] if len(actions) == 1 else actions.pop(0)
+            if action.kind == "ok" and action.text is None:
+                action = Action("ok", delay=action.delay, text=GOOD_REPLY.format(problem=problem))
+            return action
+        return Action("ok", text=GOOD_REPLY.format(problem=problem))
+
+
+def free_port() -> int:
+    """A port with nothing listening on it (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_jsonl(path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def traces(n: int, start: int = 0) -> list[dict]:
+    return [{"id": f"q{i}", "problem": f"p{i}", "reasoning": f"<think>step {i}</think> {i}"} for i in range(start, start + n)]
+
+
+def decompose(base_url: str, inp, out, *extra: str) -> int:
+    return main(["decompose", "--input", str(inp), "--output", str(out), "--base-url", base_url, "--model", "gsrm",
+                 "--batch-size", "4", "--max-retries", "0", "--timeout", "5", *extra])
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Backend faults: rlkd decompose
+
+FAULTS = {  # problem -> (what the server does every time, the reason the log must give)
+    "p1": (Action("500"), "HTTP 500"),
+    "p2": (Action("malformed"), "malformed response body"),
+    "p3": (Action("truncated"), "connection error (RemoteProtocolError: peer closed connection without sending "
+                                "complete message body"),
+    "p4": (Action("drop"), "connection error (RemoteProtocolError: Server disconnected without sending a response"),
+    "p5": (Action("429", retry_after="0"), "HTTP 429 rate limited"),
+    "p6": (Action("ok", delay=3.0), "timed out after 0.5s"),
+    "p7": (Action("no_choices"), "no choices"),
+}
+
+
+class TestDecomposeUnderFaults:
+    def test_each_faulty_trace_is_a_logged_failure_the_rest_are_written_and_a_rerun_fills_the_gaps(
+            self, tmp_path, caplog, capsys):
+        inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        write_jsonl(inp, traces(10))
+        faults = Faults({p: [action] for p, (action, _) in FAULTS.items()})
+        with caplog.at_level(logging.WARNING), FaultServer(default=faults) as server:
+            status = decompose(server.base_url, inp, out, "--timeout", "0.5", "--max-failure-share", "1")
+        assert status == 1  # some lines failed: run again
+        assert [r["id"] for r in read_jsonl(out)] == ["q0", "q8", "q9"]
+        assert all(r["status"] == "ok" for r in read_jsonl(out))
+        for problem, (_, reason) in FAULTS.items():
+            line = next(r.getMessage() for r in caplog.records
+                        if r.getMessage().startswith(f'id "q{problem[1:]}": GSRM call failed'))
+            assert reason in line, line
+        assert "7 backend failures (not written; run again to retry them)" in capsys.readouterr().err
+
+        faults.plan.clear()  # the server recovers: the same command fills exactly the gaps
+        with FaultServer(default=faults) as server:
+            assert decompose(server.base_url, inp, out, "--timeout", "0.5") == 0
+            assert server.count == 7
+        assert sorted(r["id"] for r in read_jsonl(out)) == [f"q{i}" for i in range(10)]
+
+    def test_transient_faults_are_retried_and_leave_no_trace_in_the_output(self, tmp_path, caplog):
+        inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        write_jsonl(inp, traces(4))
+        faults = Faults({"p0": [Action("500"), Action("ok")], "p1": [Action("429", retry_after="0.2"), Action("ok")],
+                         "p2": [Action("malformed"), Action("ok")], "p3": [Action("drop"), Action("ok")]})
+        with caplog.at_level(logging.WARNING), FaultServer(default=faults) as server:
+            assert decompose(server.base_url, inp, out, "--max-retries", "2", "--no-cache") == 0
+            assert server.count == 8
+        assert [r["id"] for r in read_jsonl(out)] == ["q0", "q1", "q2", "q3"]
+        retries = [r.getMessage() for r in caplog.records if "retry 1 of 2" in r.getMessage()]
+        assert len(retries) == 4 and any("HTTP 429" in m and "in 0.2" in m for m in retries)
+
+    def test_a_refused_connection_stops_the_job_with_a_clear_error_and_keeps_earlier_lines(self, tmp_path, capsys):
+        inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        write_jsonl(inp, traces(6))
+        with FaultServer(default=Faults()) as server:  # a first run wrote q0 and q1, then the server died
+            write_jsonl(tmp_path / "first.jsonl", traces(2))
+            assert decompose(server.base_url, tmp_path / "first.jsonl", out, "--no-cache") == 0
+        before = out.read_bytes()
+        status = decompose(f"http://127.0.0.1:{free_port()}/v1", inp, out, "--no-cache", "--min-failures", "4")
+        err = capsys.readouterr().err
+        assert status == 2
+        assert "rlkd decompose: error: stopped: 4 of 4 traces failed (100.0% > 20.0% allowed)" in err
+        assert "connection error" in err and "run the same command again to resume" in err
+        assert out.read_bytes() == before  # nothing already written is lost or changed
+
+    def test_failures_past_the_share_stop_the_job_after_writing_what_came_back(self, tmp_path, capsys):
+        inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        write_jsonl(inp, traces(12))
+        # one trace in four fails: 25% > 20% once 8 traces have been seen (second batch)
+        faults = Faults({p: [Action("500")] for p in ("p1", "p5", "p9")})
+        with FaultServer(default=faults) as server:
+            status = decompose(server.base_url, inp, out, "--no-cache", "--min-failures", "8")
+            assert server.count == 8  # the third batch was never sent
+        assert status == 2
+        assert "stopped: 2 of 8 traces failed (25.0% > 20.0% allowed); last reasons: HTTP 500" in capsys.readouterr().err
+        assert [r["id"] for r in read_jsonl(out)] == ["q0", "q2", "q3", "q4", "q6", "q7"]
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Backend faults: rlkd data gsrm and rlkd data rlkd
+
+
+def data_gsrm(base_url: str, inp, out, *sets: str) -> int:
+    args = ["data", "gsrm"]
+    for s in (f"input={inp}", f"output={out}", f"backend.base_url={base_url}", "backend.model=strong",
+              "backend.max_retries=0", "backend.timeout=0.5", "batch_size=4", "request_cache=false",
+              "id_column=id", *sets):
+        args += ["--set", s]
+    return main(args)
+
+
+def openr1(n: int) -> list[dict]:
+    """OpenR1-style records: every fourth has no correct generation."""
+    return [{"uuid": f"u{i}", "problem": f"p{i}", "answer": str(i),
+             "generations": [f"<think>wrong {i}</think> no", f"<think>right {i}</think> {i}"],
+             "correctness_math_verify": [False, i % 4 != 3]} for i in range(n)]
+
+
+def data_rlkd(base_url: str, inp, out_dir, *sets: str) -> int:
+    args = ["data", "rlkd"]
+    for s in (f"input={inp}", f"output_dir={out_dir}", f"gsrm.base_url={base_url}", "gsrm.model=gsrm",
+              "gsrm.max_retries=0", "gsrm.timeout=0.5", "batch_size=4", "request_cache=false", "id_column=uuid",
+              "test_size=0.25", *sets):
+        args += ["--set", s]
+    return main(args)
+
+
+class TestDataCommandsUnderFaults:
+    def test_data_gsrm_logs_each_failed_record_writes_the_rest_and_a_rerun_completes(self, tmp_path, caplog, capsys):
+        inp, out = tmp_path / "traces.jsonl", tmp_path / "sft.jsonl"
+        write_jsonl(inp, traces(10))
+        faults = Faults({p: [action] for p, (action, _) in FAULTS.items()})
+        with caplog.at_level(logging.WARNING), FaultServer(default=faults) as server:
+            assert data_gsrm(server.base_url, inp, out, "max_failure_share=1") == 1
+        assert [r["id"] for r in read_jsonl(out)] == ["q0", "q8", "q9"]
+        assert not (tmp_path / "sft.jsonl.failures.jsonl").read_text()  # backend failures are not "unparsable"
+        for problem, (_, reason) in FAULTS.items():
+            line = next(r.getMessage() for r in caplog.records
+                        if r.getMessage().startswith(f'id "q{problem[1:]}": decomposition request failed'))
+            assert reason in line, line
+        assert "7 requests failed (not written; run again to retry them)" in capsys.readouterr().err
+
+        faults.plan.clear()
+        with FaultServer(default=faults) as server:
+            assert data_gsrm(server.base_url, inp, out) == 0
+            assert server.count == 7
+        assert sorted(r["id"] for r in read_jsonl(out)) == [f"q{i}" for i in range(10)]
+
+    def test_data_gsrm_stops_past_the_share_and_keeps_what_it_wrote(self, tmp_path, capsys):
+        inp, out = tmp_path / "traces.jsonl", tmp_path / "sft.jsonl"
+        write_jsonl(inp, traces(12))
+        with FaultServer(default=Faults({p: [Action("500")] for p in ("p1", "p5", "p9")})) as server:
+            status = data_gsrm(server.base_url, inp, out, "min_failures=8")
+            assert server.count == 8
+        assert status == 2
+        err = capsys.readouterr().err
+        assert "rlkd data: error: stopped: 2 of 8 traces failed (25.0% > 20.0% allowed); last reasons: HTTP 500" in err
+        assert [r["id"] for r in read_jsonl(out)] == ["q0", "q2", "q3", "q4", "q6", "q7"]
+
+    def test_data_rlkd_under_faults_then_rerun_puts_every_record_in_exactly_one_file(self, tmp_path, caplog):
+        inp, out = tmp_path / "openr1.jsonl", tmp_path / "rlkd"
+        write_jsonl(inp, openr1(12))
+        plan = {"p0": [Action("500")], "p5": [Action("malformed")], "p6": [Action("ok", delay=3.0)],
+                "p9": [Action("drop")]}
+        faults = Faults(plan)
+        with caplog.at_level(logging.WARNING), FaultServer(default=faults) as server:
+            assert data_rlkd(server.base_url, inp, out, "max_failure_share=1") == 1
+        failed = {r.getMessage().split('"')[1] for r in caplog.records if "GSRM request failed" in r.getMessage()}
+        assert failed == {"u0", "u5", "u6", "u9"}
+
+        def written():
+            return {name: [r["id"] for r in read_jsonl(out / f"{name}.jsonl")] for name in ("train", "test", "skipped")}
+
+        first = written()
+        assert not {"u0", "u5", "u6", "u9"} & {i for ids in first.values() for i in ids}
+        assert sorted(first["skipped"]) == ["u11", "u3", "u7"]  # no correct generation: recorded with the reason
+        faults.plan.clear()
+        with FaultServer(default=faults) as server:
+            assert data_rlkd(server.base_url, inp, out) == 0
+            assert server.count == 4
+        ids = [i for name_ids in written().values() for i in name_ids]
+        assert sorted(ids) == sorted(f"u{i}" for i in range(12))  # each record exactly once, no gaps
+        assert len(written()["test"]) == 2  # 25% of the 9 usable records, drawn the same way on the re-run
