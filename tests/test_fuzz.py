@@ -272,6 +272,16 @@ class TestRegressions:
         [step] = parse_decomposition(text).steps
         assert (step.meta_reasoning, step.subproblem, step.answer) == ("m", "q", "a")
 
+    def test_the_format_reward_is_linear_in_repeated_tags(self):
+        import time
+
+        from rlkd.rewards import format_reward
+
+        text = "<think>" + "</think><answer></answer>x" * 40_000  # ~1 MB, every tag many times
+        start = time.perf_counter()
+        assert format_reward([text, "<think>\nx\n</think>\n<answer>\n4\n</answer>"]) == [0.0, 1.0]
+        assert time.perf_counter() - start < BOUND_S  # the pattern ran first and was quadratic: minutes
+
     def test_deeply_nested_json_in_a_batched_reply_is_a_failed_verdict(self):
         text = '{"1": ' * 100_000 + '"yes"' + "}" * 100_000
         [(verdict, reason)] = parse_batched_verdicts(text, 1)
