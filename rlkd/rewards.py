@@ -285,6 +285,12 @@ class StructureReward:
 
         for student in students:
             self.gsrm_budget.record(student.error is None, f"student: {student.error}")
+        skipped = [f"#{i}: " + (f"student: {students[i].error}" if students[i].error is not None
+                                else "teacher: GSRM call failed") for i in range(count)
+                   if students[i].error is not None or teachers[i] is None]
+        if skipped:
+            log.warning("structure reward: %d of %d completions skipped (no structure reward) because a GSRM call "
+                        "failed: %s", len(skipped), count, "; ".join(skipped))
 
         scorable = [i for i in range(count) if students[i].error is None and teachers[i] is not None]
         results = await score_many([(teachers[i], students[i].decomposition) for i in scorable],  # type: ignore[misc]
