@@ -244,3 +244,99 @@ class TestDataCommandsUnderFaults:
         ids = [i for name_ids in written().values() for i in name_ids]
         assert sorted(ids) == sorted(f"u{i}" for i in range(12))  # each record exactly once, no gaps
         assert len(written()["test"]) == 2  # 25% of the 9 usable records, drawn the same way on the re-run
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Backend faults: the structure reward, called as TRL calls it
+
+TEACHER = {"steps": [{"meta_reasoning": "start", "subproblem": "PROBLEM", "answer": "42"}]}
+
+
+def structure_reward(base_url: str, *, judge=None, timeout: float = 0.5, **kwargs):
+    from rlkd.backends import OpenAIBackend
+    from rlkd.gsrm import Decomposer
+    from rlkd.judges import TextJudge
+    from rlkd.rewards import StructureReward
+
+    backend = OpenAIBackend(base_url, "gsrm", max_retries=0, timeout=timeout)
+    return StructureReward(Decomposer(backend), judge or TextJudge(), **kwargs)
+
+
+class Recorder:
+    """Stands in for TRL's log_metric / log_extra callbacks (our own logic only)."""
+
+    def __init__(self):
+        self.metrics: dict[str, list[float]] = {}
+        self.extra: dict[str, list] = {}
+
+    def log_metric(self, name, value):
+        self.metrics.setdefault(name, []).append(value)
+
+    def log_extra(self, column, values):
+        self.extra[column] = values
+
+
+def call_as_trl(reward, problems: list[str], recorder: Recorder | None = None):
+    """One call the way GRPOTrainer makes it: prompts, completions, the dataset columns, the log hooks."""
+    recorder = recorder or Recorder()
+    teachers = [json.dumps({"steps": [{**TEACHER["steps"][0], "subproblem": p}]}) for p in problems]
+    return asyncio.run(reward(
+        prompts=[[{"role": "user", "content": p}] for p in problems],
+        completions=[[{"role": "assistant", "content": f"<think>about {p}</think>\n<answer>42</answer>"}]
+                     for p in problems],
+        problem=problems, teacher_structure=teachers, answer=["42"] * len(problems),
+        log_metric=recorder.log_metric, log_extra=recorder.log_extra))
+
+
+class TestStructureRewardUnderFaults:
+    def test_failed_gsrm_calls_skip_their_samples_with_counted_logged_reasons(self, caplog):
+        recorder = Recorder()
+        faults = Faults({"p1": [Action("500")], "p4": [Action("malformed")], "p6": [Action("ok", delay=3.0)]})
+        with caplog.at_level(logging.WARNING), FaultServer(default=faults) as server:
+            reward = structure_reward(server.base_url, max_failure_share=0.5, min_failures=4)
+            rewards = call_as_trl(reward, [f"p{i}" for i in range(8)], recorder)
+        assert rewards == [1.0, None, 1.0, 1.0, None, 1.0, None, 1.0]  # None: TRL skips the sample, no zero
+        assert recorder.metrics["structure/gsrm_failures"] == [3.0]
+        assert recorder.extra["structure_detail"][1] == "skipped: GSRM call failed"
+        [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("structure reward: 3 of 8")]
+        assert "#1: student: HTTP 500" in line and "#4: student: malformed response body" in line
+        assert "#6: student: timed out after 0.5s" in line
+        assert (reward.gsrm_budget.seen, reward.gsrm_budget.failures) == (8, 3)
+
+    def test_gsrm_failures_past_the_share_stop_training_with_the_reasons(self):
+        from rlkd.backends import TooManyFailures
+
+        faults = Faults({"p1": [Action("500")], "p2": [Action("truncated")], "p5": [Action("drop")]})
+        with FaultServer(default=faults) as server:
+            reward = structure_reward(server.base_url, max_failure_share=0.25, min_failures=8)
+            with pytest.raises(TooManyFailures, match=r"3 of 8 GSRM calls of the structure reward failed "
+                                                      r"\(37.5% > 25.0% allowed\); last reasons: student: HTTP 500"):
+                call_as_trl(reward, [f"p{i}" for i in range(8)])
+
+    def test_a_refused_gsrm_stops_at_the_first_batch(self):
+        from rlkd.backends import TooManyFailures
+
+        reward = structure_reward(f"http://127.0.0.1:{free_port()}/v1", max_failure_share=0.1, min_failures=8)
+        with pytest.raises(TooManyFailures, match="8 of 8 GSRM calls .* connection error"):
+            call_as_trl(reward, [f"p{i}" for i in range(8)])
+
+    def test_llm_judge_faults_are_counted_verdict_failures_and_stop_past_the_share(self):
+        from rlkd.backends import OpenAIBackend, TooManyFailures
+        from rlkd.llm_judge import LLMJudge
+
+        def judge_script(body: dict) -> Action:
+            text = body["messages"][-1]["content"]
+            return Action("500") if "p1" in text or "p2" in text else Action("ok", text="Yes.")
+
+        with FaultServer(default=Faults()) as gsrm, FaultServer(default=judge_script) as judge_server:
+            judge = LLMJudge(OpenAIBackend(judge_server.base_url, "judge", max_retries=0, timeout=2))
+            recorder = Recorder()
+            reward = structure_reward(gsrm.base_url, judge=judge, max_failure_share=0.5, min_failures=100)
+            rewards = call_as_trl(reward, [f"p{i}" for i in range(4)], recorder)
+            # p1 and p2: the sub-problem verdict failed (counted as a mismatch, recorded), meta and answer held
+            assert rewards == [1.0, 0.5, 0.5, 1.0]
+            assert recorder.metrics["structure/judge_failures"] == [2.0]
+            assert judge.failures == 2 and reward.judge_budget.failures == 2
+            strict = structure_reward(gsrm.base_url, judge=judge, max_failure_share=0.1, min_failures=4)
+            with pytest.raises(TooManyFailures, match="judge verdicts of the structure reward failed .*HTTP 500"):
+                call_as_trl(strict, [f"p{i}" for i in range(4)])
