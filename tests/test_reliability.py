@@ -340,3 +340,51 @@ class TestStructureRewardUnderFaults:
             strict = structure_reward(gsrm.base_url, judge=judge, max_failure_share=0.1, min_failures=4)
             with pytest.raises(TooManyFailures, match="judge verdicts of the structure reward failed .*HTTP 500"):
                 call_as_trl(strict, [f"p{i}" for i in range(4)])
+
+
+@pytest.mark.slow
+def test_grpo_trainer_stops_before_updating_on_a_batch_whose_gsrm_calls_failed(tiny_model_dir, tmp_path, caplog):
+    """A real GRPOTrainer run (tiny model, CPU): step 1's GSRM calls succeed, then the GSRM server
+    answers 500. Step 2 stops with TooManyFailures before its optimizer step: the weights are step 1's."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rlkd.backends import TooManyFailures
+    from rlkd.rewards import build_rewards
+
+    calls = {"n": 0}
+
+    def gsrm(body: dict) -> Action:
+        calls["n"] += 1
+        if calls["n"] > 8:
+            return Action("500")
+        # alternate a full match (1.0) and a wrong answer (0.5), so step 1 has advantages to learn from
+        return Action("ok", text=GOOD_REPLY.format(problem="x").replace("42", "42" if calls["n"] % 2 else "41"))
+
+    snapshots = []
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            snapshots.append({k: v.detach().clone() for k, v in model.named_parameters()})
+
+    rows = [{"prompt": [{"role": "user", "content": q}], "problem": "x", "answer": "42",
+             "teacher_structure": json.dumps({"steps": [{**TEACHER["steps"][0], "subproblem": "x"}]})}
+            for q in ("What is 6 * 7?", "What is 40 + 2?")]
+    with caplog.at_level(logging.WARNING), FaultServer(default=gsrm) as server:
+        structure = structure_reward(server.base_url, max_failure_share=0.25, min_failures=8)
+        funcs, weights = build_rewards("rlkd", structure)
+        config = GRPOConfig(output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=8,
+                            num_generations=4, max_completion_length=16, learning_rate=1e-3, beta=0.0,
+                            reward_weights=weights, use_cpu=True, bf16=False, report_to=[], logging_steps=1,
+                            save_strategy="no", seed=0)
+        trainer = GRPOTrainer(model=str(tiny_model_dir), reward_funcs=funcs, args=config,
+                              train_dataset=Dataset.from_list(rows), callbacks=[Snapshot()])
+        initial = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+        with pytest.raises(TooManyFailures, match=r"GSRM calls of the structure reward failed .* HTTP 500"):
+            trainer.train()
+    assert trainer.state.global_step == 1 and len(snapshots) == 1
+    assert any(not initial[k].equal(v) for k, v in snapshots[0].items())  # step 1 did learn something
+    for name, value in trainer.model.named_parameters():
+        assert value.detach().equal(snapshots[0][name]), f"{name} changed after the failed batch"
+    assert any("HTTP 500" in r.getMessage() for r in caplog.records if r.name == "rlkd.backends")
