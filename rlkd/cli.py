@@ -66,6 +66,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise CliError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            except RecursionError:
+                raise CliError(f"{path}:{number}: JSON nested too deeply to read") from None
             if not isinstance(obj, dict):
                 raise CliError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
             yield number, obj
