@@ -140,8 +140,8 @@ def as_decomposition(value: "Decomposition | Mapping[str, Any] | str | None") ->
     if stripped.startswith("{"):
         try:
             return Decomposition.from_json(stripped)
-        except ValueError:
-            pass  # not JSON after all: read it as GSRM text
+        except (ValueError, RecursionError):
+            pass  # not JSON after all (or nested too deeply to read): read it as GSRM text
     return parse_decomposition(text)
 
 
