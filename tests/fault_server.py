@@ -4,7 +4,9 @@ Used by tests/test_backends.py to drive :class:`rlkd.backends.OpenAIBackend` thr
 server produces: delays, dropped connections, 429 with Retry-After, 500, 400, malformed and truncated
 bodies. Each incoming request takes the next :class:`Action` from the script (then ``default``). The
 server records what it saw (request bodies, Authorization headers) and the largest number of requests
-it had in flight at once.
+it had in flight at once. ``context_tokens=N`` makes it behave like a server with an N-token context:
+a request whose messages hold more than N tokens (counted as characters / 4) gets HTTP 400 with the
+message vLLM and OpenAI give ("This model's maximum context length is N tokens..."), before any action.
 
     with FaultServer([Action("500"), Action("ok")]) as server:
         backend = OpenAIBackend(server.base_url, "m", max_retries=2)
@@ -48,9 +50,11 @@ class Action:
 class FaultServer:
     """Start with ``with FaultServer(script) as server`` (or :meth:`start` / :meth:`stop`)."""
 
-    def __init__(self, script: Iterable[Action] = (), default: Action | Callable[[dict], Action] = Action("ok")):
+    def __init__(self, script: Iterable[Action] = (), default: Action | Callable[[dict], Action] = Action("ok"),
+                 context_tokens: int | None = None):
         self.script = list(script)
         self.default = default
+        self.context_tokens = context_tokens
         self.lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []  # request bodies, in arrival order
         self.auth_headers: list[str | None] = []
@@ -157,6 +161,14 @@ def _make_handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
                 server.in_flight += 1
                 server.max_in_flight = max(server.max_in_flight, server.in_flight)
             try:
+                if server.context_tokens is not None:
+                    tokens = sum(len(str(m.get("content", ""))) for m in body.get("messages") or []) // 4
+                    if tokens > server.context_tokens:
+                        message = (f"This model's maximum context length is {server.context_tokens} tokens. However, "
+                                   f"your messages resulted in {tokens} tokens. Please reduce the length of the messages.")
+                        self._send(400, json.dumps({"error": {"message": message, "type": "invalid_request_error",
+                                                              "code": "context_length_exceeded"}}).encode())
+                        return
                 action = server._next_action(body)
                 if action.delay:
                     time.sleep(action.delay)
