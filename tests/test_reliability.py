@@ -388,3 +388,160 @@ def test_grpo_trainer_stops_before_updating_on_a_batch_whose_gsrm_calls_failed(t
     for name, value in trainer.model.named_parameters():
         assert value.detach().equal(snapshots[0][name]), f"{name} changed after the failed batch"
     assert any("HTTP 500" in r.getMessage() for r in caplog.records if r.name == "rlkd.backends")
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Bad input
+
+PAIR = {"teacher": "[Meta-reasoning 1]: m\n[Sub-problem 1]: q\n[Answer 1]: 1",
+        "student": "[Meta-reasoning 1]: m\n[Sub-problem 1]: q\n[Answer 1]: 1"}
+BAD_LINES = {  # what a bad line holds -> the error that must name the file and line
+    "malformed": (b'{"id": "x", "teacher": "t",\n', "not valid JSON (Expecting property name enclosed in double quotes"),
+    "not_utf8": (b'{"id": "x", "teacher": "t\xff\xfe", "student": "s"}\n', "not UTF-8 text"),
+    "too_deep": (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000 + b"\n", "JSON nested too deeply to read"),
+    "not_an_object": (b'["teacher", "student"]\n', "expected a JSON object, got list"),
+}
+
+
+def with_bad_line(path, good_rows: list[dict], bad: bytes, at: int) -> None:
+    """Write ``good_rows`` as JSONL with the ``bad`` line inserted as line ``at`` (1-based)."""
+    lines = [json.dumps(r).encode() + b"\n" for r in good_rows]
+    lines.insert(at - 1, bad)
+    path.write_bytes(b"".join(lines))
+
+
+class TestBadInput:
+    @pytest.mark.parametrize("kind", list(BAD_LINES))
+    def test_score_pairs_names_the_line_and_leaves_an_existing_output_alone(self, kind, tmp_path, capsys):
+        pairs, out = tmp_path / "pairs.jsonl", tmp_path / "scored.jsonl"
+        bad, message = BAD_LINES[kind]
+        with_bad_line(pairs, [{"id": i, **PAIR} for i in range(3)], bad, at=3)
+        out.write_text('{"earlier": "result"}\n')
+        assert main(["score", "--pairs", str(pairs), "--judge", "text", "--output", str(out)]) == 2
+        assert f"rlkd score: error: {pairs}:3: {message}" in capsys.readouterr().err
+        assert out.read_text() == '{"earlier": "result"}\n'
+
+    @pytest.mark.parametrize("kind", list(BAD_LINES))
+    def test_inspect_names_the_line_and_writes_no_page(self, kind, tmp_path, capsys):
+        pairs, page = tmp_path / "pairs.jsonl", tmp_path / "page.html"
+        bad, message = BAD_LINES[kind]
+        with_bad_line(pairs, [{"id": i, **PAIR} for i in range(3)], bad, at=2)
+        page.write_text("earlier page")
+        assert main(["inspect", "--pairs", str(pairs), "--judge", "text", "--html", str(page)]) == 2
+        assert f"rlkd inspect: error: {pairs}:2: {message}" in capsys.readouterr().err
+        assert page.read_text() == "earlier page"
+
+    def test_score_and_inspect_name_a_missing_field(self, tmp_path, capsys):
+        pairs = tmp_path / "pairs.jsonl"
+        write_jsonl(pairs, [{"id": 0, **PAIR}, {"id": 1, "teacher": PAIR["teacher"]}])
+        assert main(["score", "--pairs", str(pairs), "--judge", "text"]) == 2
+        assert main(["inspect", "--pairs", str(pairs), "--judge", "text"]) == 2
+        err = capsys.readouterr().err
+        assert f"rlkd score: error: {pairs}:2: missing field 'student'" in err
+        assert f"rlkd inspect: error: {pairs}:2: missing field 'student'" in err
+
+    def test_empty_decompositions_score_zero_with_the_reason(self, tmp_path):
+        pairs, out = tmp_path / "pairs.jsonl", tmp_path / "scored.jsonl"
+        write_jsonl(pairs, [{"id": 0, "teacher": PAIR["teacher"], "student": ""},
+                            {"id": 1, "teacher": "{\"steps\": " + "[" * 50_000, "student": PAIR["student"]}])
+        assert main(["score", "--pairs", str(pairs), "--judge", "text", "--output", str(out)]) == 0
+        first, second = read_jsonl(out)
+        assert (first["reward"], first["parse_failure"]) == (0.0, "student: empty text")
+        assert second["reward"] == 0.0 and second["parse_failure"].startswith("teacher: no step labels found")
+
+    @pytest.mark.parametrize("kind", ["malformed", "not_utf8", "too_deep"])
+    def test_decompose_stops_at_a_bad_line_keeping_earlier_batches_and_resumes_once_fixed(
+            self, kind, tmp_path, capsys):
+        inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        bad, message = BAD_LINES[kind]
+        rows = traces(6)
+        with_bad_line(inp, rows, bad, at=5)
+        with FaultServer(default=Faults()) as server:
+            assert decompose(server.base_url, inp, out, "--batch-size", "2", "--no-cache") == 2
+            assert f"rlkd decompose: error: {inp}:5: {message}" in capsys.readouterr().err
+            assert [r["id"] for r in read_jsonl(out)] == ["q0", "q1", "q2", "q3"]  # batches before the bad line
+            write_jsonl(inp, rows)  # the user fixes the file and runs the same command again
+            assert decompose(server.base_url, inp, out, "--batch-size", "2", "--no-cache") == 0
+            assert server.count == 6
+        assert [r["id"] for r in read_jsonl(out)] == [f"q{i}" for i in range(6)]
+
+    def test_decompose_handles_empty_and_unterminated_traces_as_documented(self, tmp_path):
+        inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        write_jsonl(inp, [{"id": "empty", "problem": "p0", "reasoning": ""},
+                          {"id": "empty_think", "problem": "p1", "reasoning": "<think>  </think> 4"},
+                          {"id": "no_end", "problem": "p2", "reasoning": "<think>cut off by the length limit"}])
+        with FaultServer(default=Faults()) as server:
+            assert decompose(server.base_url, inp, out, "--no-cache", "--max-failure-share", "1") == 0
+            assert server.count == 1  # empty reasoning needs no call
+        empty, empty_think, no_end = read_jsonl(out)
+        for record in (empty, empty_think):
+            assert (record["status"], record["reason"]) == ("no_steps", "empty reasoning: nothing to decompose")
+        assert no_end["status"] == "ok"
+        assert no_end["notes"] == ["no </think> in the reasoning: the whole text was decomposed"]
+
+    def test_a_trace_far_longer_than_the_context_is_cut_by_the_rule_or_fails_alone(self, tmp_path, caplog, capsys):
+        inp = tmp_path / "in.jsonl"
+        huge = "<think>" + "step. " * 200_000 + "</think> 4"  # 1.2 MB, about 300k tokens
+        write_jsonl(inp, [*traces(2), {"id": "huge", "problem": "p9", "reasoning": huge}])
+        with FaultServer(default=Faults(), context_tokens=8_000) as server:
+            # default: the documented cut (2/3 head, 1/3 tail, 24,000 characters) fits an 8k-token context
+            assert decompose(server.base_url, inp, tmp_path / "cut.jsonl", "--no-cache") == 0
+            record = read_jsonl(tmp_path / "cut.jsonl")[2]
+            assert record["status"] == "ok" and record["truncated"] is True
+            sent = server.requests[-1]["messages"][-1]["content"]
+            assert "characters of the reasoning omitted" in sent and len(sent) < 25_000
+            # never cut: the server refuses it; only that line fails, with the server's reason
+            with caplog.at_level(logging.WARNING):
+                status = decompose(server.base_url, inp, tmp_path / "uncut.jsonl", "--no-cache",
+                                   "--max-trace-chars", "0", "--max-failure-share", "1")
+        assert status == 1
+        assert [r["id"] for r in read_jsonl(tmp_path / "uncut.jsonl")] == ["q0", "q1"]
+        assert any('id "huge": GSRM call failed: HTTP 400' in m and "maximum context length is 8000 tokens" in m
+                   for m in caplog.messages)
+
+    @pytest.mark.parametrize("kind", ["malformed", "not_utf8"])
+    def test_data_gsrm_stops_at_a_bad_line_keeping_earlier_batches(self, kind, tmp_path, capsys):
+        inp, out = tmp_path / "traces.jsonl", tmp_path / "sft.jsonl"
+        bad, message = BAD_LINES[kind]
+        rows = traces(6)
+        with_bad_line(inp, rows, bad, at=6)
+        with FaultServer(default=Faults()) as server:
+            assert data_gsrm(server.base_url, inp, out) == 2
+            assert f"rlkd data: error: {inp}:6: {message}" in capsys.readouterr().err
+            assert [r["id"] for r in read_jsonl(out)] == ["q0", "q1", "q2", "q3"]
+            write_jsonl(inp, rows)
+            assert data_gsrm(server.base_url, inp, out) == 0
+            assert server.count == 6
+        assert [r["id"] for r in read_jsonl(out)] == [f"q{i}" for i in range(6)]
+
+    def test_data_gsrm_names_a_missing_column_and_records_an_empty_trace(self, tmp_path, capsys):
+        inp, out = tmp_path / "traces.jsonl", tmp_path / "sft.jsonl"
+        rows = traces(5)
+        rows[1]["reasoning"] = ""
+        del rows[4]["reasoning"]
+        write_jsonl(inp, rows)
+        with FaultServer(default=Faults()) as server:
+            assert data_gsrm(server.base_url, inp, out, "max_failure_share=1") == 2
+        assert f"{inp}:5: column 'reasoning' is missing" in capsys.readouterr().err
+        assert [r["id"] for r in read_jsonl(out)] == ["q0", "q2", "q3"]
+        [failure] = read_jsonl(tmp_path / "sft.jsonl.failures.jsonl")
+        assert (failure["id"], failure["reason"]) == ("q1", "empty reasoning: nothing to decompose")
+
+    @pytest.mark.parametrize("kind", ["malformed", "not_utf8"])
+    def test_data_rlkd_reads_the_whole_input_before_writing(self, kind, tmp_path, capsys):
+        inp, out = tmp_path / "openr1.jsonl", tmp_path / "rlkd"
+        bad, message = BAD_LINES[kind]
+        with_bad_line(inp, openr1(6), bad, at=4)
+        with FaultServer(default=Faults()) as server:
+            assert data_rlkd(server.base_url, inp, out) == 2
+            assert server.count == 0
+        assert f"rlkd data: error: {inp}:4: {message}" in capsys.readouterr().err
+
+    def test_data_rlkd_names_a_bad_generations_column(self, tmp_path, capsys):
+        inp, out = tmp_path / "openr1.jsonl", tmp_path / "rlkd"
+        rows = openr1(4)
+        rows[2]["generations"] = "one string, not a list"
+        write_jsonl(inp, rows)
+        with FaultServer(default=Faults()) as server:
+            assert data_rlkd(server.base_url, inp, out) == 2
+        assert f"{inp}:3: column 'generations' must be a list of texts" in capsys.readouterr().err
