@@ -511,6 +511,13 @@ def ratio_lines(result: dict[str, Any]) -> list[str]:
     with_offline = (cheapest.tokens + offline.tokens) / authors.tokens
     lines.append(f"ratio {cheapest.scheme} + offline teacher pass / authors: tokens {with_offline:.3f} "
                  f"({_times(with_offline)} fewer) if the teacher pass were paid again in this one batch")
+    judging = []
+    for cost in ours:
+        tokens = (cost.tokens - cost.gsrm_tokens) / (authors.tokens - authors.gsrm_tokens)
+        calls = cost.judge_calls / authors.judge_calls
+        wall = cost.judge_s / authors.judge_s
+        judging.append(f"{cost.scheme.removeprefix('ours ')} calls {calls:.3f} tokens {tokens:.3f} wall {wall:.3f}")
+    lines.append("judging alone, ours / authors (GSRM calls left out): " + "; ".join(judging))
     gsrm_tokens = min(c.gsrm_tokens for c in ours)
     gsrm_wall = min(c.gsrm_s for c in ours)
     lines.append(f"ceiling while every completion still gets one GSRM call (judging for free): tokens "
@@ -622,7 +629,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gsrm-max-tokens", type=int, default=DEFAULT_GSRM_MAX_TOKENS, help="GSRM max_tokens")
     p.add_argument("--repeats", type=int, default=1, help="runs per scheme; the median wall time is reported")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--report", metavar="PATH", help="print the tables of a JSON written by --json, run nothing")
     args = p.parse_args(argv)
+    if args.report:
+        for saved in json.loads(Path(args.report).read_text()):
+            result = {"offline": Cost(**saved["offline"]), "costs": [Cost(**c) for c in saved["costs"]],
+                      "checks": saved["checks"]}
+            print(report(saved["setting"], result))
+        return 0
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]

@@ -131,3 +131,14 @@ def test_reward_cost_smoke_run_prints_identical_rewards_and_ratio_lines():
         "ratio ours per-pair / authors", "ratio ours batched / authors",
         "ratio ours batched + offline teacher pass / authors"]
     assert "| authors (baseline) | " in out and "goal >= 10x fewer LLM tokens:" in out
+
+
+@pytest.mark.server
+def test_grpo_profile_smoke_run_prints_phase_shares_and_the_structure_share():
+    out = run_script(str(BENCH / "grpo_profile.py"), "--steps", "1", "--warmup", "0", "--configs", "latency",
+                     "--max-completion-length", "8", "--prompts", "1", "--generations", "2")
+    assert "| configuration | step s | generate | rewards | of which structure | other scoring | update |" in out
+    [row] = [line for line in out.splitlines() if line.startswith("| + structure, latency server 0 ms")]
+    assert len(row.split("|")) == 9
+    assert "structure share of a step [latency]: " in out
+    assert "per completion 2.0 backend calls" in out  # one GSRM call and one batched judge call
