@@ -92,7 +92,7 @@ FAULTS = {  # problem -> (what the server does every time, the reason the log mu
                                 "complete message body"),
     "p4": (Action("drop"), "connection error (RemoteProtocolError: Server disconnected without sending a response"),
     "p5": (Action("429", retry_after="0"), "HTTP 429 rate limited"),
-    "p6": (Action("ok", delay=3.0), "timed out after 0.5s"),
+    "p6": (Action("ok", delay=5.0), "timed out after 1.5s"),
     "p7": (Action("no_choices"), "no choices"),
 }
 
@@ -104,7 +104,7 @@ class TestDecomposeUnderFaults:
         write_jsonl(inp, traces(10))
         faults = Faults({p: [action] for p, (action, _) in FAULTS.items()})
         with caplog.at_level(logging.WARNING), FaultServer(default=faults) as server:
-            status = decompose(server.base_url, inp, out, "--timeout", "0.5", "--max-failure-share", "1")
+            status = decompose(server.base_url, inp, out, "--timeout", "1.5", "--max-failure-share", "1")
         assert status == 1  # some lines failed: run again
         assert [r["id"] for r in read_jsonl(out)] == ["q0", "q8", "q9"]
         assert all(r["status"] == "ok" for r in read_jsonl(out))
@@ -116,7 +116,7 @@ class TestDecomposeUnderFaults:
 
         faults.plan.clear()  # the server recovers: the same command fills exactly the gaps
         with FaultServer(default=faults) as server:
-            assert decompose(server.base_url, inp, out, "--timeout", "0.5") == 0
+            assert decompose(server.base_url, inp, out, "--timeout", "1.5") == 0
             assert server.count == 7
         assert sorted(r["id"] for r in read_jsonl(out)) == [f"q{i}" for i in range(10)]
 
@@ -166,7 +166,7 @@ class TestDecomposeUnderFaults:
 def data_gsrm(base_url: str, inp, out, *sets: str) -> int:
     args = ["data", "gsrm"]
     for s in (f"input={inp}", f"output={out}", f"backend.base_url={base_url}", "backend.model=strong",
-              "backend.max_retries=0", "backend.timeout=0.5", "batch_size=4", "request_cache=false",
+              "backend.max_retries=0", "backend.timeout=1.5", "batch_size=4", "request_cache=false",
               "id_column=id", *sets):
         args += ["--set", s]
     return main(args)
@@ -182,7 +182,7 @@ def openr1(n: int) -> list[dict]:
 def data_rlkd(base_url: str, inp, out_dir, *sets: str) -> int:
     args = ["data", "rlkd"]
     for s in (f"input={inp}", f"output_dir={out_dir}", f"gsrm.base_url={base_url}", "gsrm.model=gsrm",
-              "gsrm.max_retries=0", "gsrm.timeout=0.5", "batch_size=4", "request_cache=false", "id_column=uuid",
+              "gsrm.max_retries=0", "gsrm.timeout=1.5", "batch_size=4", "request_cache=false", "id_column=uuid",
               "test_size=0.25", *sets):
         args += ["--set", s]
     return main(args)
@@ -223,7 +223,7 @@ class TestDataCommandsUnderFaults:
     def test_data_rlkd_under_faults_then_rerun_puts_every_record_in_exactly_one_file(self, tmp_path, caplog):
         inp, out = tmp_path / "openr1.jsonl", tmp_path / "rlkd"
         write_jsonl(inp, openr1(12))
-        plan = {"p0": [Action("500")], "p5": [Action("malformed")], "p6": [Action("ok", delay=3.0)],
+        plan = {"p0": [Action("500")], "p5": [Action("malformed")], "p6": [Action("ok", delay=5.0)],
                 "p9": [Action("drop")]}
         faults = Faults(plan)
         with caplog.at_level(logging.WARNING), FaultServer(default=faults) as server:
@@ -252,7 +252,7 @@ class TestDataCommandsUnderFaults:
 TEACHER = {"steps": [{"meta_reasoning": "start", "subproblem": "PROBLEM", "answer": "42"}]}
 
 
-def structure_reward(base_url: str, *, judge=None, timeout: float = 0.5, **kwargs):
+def structure_reward(base_url: str, *, judge=None, timeout: float = 5.0, **kwargs):
     from rlkd.backends import OpenAIBackend
     from rlkd.gsrm import Decomposer
     from rlkd.judges import TextJudge
@@ -291,16 +291,16 @@ def call_as_trl(reward, problems: list[str], recorder: Recorder | None = None):
 class TestStructureRewardUnderFaults:
     def test_failed_gsrm_calls_skip_their_samples_with_counted_logged_reasons(self, caplog):
         recorder = Recorder()
-        faults = Faults({"p1": [Action("500")], "p4": [Action("malformed")], "p6": [Action("ok", delay=3.0)]})
+        faults = Faults({"p1": [Action("500")], "p4": [Action("malformed")], "p6": [Action("ok", delay=5.0)]})
         with caplog.at_level(logging.WARNING), FaultServer(default=faults) as server:
-            reward = structure_reward(server.base_url, max_failure_share=0.5, min_failures=4)
+            reward = structure_reward(server.base_url, timeout=1.5, max_failure_share=0.5, min_failures=4)
             rewards = call_as_trl(reward, [f"p{i}" for i in range(8)], recorder)
         assert rewards == [1.0, None, 1.0, 1.0, None, 1.0, None, 1.0]  # None: TRL skips the sample, no zero
         assert recorder.metrics["structure/gsrm_failures"] == [3.0]
         assert recorder.extra["structure_detail"][1] == "skipped: GSRM call failed"
         [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("structure reward: 3 of 8")]
         assert "#1: student: HTTP 500" in line and "#4: student: malformed response body" in line
-        assert "#6: student: timed out after 0.5s" in line
+        assert "#6: student: timed out after 1.5s" in line
         assert (reward.gsrm_budget.seen, reward.gsrm_budget.failures) == (8, 3)
 
     def test_gsrm_failures_past_the_share_stop_training_with_the_reasons(self):
@@ -329,7 +329,7 @@ class TestStructureRewardUnderFaults:
             return Action("500") if "p1" in text or "p2" in text else Action("ok", text="Yes.")
 
         with FaultServer(default=Faults()) as gsrm, FaultServer(default=judge_script) as judge_server:
-            judge = LLMJudge(OpenAIBackend(judge_server.base_url, "judge", max_retries=0, timeout=2))
+            judge = LLMJudge(OpenAIBackend(judge_server.base_url, "judge", max_retries=0, timeout=5))
             recorder = Recorder()
             reward = structure_reward(gsrm.base_url, judge=judge, max_failure_share=0.5, min_failures=100)
             rewards = call_as_trl(reward, [f"p{i}" for i in range(4)], recorder)
@@ -545,3 +545,122 @@ class TestBadInput:
         with FaultServer(default=Faults()) as server:
             assert data_rlkd(server.base_url, inp, out) == 2
         assert f"{inp}:3: column 'generations' must be a list of texts" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. Security: keys only from the environment and never written anywhere; servers bind to localhost
+
+SECRET = "sk-rlkd-test-5ecret-0123456789"
+
+
+class TestApiKeys:
+    def test_the_key_reaches_the_server_but_no_log_output_or_cache_even_on_the_error_path(
+            self, tmp_path, monkeypatch, caplog, capsys):
+        monkeypatch.setenv("RLKD_TEST_KEY", SECRET)
+        inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        write_jsonl(inp, traces(6))
+        faults = Faults({p: [Action("500"), Action("ok")] for p in ("p0", "p1", "p2")})
+        with caplog.at_level(logging.DEBUG), FaultServer(default=faults) as server:
+            # -v: DEBUG logging everywhere, httpx and openai included; first run: retries then success
+            assert main(["-v", "decompose", "--input", str(inp), "--output", str(out), "--base-url", server.base_url,
+                         "--model", "gsrm", "--api-key-env", "RLKD_TEST_KEY", "--max-retries", "1"]) == 0
+            # error path: every request fails, the job stops with TooManyFailures
+            write_jsonl(inp, traces(6, start=10))
+            faults.plan = {f"p{i}": [Action("500")] for i in range(10, 16)}
+            assert main(["-v", "decompose", "--input", str(inp), "--output", str(out), "--base-url",
+                         server.base_url, "--model", "gsrm", "--api-key-env", "RLKD_TEST_KEY",
+                         "--max-retries", "1", "--min-failures", "2"]) == 2
+        assert set(server.auth_headers) == {f"Bearer {SECRET}"}  # read from the environment and sent
+        printed = capsys.readouterr()
+        assert "HTTP 500" in printed.err and "HTTP 500" in caplog.text  # the errors were reported...
+        assert len(caplog.records) > 20 and any(r.name.startswith(("httpx", "httpcore", "openai"))
+                                               for r in caplog.records)
+        for text in (caplog.text, printed.out, printed.err, *(r.getMessage() for r in caplog.records)):
+            assert SECRET not in text  # ...without the key
+        for path in tmp_path.iterdir():  # output and the request cache (SQLite, WAL files too)
+            assert SECRET.encode() not in path.read_bytes(), path.name
+
+    def test_a_key_in_a_recipe_is_refused_without_echoing_it(self, tmp_path, capsys):
+        recipe = tmp_path / "data_gsrm.yaml"
+        recipe.write_text(f"input: {tmp_path / 'in.jsonl'}\noutput: {tmp_path / 'out.jsonl'}\n"
+                          f"backend:\n  base_url: http://127.0.0.1:9/v1\n  model: m\n  api_key: {SECRET}\n")
+        write_jsonl(tmp_path / "in.jsonl", traces(1))
+        assert main(["data", "gsrm", "--config", str(recipe)]) == 2
+        assert main(["data", "gsrm", "--config", str(recipe), "--set", "backend.api_key=null"]) == 2
+        err = capsys.readouterr().err
+        assert "api_key" in err and SECRET not in err
+        assert not (tmp_path / "out.jsonl").exists()
+
+    def test_no_command_takes_a_key_on_the_command_line(self):
+        from rlkd.cli import build_parser
+
+        def options(parser):
+            for action in parser._actions:
+                yield from action.option_strings
+                choices = getattr(action, "choices", None)
+                for sub in (choices.values() if isinstance(choices, dict) else ()):
+                    if hasattr(sub, "_actions"):
+                        yield from options(sub)
+
+        names = set(options(build_parser()))
+        assert {"--api-key-env", "--judge-batched", "--max-failure-share"} <= names  # every sub-command seen
+        assert not [n for n in names if "key" in n and n != "--api-key-env"]
+
+
+def test_everything_that_listens_binds_to_localhost():
+    """The servers the tests and benchmarks start, and any bind or --host in the sources."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    with FaultServer() as server:
+        assert server._server.server_address[0] == "127.0.0.1"
+    root = Path(__file__).resolve().parents[1]
+    latency = root / "benchmarks" / "latency_server.py"
+    if latency.exists():
+        spec = importlib.util.spec_from_file_location("latency_server_under_test", latency)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look themselves up there
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            del sys.modules[spec.name]
+        server = module.LatencyServer().start() if hasattr(module, "LatencyServer") else None
+        if server is not None:
+            try:
+                assert server._server.server_address[0] == "127.0.0.1"
+            finally:
+                server.stop()
+    listening = re.compile(r"Server\(\(|\.bind\(\(|\"--host\"|\.listen\(|0\.0\.0\.0|host=")
+    found = []
+    for folder in ("rlkd", "benchmarks", "tests", "scripts"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+                if listening.search(line) and "listening = re.compile" not in line:
+                    found.append((f"{path.relative_to(root)}:{number}", line.strip()))
+    assert found, "the scan found nothing: it is not looking at the sources"
+    assert [(where, line) for where, line in found if "127.0.0.1" not in line and "_server.server_address" not in line] == []
+
+
+def test_the_package_never_evaluates_or_executes_text():
+    """No eval/exec/pickle/os.system/shell/unsafe YAML in rlkd/; the only subprocesses run fixed commands
+    (the math-verify grading worker, git for the run record), never text from a model or a data file."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "rlkd"
+    forbidden = re.compile(r"(?<![.\w])(?:eval|exec|compile)\(|pickle\.loads?\(|marshal\.loads\(|os\.system\(|"
+                           r"os\.popen\(|shell=True|yaml\.load\(|yaml\.unsafe_load|torch\.load\(|__import__\(")
+    hits, spawns = [], []
+    for path in sorted(root.rglob("*.py")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            code = line.split("#", 1)[0]
+            if forbidden.search(code):
+                hits.append(f"{path.name}:{number}: {line.strip()}")
+            if re.search(r"subprocess\.(?:run|Popen|call|check_output|check_call)\(", code):
+                spawns.append(f"{path.name}: {line.strip()}")
+    assert hits == []
+    assert spawns == [
+        "answers.py: self.proc = subprocess.Popen(",  # [sys.executable, "-c", <fixed import>], data on stdin as JSON
+        'train.py: commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,',
+        'train.py: status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,',
+    ]
