@@ -161,7 +161,11 @@ class StructureReward:
 
     Returns the reward per completion, or ``None`` where the GSRM call failed (student or teacher).
     Training stops with :class:`rlkd.backends.TooManyFailures` once more than ``max_failure_share`` of
-    the GSRM calls, or of the judge verdicts, failed (after ``min_failures`` were seen).
+    the GSRM calls, or of the judge verdicts, failed over the job (after ``min_failures`` were seen), or
+    once more than ``max_batch_failure_share`` of one call's completions lost their structure reward to
+    a GSRM failure (or of its judge verdicts failed): a dead server stops the run at the next batch
+    instead of after the job-wide share catches up. The default batch share is
+    ``max(0.5, max_failure_share)``, so ``max_failure_share=1.0`` never stops.
 
     Metrics, through TRL's ``log_metric`` (each value per call, TRL averages them per logging step):
     ``structure/meta_match``, ``structure/subproblem_match``, ``structure/answer_match``,
@@ -198,6 +202,7 @@ class StructureReward:
         problem_column: str = "problem",
         max_failure_share: float = 0.1,
         min_failures: int = 20,
+        max_batch_failure_share: float | None = None,
         sample_log: str | os.PathLike | None = None,
         samples_per_step: int = 2,
         teacher_cache_size: int = 100_000,
@@ -217,6 +222,10 @@ class StructureReward:
         self.problem_column = problem_column
         self.gsrm_budget = FailureBudget(max_failure_share, min_failures, what="GSRM calls of the structure reward")
         self.judge_budget = FailureBudget(max_failure_share, min_failures, what="judge verdicts of the structure reward")
+        self.max_batch_failure_share = (max(0.5, max_failure_share) if max_batch_failure_share is None
+                                        else max_batch_failure_share)
+        if not 0.0 <= self.max_batch_failure_share <= 1.0:
+            raise ValueError(f"max_batch_failure_share must be within [0, 1], got {max_batch_failure_share}")
         self.sample_log = Path(sample_log) if sample_log else None
         self.samples_per_step = samples_per_step
         self.teacher_cache: OrderedDict[str, Decomposition] = OrderedDict()
@@ -291,22 +300,37 @@ class StructureReward:
         if skipped:
             log.warning("structure reward: %d of %d completions skipped (no structure reward) because a GSRM call "
                         "failed: %s", len(skipped), count, "; ".join(skipped))
+            self._check_batch("completions lost their structure reward to a GSRM failure", len(skipped), count,
+                              skipped)
 
         scorable = [i for i in range(count) if students[i].error is None and teachers[i] is not None]
         results = await score_many([(teachers[i], students[i].decomposition) for i in scorable],  # type: ignore[misc]
                                    self.judge, self.mode, self.lazy)
         by_index: dict[int, StructureResult] = dict(zip(scorable, results))
+        judge_reasons = []
         for result in results:
             for step in result.steps:
                 for reason in step.failures.values():
+                    judge_reasons.append(reason)
                     self.judge_budget.record(False, reason)
             for _ in range(result.verdicts_used - result.judge_failures):
                 self.judge_budget.record(True)
+        self._check_batch("judge verdicts failed", len(judge_reasons), sum(r.verdicts_used for r in results),
+                          judge_reasons)
 
         rewards: list[float | None] = [by_index[i].reward if i in by_index else None for i in range(count)]
         self._log(kwargs, students, teachers, by_index, count)
         self._write_samples(kwargs, problems, texts, students, teachers, by_index)
         return rewards
+
+    def _check_batch(self, what: str, failed: int, total: int, reasons: Sequence[str]) -> None:
+        """Raise TooManyFailures when more than ``max_batch_failure_share`` of this call's items failed."""
+        from rlkd.backends import TooManyFailures
+
+        if total and failed / total > self.max_batch_failure_share:
+            raise TooManyFailures(f"{failed} of {total} {what} in one batch ({failed / total:.1%} > "
+                                  f"{self.max_batch_failure_share:.1%} allowed per batch); reasons: "
+                                  + "; ".join(list(reasons)[:5]))
 
     # ---- reporting
 
