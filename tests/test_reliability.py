@@ -313,6 +313,34 @@ class TestStructureRewardUnderFaults:
                                                       r"\(37.5% > 25.0% allowed\); last reasons: student: HTTP 500"):
                 call_as_trl(reward, [f"p{i}" for i in range(8)])
 
+    def test_a_batch_mostly_without_structure_reward_stops_training_whatever_the_job_share(self):
+        from rlkd.backends import TooManyFailures
+
+        # a long healthy job: the job-wide share (1%) would take a hundred batches to notice a dead server
+        faults = Faults({f"p{i}": [Action("500")] for i in (1, 3, 5, 7)})
+        with FaultServer(default=faults) as server:
+            reward = structure_reward(server.base_url, max_failure_share=0.01, min_failures=1000)
+            assert call_as_trl(reward, [f"p{i}" for i in range(8)]).count(None) == 4  # 50%: not more than half
+            faults.plan["p2"] = [Action("500")]
+            with pytest.raises(TooManyFailures, match=r"5 of 8 completions lost their structure reward to a GSRM "
+                                                      r"failure in one batch \(62.5% > 50.0% allowed per batch\); "
+                                                      r"reasons: #1: student: HTTP 500"):
+                call_as_trl(reward, [f"p{i}" for i in range(8)])
+            tolerant = structure_reward(server.base_url, max_failure_share=1.0)  # never stops (benchmarks)
+            faults.plan = {f"p{i}": [Action("500")] for i in range(8)}
+            assert call_as_trl(tolerant, [f"p{i}" for i in range(8)]) == [None] * 8
+
+    def test_a_dead_judge_stops_training_at_the_first_batch(self):
+        from rlkd.backends import OpenAIBackend, TooManyFailures
+        from rlkd.llm_judge import LLMJudge
+
+        judge = LLMJudge(OpenAIBackend(f"http://127.0.0.1:{free_port()}/v1", "judge", max_retries=0, timeout=5))
+        with FaultServer(default=Faults()) as gsrm:
+            reward = structure_reward(gsrm.base_url, judge=judge, max_failure_share=0.1, min_failures=1000)
+            # the failed meta verdicts close the gate, so each pair used one verdict
+            with pytest.raises(TooManyFailures, match=r"4 of 4 judge verdicts failed in one batch .* connection error"):
+                call_as_trl(reward, [f"p{i}" for i in range(4)])
+
     def test_a_refused_gsrm_stops_at_the_first_batch(self):
         from rlkd.backends import TooManyFailures
 
