@@ -498,10 +498,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                    help="most tokens the GSRM may write per trace (default %(default)s)")
     p.add_argument("--max-failure-share", type=float, default=0.2,
-                   help="stop when more than this share of lines failed (backend error or no steps), "
-                        "once --min-failures have failed (default %(default)s)")
+                   help="stop when more than this share of lines failed (backend error or no steps), checked "
+                        "once --min-failures lines were sent and again at the end (default %(default)s)")
     p.add_argument("--min-failures", type=int, default=10,
-                   help="failures tolerated before the share is checked (default %(default)s)")
+                   help="lines sent before the failure share is first checked (the name is historical: it "
+                        "counts lines, failed or not; default %(default)s)")
     add_backend_arguments(p)
     p.add_argument("--no-cache", action="store_true",
                    help="do not use the request cache (by default OUT.jsonl.cache.sqlite, or --cache DB)")
