@@ -8,7 +8,8 @@ the answer extraction (:func:`rlkd.answers.extract_answer`, ``extract_boxed``, `
    return a value of the documented type and never raise.
 2. Adversarial inputs of about 1 MB (deep brace nesting, thousands of unclosed ``\\boxed{``, long runs of
    label-like prefixes, one huge line, long runs of blanks after a label or a verdict word) must finish
-   within :data:`BOUND_S` seconds each. A regular expression that backtracks catastrophically takes
+   within :data:`BOUND_S` seconds of CPU time each (CPU time, so that other work on a shared machine
+   does not make a linear case look slow). A regular expression that backtracks catastrophically takes
    minutes to hours on such input, so the bound separates linear from super-linear behaviour with a wide
    margin (the linear cases take milliseconds). The cases run in a child process with a memory limit and
    a per-case alarm, so a regression fails the test instead of hanging or exhausting the machine.
@@ -20,6 +21,7 @@ owner, see RELIABILITY.md): they fail loudly (XPASS) once fixed, so the mark get
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +34,7 @@ from rlkd.answers import extract_answer, extract_boxed, extract_choice
 from rlkd.llm_judge import parse_batched_verdicts, parse_verdict
 from rlkd.structure import Decomposition, parse_decomposition
 
-BOUND_S = 2.0  # seconds allowed per adversarial input
+BOUND_S = 2.0  # CPU seconds allowed per adversarial input
 MB = 1_000_000
 
 # --------------------------------------------------------------------------------------------------
@@ -177,14 +179,14 @@ class Overrun(Exception):
 def alarm(*_):
     raise Overrun()
 
-signal.signal(signal.SIGALRM, alarm)
+signal.signal(signal.SIGPROF, alarm)
 for parser, case in json.loads(sys.argv[2]):
-    module, name = test_fuzz.PARSERS[parser].split(":")
+    module, name = {**test_fuzz.PARSERS, "old_label_pattern": "test_fuzz:old_label_pattern"}[parser].split(":")
     function = getattr(importlib.import_module(module), name)
     text = {**test_fuzz.ADVERSARIAL, **test_fuzz.KNOWN_SLOW_INPUTS}[case]()
     args = (text, 3) if parser == "parse_batched_verdicts" else (text,)
-    signal.setitimer(signal.ITIMER_REAL, test_fuzz.BOUND_S)
-    start = time.perf_counter()
+    signal.setitimer(signal.ITIMER_PROF, test_fuzz.BOUND_S)  # CPU time of this process
+    start = time.process_time()
     try:
         function(*args)
         outcome = "ok"
@@ -193,8 +195,8 @@ for parser, case in json.loads(sys.argv[2]):
     except BaseException as exc:
         outcome = f"raised {type(exc).__name__}: {str(exc)[:100]}"
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-    print(json.dumps({"parser": parser, "case": case, "seconds": time.perf_counter() - start,
+        signal.setitimer(signal.ITIMER_PROF, 0)
+    print(json.dumps({"parser": parser, "case": case, "seconds": time.process_time() - start,
                       "outcome": outcome}), flush=True)
 """
 
@@ -229,31 +231,20 @@ def test_known_super_linear_answer_extraction(parser, case):
     assert _slow_cases([result]) == []
 
 
+_OLD_LABEL = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*|[-*+][ \t]+)?[ \t]*(?P<open>[\[(])?[ \t]*(?P<label>answer)")
+
+
+def old_label_pattern(text: str):
+    """The label pattern as it was before the possessive fix (three adjacent blank runs)."""
+    return _OLD_LABEL.match(text)
+
+
 def test_the_runner_catches_a_catastrophic_regex():
-    """The harness itself must be able to fail: the label pattern as it was before the possessive fix
-    (three adjacent blank runs) takes minutes on 1 MB of blanks; here it overruns the bound."""
-    import re
-
-    old = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*|[-*+][ \t]+)?[ \t]*(?P<open>[\[(])?[ \t]*(?P<label>answer)")
-    import signal
-    import time
-
-    class Overrun(Exception):
-        pass
-
-    def alarm(*_):
-        raise Overrun()
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, 0.5)
-    start = time.perf_counter()
-    try:
-        with pytest.raises(Overrun):
-            old.match(" " * 20_000 + "x")
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-    assert time.perf_counter() - start < 5
+    """The harness itself must be able to fail: the old label pattern on 1 MB of blanks (minutes to
+    hours of backtracking) is stopped at the bound and reported as overrun."""
+    [result] = run_adversarial([("old_label_pattern", "blank_line_then_word")])
+    assert result["outcome"] == "overran" and 0.9 * BOUND_S <= result["seconds"] < BOUND_S + 1
+    assert _slow_cases([result]) != []
 
 
 class TestRegressions:
@@ -262,10 +253,10 @@ class TestRegressions:
     def test_blank_runs_before_a_label_are_linear(self):
         import time
 
-        start = time.perf_counter()
+        start = time.process_time()
         for text in (" " * 200_000 + "x", "# " + " " * 200_000 + "x", "** " + " " * 200_000 + "x"):
             assert parse_decomposition(text).steps == []
-        assert time.perf_counter() - start < BOUND_S  # was ~cubic: 71 s for 1,000 blanks
+        assert time.process_time() - start < BOUND_S  # was ~cubic: 71 s for 1,000 blanks
 
     def test_labels_still_read_with_blanks_around_them(self):
         text = "   ##   **  [ Meta-reasoning 1 ] ** :  m\n-   (Sub-problem 1):  q\n  [Answer 1]   -  a"
@@ -278,9 +269,9 @@ class TestRegressions:
         from rlkd.rewards import format_reward
 
         text = "<think>" + "</think><answer></answer>x" * 40_000  # ~1 MB, every tag many times
-        start = time.perf_counter()
+        start = time.process_time()
         assert format_reward([text, "<think>\nx\n</think>\n<answer>\n4\n</answer>"]) == [0.0, 1.0]
-        assert time.perf_counter() - start < BOUND_S  # the pattern ran first and was quadratic: minutes
+        assert time.process_time() - start < BOUND_S  # the pattern ran first and was quadratic: minutes
 
     def test_deeply_nested_json_in_a_batched_reply_is_a_failed_verdict(self):
         text = '{"1": ' * 100_000 + '"yes"' + "}" * 100_000
