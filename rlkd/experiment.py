@@ -555,7 +555,11 @@ class Experiment:
         self.root = Path(job.output)
         self.fresh = fresh
         if fresh and self.root.exists():
+            if any(self.root.iterdir()) and not (self.root / STAGES_FILE).exists():
+                raise CliError(f"--fresh: {self.root} is not empty and is not a demo run folder (no {STAGES_FILE}); "
+                               "not deleting it")
             shutil.rmtree(self.root)
+        self._check_same_recipe()
         self.root.mkdir(parents=True, exist_ok=True)
         seeds, methods = len(job.seeds), len(job.methods)
         needs_prime = "rlkd_zero" in job.methods
@@ -564,6 +568,21 @@ class Experiment:
         total = 4 + seeds * (int(needs_sft) + int(needs_prime) + rl_methods + methods) + 2
         self.stages = Stages(self.root, total, fresh)
         self.tasks: dict[str, list[Any]] = {}
+
+    def _check_same_recipe(self) -> None:
+        """A resumed run must use the recipe it started with (seeds may be added, the output moved)."""
+        saved = self.root / "config.yaml"
+        if not saved.exists():
+            return
+        import yaml
+
+        before = _flatten(yaml.safe_load(saved.read_text(encoding="utf-8")) or {})
+        now = _flatten(dataclasses.asdict(self.job))
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)
+                         and k not in ("output", "seeds"))
+        if changed:
+            raise CliError(f"{self.root} holds a run made with another recipe (changed: {', '.join(changed[:8])}"
+                           f"{' ...' if len(changed) > 8 else ''}); use --fresh to start over or another --output")
 
     # ---- paths
 
@@ -874,6 +893,16 @@ def _rule_alignment(decomposition: Any, reference: Any) -> dict[str, Any]:
     from rlkd.testbed import alignment
 
     return alignment(decomposition, reference)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value and key not in _REPLACED_MAPPINGS:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:

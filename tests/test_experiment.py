@@ -1,0 +1,180 @@
+"""The experiment runner and ``rlkd demo``: recipe loading, data, the GSRM prompt, and a micro run end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rlkd.cli import main
+from rlkd.config import ConfigError
+from rlkd.experiment import (
+    DataSection,
+    Experiment,
+    gsrm_sft_rows,
+    load_demo_job,
+    make_tasks,
+    pass_at_k,
+    write_gsrm_prompt,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# As small as the pipeline allows: one seed, a few tasks, one RL step, 1-layer models.
+MICRO = """\
+seeds: [0]
+data: {train: 8, test_id: 2, test_ood: 2, gsrm_train: 8, gsrm_test: 2, zero_fraction: 0.25}
+vocab_size: 400
+student: {hidden_size: 16, num_layers: 1, num_heads: 2, max_position_embeddings: 1024}
+gsrm: {hidden_size: 16, num_layers: 1, num_heads: 2, max_position_embeddings: 1024}
+gsrm_training: {max_steps: 1, per_device_train_batch_size: 4}
+sft: {max_steps: 1, per_device_train_batch_size: 4}
+prime: {max_steps: 1, per_device_train_batch_size: 2}
+rl: {max_steps: 1, per_device_train_batch_size: 4, num_generations: 2, max_completion_length: 16}
+structure: {gsrm_max_tokens: 16}
+eval: {n: 2, ks: [1, 2], max_tokens_id: 16, max_tokens_ood: 16, batch_size: 8, gsrm_student_check: 2}
+"""
+
+
+class TestRecipe:
+    def test_shipped_recipes_load(self):
+        for name in ("demo.yaml", "full.yaml"):
+            path = REPO / "configs" / "demo" / name
+            job = load_demo_job(path)
+            assert len(job.seeds) >= 3
+            assert job.methods == ["sft", "sft_grpo", "sft_rlkd", "rlkd_zero"]
+            first = path.read_text(encoding="utf-8").splitlines()[0]
+            assert first.startswith("#") and "rlkd demo" in first
+
+    def test_a_partial_section_keeps_the_demo_defaults(self, tmp_path):
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text("sft: {max_steps: 3}\nrl: {max_steps: 2}\n", encoding="utf-8")
+        job = load_demo_job(recipe, ["rl.learning_rate=0.002"])
+        defaults = load_demo_job(None)
+        assert job.sft.max_steps == 3 and job.rl.max_steps == 2 and job.rl.learning_rate == 0.002
+        assert job.sft.learning_rate == defaults.sft.learning_rate  # not the paper's SFT default 1e-5
+        assert job.sft.bf16 is False and job.rl.num_generations == defaults.rl.num_generations
+
+    @pytest.mark.parametrize("override, message", [
+        ("methods=[sft, dpo]", "methods: unknown method(s) ['dpo']"),
+        ("eval.ks=[1, 8]", "eval.ks: each k must be in 1..eval.n=4"),
+        ("seeds=[1, 1]", "seeds: repeated seed"),
+        ("data.zero_fraction=0", "data.zero_fraction: must be in (0, 1]"),
+        ("rl.per_device_train_batch_size=6", "must be a multiple of rl.num_generations"),
+        ("data.trian=3", "data.trian: unknown field of DataSection (did you mean data.train?)"),
+    ])
+    def test_bad_recipes_name_the_field(self, override, message):
+        with pytest.raises(ConfigError) as info:
+            load_demo_job(None, [override])
+        assert message in str(info.value)
+
+
+class TestData:
+    def test_task_sets_are_disjoint_and_deterministic(self):
+        data = DataSection(train=12, test_id=5, test_ood=4, gsrm_train=6)
+        tasks = make_tasks(data)
+        keys = {name: {t.key for t in ts} for name, ts in tasks.items()}
+        assert [len(keys[n]) for n in ("train", "test_id", "test_ood", "gsrm")] == [12, 5, 4, 6]
+        names = list(keys)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                assert not keys[a] & keys[b], (a, b)
+        assert all(t.knobs["depth"] <= 3 for t in tasks["train"])  # the demo's shallow id knobs
+        assert all(t.knobs["depth"] >= 5 for t in tasks["test_ood"])
+        assert [t.id for t in make_tasks(data)["test_id"]] == [t.id for t in tasks["test_id"]]
+
+    def test_gsrm_rows_are_what_the_structure_reward_sends(self, tmp_path):
+        from rlkd.backends import ScriptedBackend
+        from rlkd.gsrm import Decomposer
+        from rlkd.testbed import generate_tasks, gsrm_prompt, reasoning_text
+
+        prompt = str(write_gsrm_prompt(tmp_path / "prompt.txt"))
+        task = generate_tasks(1, "id", seed=4)[0]
+        [row] = gsrm_sft_rows([task], 1, prompt)
+        request, _, _ = Decomposer(ScriptedBackend(lambda r: ""), domain=prompt, few_shot=False).request(
+            task.problem, task.trace)
+        assert row["prompt"] == request.as_openai_messages()
+        assert row["prompt"] == [{"role": "user", "content": gsrm_prompt(task.problem, reasoning_text(task.trace))}]
+        assert row["completion"] == [{"role": "assistant", "content": task.decomposition.render()}]
+
+    def test_pass_at_k(self):
+        assert pass_at_k(4, 0, 2) == 0.0
+        assert pass_at_k(4, 1, 1) == 0.25
+        assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+        assert pass_at_k(4, 3, 2) == 1.0
+
+
+@pytest.mark.slow
+def test_micro_run_end_to_end_and_resume(tmp_path, capsys):
+    recipe = tmp_path / "micro.yaml"
+    recipe.write_text(MICRO, encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["demo", "--config", str(recipe), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "SFT+RLKD   id        1" in printed and f"report: {out / 'report' / 'report.md'}" in printed
+
+    # every model was trained through rlkd train and saved, with its run record
+    for name in ("gsrm", "seed0/sft", "seed0/prime", "seed0/sft_grpo", "seed0/sft_rlkd", "seed0/rlkd_zero"):
+        assert (out / name / "config.json").is_file(), name
+        assert json.loads((out / name / "rlkd_run.json").read_text())["launches"]
+    # the RLKD runs scored completions with the trained GSRM (structure metrics were logged)
+    rlkd_log = [json.loads(line) for line in (out / "seed0/sft_rlkd/metrics.jsonl").read_text().splitlines()]
+    assert any("rewards/structure/mean" in row and "structure/student_steps" in row for row in rlkd_log)
+    grpo_log = [json.loads(line) for line in (out / "seed0/sft_grpo/metrics.jsonl").read_text().splitlines()]
+    assert not any("rewards/structure/mean" in row for row in grpo_log)
+    assert (out / "data/gsrm_prompt.txt").is_file()
+
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) == {"sft", "sft_grpo", "sft_rlkd", "rlkd_zero"}
+    for method in results["methods"].values():
+        metrics = method["seeds"]["0"]
+        for split in ("id", "ood"):
+            assert 0.0 <= metrics[split]["pass@1"] <= metrics[split]["pass@k"]["2"] <= 1.0
+            assert metrics[split]["problems"] == 2 and metrics[split]["n"] == 2
+    samples = [json.loads(line) for line in (out / "eval/seed0/sft/id.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and all(len(s["completions"]) == 2 for s in samples)
+    assert results["gsrm"]["heldout"]["id"]["rule"]["exact"] == 1.0  # the rule decomposer is exact on the oracle
+    assert results["gsrm"]["heldout"]["id"]["gsrm"]["traces"] == 2
+    assert results["gsrm"]["students"]["traces"] == 2
+    assert results["example"]["teacher_steps"]
+    for name in ("report.md", "report.html", "accuracy.png", "pass_at_k.png", "alignment.png", "training.png"):
+        assert (out / "report" / name).stat().st_size > 0, name
+
+    # a second run resumes: every stage with outputs is skipped, the report is written again
+    assert main(["demo", "--config", str(recipe), "--output", str(out)]) == 0
+    stages = json.loads((out / "stages.json").read_text())
+    skipped = [name for name, record in stages.items() if record.get("skipped")]
+    assert len(skipped) >= 14 and any(name.startswith("GSRM: rlkd train sft") for name in skipped)
+    assert main(["demo", "--config", str(recipe), "--output", str(out), "--report-only"]) == 0
+
+
+def test_report_only_without_a_run_is_a_clear_error(tmp_path, capsys):
+    assert main(["demo", "--output", str(tmp_path / "nothing"), "--report-only"]) == 2
+    assert "results.json: no results to report" in capsys.readouterr().err
+
+
+def test_experiment_counts_its_stages(tmp_path):
+    job = load_demo_job(None, [f"output={tmp_path / 'x'}", "seeds=[0, 1]"])
+    # data, models, GSRM, GSRM eval; per seed: SFT, prime, 3 RL, 4 evals; GSRM student check, report
+    assert Experiment(job).stages.total == 4 + 2 * 9 + 2
+
+
+def test_resuming_with_another_recipe_is_refused(tmp_path):
+    from rlkd.cli import CliError
+    from rlkd.experiment import _dump_job
+
+    job = load_demo_job(None, [f"output={tmp_path}"])
+    (tmp_path / "config.yaml").write_text(_dump_job(job), encoding="utf-8")
+    Experiment(load_demo_job(None, [f"output={tmp_path}", "seeds=[0, 1, 2, 3]"]))  # more seeds: resumable
+    with pytest.raises(CliError, match=r"another recipe \(changed: rl.max_steps\)"):
+        Experiment(load_demo_job(None, [f"output={tmp_path}", "rl.max_steps=9"]))
+
+
+def test_fresh_refuses_to_delete_a_folder_that_is_not_a_run(tmp_path):
+    from rlkd.cli import CliError
+
+    (tmp_path / "notes.txt").write_text("keep me", encoding="utf-8")
+    with pytest.raises(CliError, match="not a demo run folder"):
+        Experiment(load_demo_job(None, [f"output={tmp_path}"]), fresh=True)
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "keep me"
