@@ -121,25 +121,41 @@ def _boxed_spans(text: str) -> list[tuple[int, int]]:
             depth += 1
         elif token == "}":
             if open_boxes and open_boxes[-1][0] == depth:
-                spans.append((open_boxes.pop()[1], m.start()))
+                start = open_boxes.pop()[1]
+                if not open_boxes:  # only outermost boxes: nested ones would copy the text once per level
+                    spans.append((start, m.start()))
             depth = max(depth - 1, 0)
     spans.sort()
     return spans
+
+
+_ONE_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def _unwrap(content: str, levels: int = 3) -> str:
+    """``\\boxed{\\boxed{5}}`` -> ``5``: strip a box that is the whole content, a few levels at most."""
+    for _ in range(levels):
+        m = _ONE_BOX.match(content)
+        if not m or _boxed_spans(content) != [(m.end(), len(content) - 1)]:
+            break
+        content = content[m.end():-1].strip()
+    return content
 
 
 def extract_boxed(text: str) -> list[str]:
     """Contents of every ``\\boxed{...}`` and ``\\fbox{...}`` in ``text``, in order of appearance.
 
     Braces are balanced (``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``), escaped braces ``\\{ \\}`` do
-    not count, a box inside a box gives both contents, an unclosed box gives nothing, and the bare form
-    ``\\boxed 5`` gives ``5``. Linear time on any input.
+    not count, a box inside a box counts once (the outer one; a box that is the whole content of another
+    is unwrapped), an unclosed box gives nothing, and the bare form ``\\boxed 5`` gives ``5``. Linear time
+    and memory on any input.
 
     >>> extract_boxed(r"so \\boxed{\\frac{1}{2}} or \\fbox{3}")
     ['\\\\frac{1}{2}', '3']
     """
     if not isinstance(text, str):
         return []
-    return [text[s:e].strip() for s, e in _boxed_spans(text)]
+    return [_unwrap(text[s:e].strip()) for s, e in _boxed_spans(text)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,7 +163,6 @@ def extract_boxed(text: str) -> list[str]:
 
 # "final answer is", "The answer is", "Answer:", "**Final Answer:**", "final answer = ". Simple, linear.
 _PHRASE = re.compile(r"\b(?i:final\s+answer|answer)\b[\s*_]*(?:(?i:is)\b|:|=)[\s*_:]*")
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _MATH_DELIMS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|\n")
 _PHRASE_WINDOW = 500
@@ -201,12 +216,21 @@ def extract_answer(text: str) -> str | None:
     spans = _boxed_spans(text)
     for s, e in reversed(spans):
         if text[s:e].strip():
-            return text[s:e].strip()
-    tags = _ANSWER_TAG.findall(text)
-    if tags and tags[-1].strip():
-        block = tags[-1]
-        return _last_phrase_answer(block) or _strip_math_delims(block)
+            return _unwrap(text[s:e].strip())
+    block = _last_answer_block(text)
+    if block is not None and block.strip():
+        return _last_phrase_answer(block) or _strip_math_delims(block) or None
     return _last_phrase_answer(text)
+
+
+def _last_answer_block(text: str) -> str | None:
+    """Content of the last ``<answer>...</answer>`` (case-insensitive), found from the right: linear."""
+    lower = text.lower()
+    close = lower.rfind("</answer>")
+    if close < 0:
+        return None
+    open_ = lower.rfind("<answer>", 0, close)
+    return None if open_ < 0 else text[open_ + len("<answer>"):close]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -473,9 +497,10 @@ def grade_math(completion_text: str, gold: Any, *, timeout_s: float = DEFAULT_TI
 
 _WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 _DECISIVE = re.compile(
-    r"\b(?i:answer|option|choice)\b[\s*_]*(?:(?i:is)\b|:|=)[\s*_:]*"
-    r"(?:(?i:option|choice|letter)\s*)?"
-    r"(?P<open>[(\[])?\s*(?:\*\*)?(?P<letter>[A-Za-z])(?:\*\*)?\s*(?P<close>[)\]])?(?![A-Za-z0-9])"
+    # possessive runs (*+): each blank is consumed once, so a long run of blanks cannot backtrack
+    r"\b(?i:answer|option|choice)\b[\s*_]*+(?:(?i:is)\b|:|=)[\s*_:]*+"
+    r"(?:(?i:option|choice|letter)\s*+)?"
+    r"(?P<open>[(\[])?\s*+(?:\*\*)?(?P<letter>[A-Za-z])(?![A-Za-z0-9])(?:\*\*)?(?:\s*+(?P<close>[)\]]))?"
 )
 _WEAK = re.compile(
     r"\*\*\s*\(?(?P<bold>[A-Za-z])\)?\s*\*\*"  # **C** or **(c)**

@@ -33,7 +33,8 @@ class TestExtractBoxed:
             (r"\boxed{a\}b}", [r"a\}b"]),
             (r"\boxed {7}", ["7"]),
             (r"$\boxed 9$", ["9"]),
-            (r"\boxed{\boxed{4}}", [r"\boxed{4}", "4"]),  # outer first (ordered by start)
+            (r"\boxed{\boxed{4}}", ["4"]),  # counted once, the outer box unwrapped
+            (r"\boxed{x + \boxed{4}}", [r"x + \boxed{4}"]),  # a nested box is part of the outer content
             (r"\boxed{\frac{1}{2}", []),  # never closed
             (r"\boxedx{3} \betax", []),  # not the command
             ("no box here", []),
