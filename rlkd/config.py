@@ -145,8 +145,11 @@ class StructureConfig:
                        "count; ungated: no prefix gate", STRUCTURE_MODES)
     lazy: bool = option(False, "judge meta-reasoning in order and stop at the first mismatch (fewer calls)")
     max_failure_share: float = option(0.1, "training stops once more than this share of GSRM calls (or judge "
-                                      "verdicts) failed, after min_failures")
-    min_failures: int = option(20, "failures tolerated before max_failure_share is checked")
+                                      "verdicts) over the job failed, checked once min_failures have been seen")
+    min_failures: int = option(20, "GSRM calls (or verdicts) seen before max_failure_share is first checked")
+    max_batch_failure_share: float | None = option(None, "training also stops when more than this share of "
+                                                      "one batch lost its structure reward (a server dying late "
+                                                      "in a long run); default max(0.5, max_failure_share)")
     sample_log: bool = option(True, "append a few scored completions per step to <output_dir>/structure_samples.jsonl "
                               "(read it with rlkd inspect --pairs)")
     samples_per_step: int = option(2, "completions per step written to the sample log")

@@ -166,6 +166,33 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
     return None
 
 
+def drop_logs_after(output_dir: str | Path, checkpoint: Path) -> None:
+    """Before resuming from ``checkpoint-k``, drop what the interrupted run logged after it, so the replayed
+    steps are logged once: metric lines with step > k, and sample-log lines with step >= k (the structure
+    reward of step k+1 runs while the trainer's global step is still k)."""
+    k = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8")).get("global_step", 0)
+    for name, keep in ((METRICS_FILE, lambda step: step <= k), ("structure_samples.jsonl", lambda step: step < k)):
+        path = Path(output_dir) / name
+        if not path.exists():
+            continue
+        kept, dropped = [], 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                step = json.loads(line).get("step")
+            except ValueError:  # a line torn by the kill
+                dropped += 1
+                continue
+            if step is None or keep(step):
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            tmp.replace(path)
+            log.info("%s: dropped %d line(s) logged after %s (those steps run again)", path, dropped, checkpoint.name)
+
+
 def resume_point(job: SFTJob | GRPOJob) -> Path | None:
     """The checkpoint this run continues from (None: start from the model)."""
     if job.resume == "never":
@@ -398,7 +425,8 @@ def structure_reward(job: GRPOJob):
     judge = make_judge(s.judge, overlap_threshold=s.overlap_threshold, fields=fields, llm=llm)
     sample_log = Path(job.output_dir) / "structure_samples.jsonl" if s.sample_log else None
     return StructureReward(decomposer, judge, mode=s.mode, lazy=s.lazy, max_failure_share=s.max_failure_share,
-                           min_failures=s.min_failures, sample_log=sample_log, samples_per_step=s.samples_per_step)
+                           min_failures=s.min_failures, max_batch_failure_share=s.max_batch_failure_share,
+                           sample_log=sample_log, samples_per_step=s.samples_per_step)
 
 
 def reward_functions(job: GRPOJob) -> tuple[list[Any], list[float], list[str]]:
@@ -499,7 +527,16 @@ def cmd_train(args: argparse.Namespace) -> int:
                  f", resuming from {resume_from}" if resume_from else "")
         if isinstance(job, GRPOJob):
             log.info("%s", reward_table(job).replace("\n", "; "))
-    metrics = run_grpo(job, trl_config, resume_from) if kind == "grpo" else run_sft(job, trl_config, resume_from)
+    if resume_from is not None and is_main_process():
+        drop_logs_after(job.output_dir, resume_from)
+    from rlkd.backends import TooManyFailures
+
+    try:
+        metrics = run_grpo(job, trl_config, resume_from) if kind == "grpo" else run_sft(job, trl_config, resume_from)
+    except TooManyFailures as exc:
+        last = last_checkpoint(job.output_dir)
+        raise CliError(f"stopped before training on noise: {exc}. Fix the backend, then run the same command "
+                       f"again to resume from {last or 'the start'}.") from None
     if is_main_process():
         log.info("done: %s", json.dumps(metrics))
     return 0

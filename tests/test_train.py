@@ -118,15 +118,16 @@ def test_killed_grpo_run_resumes_from_its_last_checkpoint(tiny, tmp_path, caplog
     checkpoint = last_checkpoint(out)
     step = int(checkpoint.name.split("-")[1])
     assert 2 <= step < 6
-    logged_before = len(read_jsonl(out / "metrics.jsonl"))
+    assert len(read_jsonl(out / "metrics.jsonl")) >= step
 
     assert main(args) == 0
     assert any(m.endswith(f", resuming from {checkpoint}") for m in caplog.messages)
     record = check_run_record(out, launches=2)
     assert record["launches"][0]["resumed_from"] is None
     assert record["launches"][1]["resumed_from"] == str(checkpoint)
-    resumed = [r for r in read_jsonl(out / "metrics.jsonl")[logged_before:] if "reward" in r]
-    assert [r["step"] for r in resumed] == list(range(step + 1, 7))
+    logged = [r for r in read_jsonl(out / "metrics.jsonl") if "reward" in r]
+    assert [r["step"] for r in logged] == list(range(1, 7))  # steps replayed after the kill are logged once
+    resumed = [r for r in logged if r["step"] > step]
     # the reward and its components lead every logged line
     assert list(resumed[0])[:9] == ["step", "reward", "reward_std", "rewards/accuracy/mean", "rewards/accuracy/std",
                                     "rewards/format/mean", "rewards/format/std", "rewards/tag_count/mean",
@@ -172,3 +173,22 @@ def test_dry_run_reports_the_checkpoint_it_would_resume(tiny, tmp_path, capsys):
     assert f"[ok] resume from {out / 'checkpoint-3'}" in printed
     assert f"[ok] model = {tiny['student']}: model folder found" in printed
     assert f"[ok] data.path = {tiny['tasks_train']}: columns problem, answer, teacher_structure present" in printed
+
+
+def test_a_dead_gsrm_stops_training_with_a_clear_error(tiny, tmp_path, capsys):
+    """Every GSRM call refused (nothing listens on the port): the run stops before any update, with a
+    one-line error saying how to resume, not a traceback."""
+    import socket
+
+    with socket.socket() as sock:  # a free port, closed again: connections to it are refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "dead"
+    args = grpo_args("rlkd_grpo.yaml", tiny, out, "--set", "structure.gsrm.local_model=null",
+                     "--set", f"structure.gsrm.base_url=http://127.0.0.1:{port}/v1", "--set", "structure.gsrm.model=m",
+                     "--set", "structure.gsrm.max_retries=0", "--set", "structure.min_failures=1")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "rlkd train: error: stopped before training on noise:" in err
+    assert "run the same command again to resume from the start" in err
+    assert not list(out.glob("checkpoint-*"))
