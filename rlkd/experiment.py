@@ -127,8 +127,8 @@ class ModelSection:
 class EvalSection:
     """Sampling evaluation of every model on both test splits (SPEC section 6 settings by default)."""
 
-    n: int = option(4, "completions sampled per problem (pass@1 is their mean correctness)")
-    ks: list[int] = option([1, 2, 4], "k of the pass@k values reported (each at most n)")
+    n: int = option(4, "completions sampled per problem (pass@1 is their mean correctness; pass@k is reported "
+                    "for k = 1, 2, 4, ... n, as rlkd eval does)")
     temperature: float = option(0.6, "sampling temperature")
     top_p: float = option(0.95, "nucleus sampling")
     max_tokens_id: int = option(192, "most new tokens per completion on the in-distribution split")
@@ -210,8 +210,6 @@ class DemoJob:
         for name in ("student", "gsrm"):
             _positive(getattr(self, name), name, "hidden_size", "num_layers", "num_heads", "max_position_embeddings")
         _positive(self.eval, "eval", "n", "max_tokens_id", "max_tokens_ood", "batch_size")
-        if not self.eval.ks or any(k < 1 or k > self.eval.n for k in self.eval.ks):
-            raise ConfigError(f"eval.ks: each k must be in 1..eval.n={self.eval.n}, got {self.eval.ks}")
         if self.vocab_size < 300:
             raise ConfigError(f"vocab_size: must be >= 300 (byte alphabet plus special tokens), got {self.vocab_size}")
         if self.rl.num_generations < 2:
@@ -386,6 +384,31 @@ def gsrm_sft_rows(tasks: Sequence[Any], wordings: int = 1, prompt: str = "math")
     return rows
 
 
+TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+def tags_as_text(tokenizer: Any) -> Any:
+    """The same tokenizer with ``<think>``/``</think>``/``<answer>``/``</answer>`` as ordinary added tokens.
+
+    :func:`rlkd.models.build_tokenizer` registers them as *special* tokens, and every decode with
+    ``skip_special_tokens=True`` (TRL's GRPO trainer, :class:`rlkd.backends.TransformersBackend`) then
+    drops them, so the format and tag-count rewards could never be earned and the evaluation would never
+    see a tag. Token ids are unchanged (each tag stays a single token).
+    """
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    for token in state.get("added_tokens", []):
+        if token["content"] in TAGS:
+            token["special"] = False
+    plain = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(state)),
+                                    pad_token=tokenizer.pad_token, eos_token=tokenizer.eos_token,
+                                    bos_token=tokenizer.bos_token)
+    plain.chat_template = tokenizer.chat_template
+    return plain
+
+
 # --------------------------------------------------------------------------------------------------
 # Training through rlkd.train
 
@@ -424,13 +447,9 @@ def _training_for_device(training: Any, device: str) -> Any:
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k: 1 - C(n-c, k) / C(n, k) (SPEC section 6), from :mod:`rlkd.evaluate`."""
-    try:
-        from rlkd.evaluate import pass_at_k as estimator
-    except ImportError:  # rlkd.evaluate not installed yet: the same estimator, written out
-        if n - c < k:
-            return 1.0
-        return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+    """Unbiased pass@k: 1 - C(n-c, k) / C(n, k) (SPEC section 6), as :mod:`rlkd.evaluate` computes it."""
+    from rlkd.evaluate import pass_at_k as estimator
+
     return float(estimator(n, c, k))
 
 
@@ -438,56 +457,61 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def evaluate_model(model_dir: Path, tasks: Sequence[Any], *, n: int, ks: Sequence[int], max_tokens: int,
-                   temperature: float, top_p: float, seed: int, batch_size: int, system_prompt: str | None,
-                   samples_path: Path | None = None, desc: str = "eval") -> dict[str, Any]:
-    """Sample ``n`` completions per task and measure pass@1, pass@k, format and structure alignment.
+def eval_arguments(model_dir: Path, benchmark: Path, output: Path, *, n: int, max_tokens: int, temperature: float,
+                   top_p: float, seed: int, batch_size: int, system_prompt: str | None) -> argparse.Namespace:
+    """The ``rlkd eval`` options for one model on one testbed split, parsed by ``rlkd eval``'s own parser.
 
-    Correctness is :func:`rlkd.answers.grade_math` (the training accuracy reward's grader); alignment
-    rule-decomposes each completion and compares it with the task's oracle decomposition.
+    The user message is the bare problem (the prompt template is ``{problem}``), as in training.
     """
-    from tqdm.auto import tqdm
+    from rlkd.evaluate import add_parser as add_eval_parser
 
-    from rlkd.answers import grade_math
-    from rlkd.backends import GenerationRequest, TransformersBackend
-    from rlkd.data import chat_prompt
+    template = output / "prompt_template.txt"
+    template.parent.mkdir(parents=True, exist_ok=True)
+    template.write_text("{problem}", encoding="utf-8")
+    parser = argparse.ArgumentParser(prog="rlkd")
+    add_eval_parser(parser.add_subparsers(dest="command"))
+    argv = ["eval", "--model", str(model_dir), "--benchmark", str(benchmark), "--output", str(output),
+            "--id-column", "id", "--kind", "math", "--n", str(n), "--max-new-tokens", str(max_tokens),
+            "--temperature", str(temperature), "--top-p", str(top_p), "--seed", str(seed),
+            "--batch-size", str(batch_size), "--prompt-template", str(template)]
+    if system_prompt:
+        argv += ["--system-prompt", system_prompt]
+    return parser.parse_args(argv)
+
+
+def evaluate_model(model_dir: Path, tasks: Sequence[Any], benchmark: Path, output: Path, *, n: int,
+                   max_tokens: int, temperature: float, top_p: float, seed: int, batch_size: int,
+                   system_prompt: str | None) -> dict[str, Any]:
+    """Evaluate one model on one split with ``rlkd eval`` (:func:`rlkd.evaluate.run_eval`: sampling,
+    grading by :mod:`rlkd.answers`, pass@k), then add what the testbed can measure exactly: the share of
+    well-formatted completions and the structure alignment of each completion (rule-decomposed) with the
+    task's oracle decomposition."""
+    from rlkd.evaluate import run_eval
     from rlkd.rewards import format_reward
     from rlkd.testbed import alignment, rule_decompose
 
-    backend = TransformersBackend(str(model_dir), batch_size=batch_size)
-    per_request = max(1, batch_size // n)
-    texts: list[list[str]] = []
-    with tqdm(total=len(tasks), desc=desc, unit="problem", leave=False) as bar:
-        for start in range(0, len(tasks), per_request):
-            chunk = tasks[start: start + per_request]
-            requests = [GenerationRequest.chat(chat_prompt(t.problem, system_prompt), max_tokens=max_tokens,
-                                               temperature=temperature, top_p=top_p, n=n, seed=seed + start)
-                        for t in chunk]
-            for task, completion in zip(chunk, backend.generate_sync(requests)):
-                if completion.error:
-                    raise CliError(f"{desc}: generation failed for {task.id}: {completion.error}")
-                texts.append(list(completion.texts))
-            bar.update(len(chunk))
-    rows = []
+    args = eval_arguments(model_dir, benchmark, output, n=n, max_tokens=max_tokens, temperature=temperature,
+                          top_p=top_p, seed=seed, batch_size=batch_size, system_prompt=system_prompt)
+    summary = run_eval(args)
+    if summary["missing_problems"] or summary["generation"]["failed"]:
+        raise CliError(f"{output}: {summary['generation']['failed']} generations failed; run again to resume")
+    by_id = {t.id: t for t in tasks}
     keys = ("meta_prefix_share", "meta_match", "answer_match", "answers_found")
-    for task, samples in zip(tasks, texts):
-        correct = [bool(grade_math(text, task.answer)) for text in samples]
-        formats = format_reward(samples)
-        aligned = [alignment(rule_decompose(text), task.decomposition) for text in samples]
-        rows.append({"id": task.id, "answer": str(task.answer), "correct": correct, "format": formats,
-                     "alignment": [{k: a[k] for k in (*keys, "exact", "student_steps", "teacher_steps")}
-                                   for a in aligned],
-                     "completions": samples})
-    if samples_path is not None:
-        _write_jsonl(samples_path, rows)
-    metrics: dict[str, Any] = {"problems": len(rows), "n": n}
-    metrics["pass@k"] = {str(k): _mean([pass_at_k(n, sum(r["correct"]), k) for r in rows]) for k in ks}
-    metrics["pass@1"] = metrics["pass@k"].get("1", _mean([pass_at_k(n, sum(r["correct"]), 1) for r in rows]))
-    metrics["format"] = _mean([f for r in rows for f in r["format"]])
-    flat = [a for r in rows for a in r["alignment"]]
-    metrics["alignment"] = {k: _mean([a[k] for a in flat]) for k in keys}
-    metrics["alignment"]["exact"] = _mean([float(a["exact"]) for a in flat])
-    metrics["alignment"]["student_steps"] = _mean([a["student_steps"] for a in flat])
+    rows = []
+    for line in (output / "samples.jsonl").read_text(encoding="utf-8").splitlines():
+        sample = json.loads(line)
+        text = sample["completion"]
+        a = alignment(rule_decompose(text), by_id[sample["id"]].decomposition)
+        rows.append({"format": format_reward([text])[0], **{k: float(a[k]) for k in keys},
+                     "exact": float(a["exact"]), "student_steps": float(a["student_steps"])})
+    metrics: dict[str, Any] = {"problems": summary["graded_problems"], "n": summary["n"],
+                               "pass@k": dict(summary["pass_at_k"]), "pass@1": summary["pass_at_k"].get("1", 0.0),
+                               "pass@1_stderr": summary.get("pass_at_1_stderr"),
+                               "mean_completion_tokens": summary.get("mean_completion_tokens"),
+                               "truncated_share": summary.get("truncated_share"),
+                               "no_answer_share": summary.get("no_answer_share"),
+                               "format": _mean([r["format"] for r in rows])}
+    metrics["alignment"] = {k: _mean([r[k] for r in rows]) for k in (*keys, "exact", "student_steps")}
     return metrics
 
 
@@ -656,7 +680,7 @@ class Experiment:
                 return
             texts = corpus(self.tasks["train"] + self.tasks["gsrm"])
             texts += [content for _, content in load_prompt(self.gsrm_prompt()).turns]
-            tokenizer = build_tokenizer(texts, self.job.vocab_size)
+            tokenizer = tags_as_text(build_tokenizer(texts, self.job.vocab_size))
             g = self.job.gsrm
             build_tiny_model(self.path("models", "gsrm-base"), tokenizer=tokenizer, hidden_size=g.hidden_size,
                              num_layers=g.num_layers, num_heads=g.num_heads,
@@ -777,11 +801,11 @@ class Experiment:
         e = self.job.eval
         metrics = {}
         for split, name, max_tokens in (("id", "test_id", e.max_tokens_id), ("ood", "test_ood", e.max_tokens_ood)):
+            log.info("%s seed %d: rlkd eval on the %s split", METHODS[method][0], seed, split)
             metrics[split] = evaluate_model(
-                self.model_dir(seed, method), self.tasks[name], n=e.n, ks=e.ks, max_tokens=max_tokens,
-                temperature=e.temperature, top_p=e.top_p, seed=seed * 1000, batch_size=e.batch_size,
-                system_prompt=self.job.system_prompt, samples_path=out / f"{split}.jsonl",
-                desc=f"{METHODS[method][0]} seed {seed} {split}")
+                self.model_dir(seed, method), self.tasks[name], self.path("data", f"{name}.jsonl"), out / split,
+                n=e.n, max_tokens=max_tokens, temperature=e.temperature, top_p=e.top_p, seed=seed,
+                batch_size=e.batch_size, system_prompt=self.job.system_prompt)
             log.info("%s seed %d %s: pass@1 %.3f, format %.2f, meta prefix %.2f", METHODS[method][0], seed, split,
                      metrics[split]["pass@1"], metrics[split]["format"], metrics[split]["alignment"]["meta_prefix_share"])
         out.mkdir(parents=True, exist_ok=True)
@@ -794,7 +818,7 @@ class Experiment:
         count = self.job.eval.gsrm_student_check
         seed = self.job.seeds[0]
         method = "sft" if "sft" in self.job.methods else self.job.methods[0]
-        source = self.path("eval", f"seed{seed}", method, "id.jsonl")
+        source = self.path("eval", f"seed{seed}", method, "id", "samples.jsonl")
         out = self.path("gsrm_student_check")
         if count <= 0 or not source.exists():
             return None
@@ -804,8 +828,8 @@ class Experiment:
                 items = []
                 for line in source.read_text(encoding="utf-8").splitlines():
                     row = json.loads(line)
-                    for text in row["completions"][:1]:
-                        items.append((by_id[row["id"]].problem, text, rule_decompose(text)))
+                    if row["sample"] == 0:  # the first completion of each problem
+                        items.append((by_id[row["id"]].problem, row["completion"], rule_decompose(row["completion"])))
                     if len(items) >= count:
                         break
                 measured = evaluate_gsrm(self.path("gsrm"), items, max_tokens=self.job.structure.gsrm_max_tokens,
@@ -859,27 +883,33 @@ class Experiment:
 
     def example(self) -> dict[str, Any] | None:
         """One test problem with the teacher's steps and a student's (rule-decomposed) steps."""
-        from rlkd.testbed import rule_decompose
+        from rlkd.testbed import alignment, rule_decompose
 
         preferred = [m for m in ("sft_rlkd", "rlkd_zero", "sft_grpo", "sft") if m in self.job.methods]
         seed = self.job.seeds[0]
         by_id = {t.id: t for t in self.tasks["test_id"]}
         for method in preferred:
-            path = self.path("eval", f"seed{seed}", method, "id.jsonl")
+            path = self.path("eval", f"seed{seed}", method, "id", "samples.jsonl")
             if not path.exists():
                 continue
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if not rows:
+            samples = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            samples = [s for s in samples if s["sample"] == 0 and s["id"] in by_id]
+            if not samples:
                 continue
-            # the problem where this student's first completion lines up best with the oracle
-            row = max(rows, key=lambda r: (r["alignment"][0]["meta_prefix_share"], r["correct"][0]))
-            task = by_id[row["id"]]
-            text = row["completions"][0]
+
+            def closeness(sample: Mapping[str, Any]) -> tuple[float, bool]:
+                a = alignment(rule_decompose(sample["completion"]), by_id[sample["id"]].decomposition)
+                return a["meta_prefix_share"], bool(sample["correct"])
+
+            # the problem whose first sample lines up best with the oracle (ties: the first such problem)
+            best = max(samples, key=closeness)
+            task, text = by_id[best["id"]], best["completion"]
             return {"method": method, "label": METHODS[method][0], "seed": seed, "id": task.id,
                     "problem": task.problem, "answer": str(task.answer), "teacher_trace": task.trace,
                     "teacher_steps": task.decomposition.to_dict()["steps"], "student_trace": text,
-                    "student_steps": rule_decompose(text).to_dict()["steps"], "correct": row["correct"][0],
-                    "alignment": row["alignment"][0]}
+                    "student_steps": rule_decompose(text).to_dict()["steps"], "correct": bool(best["correct"]),
+                    "alignment": alignment(rule_decompose(text), task.decomposition),
+                    "chosen": "the test problem where this student's first sample lines up best with the oracle"}
         return None
 
     def stage_report(self, results: Mapping[str, Any]) -> None:

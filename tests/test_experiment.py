@@ -33,7 +33,7 @@ sft: {max_steps: 1, per_device_train_batch_size: 4}
 prime: {max_steps: 1, per_device_train_batch_size: 2}
 rl: {max_steps: 1, per_device_train_batch_size: 4, num_generations: 2, max_completion_length: 16}
 structure: {gsrm_max_tokens: 16}
-eval: {n: 2, ks: [1, 2], max_tokens_id: 16, max_tokens_ood: 16, batch_size: 8, gsrm_student_check: 2}
+eval: {n: 2, max_tokens_id: 16, max_tokens_ood: 16, batch_size: 8, gsrm_student_check: 2}
 """
 
 
@@ -58,7 +58,7 @@ class TestRecipe:
 
     @pytest.mark.parametrize("override, message", [
         ("methods=[sft, dpo]", "methods: unknown method(s) ['dpo']"),
-        ("eval.ks=[1, 8]", "eval.ks: each k must be in 1..eval.n=4"),
+        ("eval.n=0", "eval.n: must be > 0"),
         ("seeds=[1, 1]", "seeds: repeated seed"),
         ("data.zero_fraction=0", "data.zero_fraction: must be in (0, 1]"),
         ("rl.per_device_train_batch_size=6", "must be a multiple of rl.num_generations"),
@@ -132,8 +132,11 @@ def test_micro_run_end_to_end_and_resume(tmp_path, capsys):
         for split in ("id", "ood"):
             assert 0.0 <= metrics[split]["pass@1"] <= metrics[split]["pass@k"]["2"] <= 1.0
             assert metrics[split]["problems"] == 2 and metrics[split]["n"] == 2
-    samples = [json.loads(line) for line in (out / "eval/seed0/sft/id.jsonl").read_text().splitlines()]
-    assert len(samples) == 2 and all(len(s["completions"]) == 2 for s in samples)
+    # rlkd eval's own outputs, per method and split
+    samples = [json.loads(line) for line in (out / "eval/seed0/sft/id/samples.jsonl").read_text().splitlines()]
+    assert sorted((s["id"], s["sample"]) for s in samples) == [("id-1-0", 0), ("id-1-0", 1), ("id-1-1", 0),
+                                                                ("id-1-1", 1)]
+    assert json.loads((out / "eval/seed0/sft_rlkd/ood/summary.json").read_text())["n"] == 2
     assert results["gsrm"]["heldout"]["id"]["rule"]["exact"] == 1.0  # the rule decomposer is exact on the oracle
     assert results["gsrm"]["heldout"]["id"]["gsrm"]["traces"] == 2
     assert results["gsrm"]["students"]["traces"] == 2
@@ -178,3 +181,18 @@ def test_fresh_refuses_to_delete_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(CliError, match="not a demo run folder"):
         Experiment(load_demo_job(None, [f"output={tmp_path}"]), fresh=True)
     assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_tags_survive_decoding_with_skip_special_tokens(tmp_path):
+    from rlkd.experiment import tags_as_text
+    from rlkd.models import build_tokenizer, load_tokenizer
+
+    text = "<think>\nx = 2\n</think>\n<answer>\n\\boxed{2}\n</answer>"
+    original = build_tokenizer(["x = 2"], 300)
+    plain = tags_as_text(original)
+    plain.save_pretrained(tmp_path)
+    reloaded = load_tokenizer(tmp_path)
+    ids = reloaded(text + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert ids == original(text + "<|im_end|>", add_special_tokens=False)["input_ids"]  # same ids
+    assert reloaded.decode(ids, skip_special_tokens=True) == text  # tags kept, <|im_end|> dropped
+    assert reloaded.eos_token == "<|im_end|>" and reloaded.pad_token == "<|pad|>"
