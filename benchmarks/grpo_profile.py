@@ -290,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rlkd-profile-") as tmp:
         workdir = Path(tmp)
         model_path, rows = build_setup(workdir, args.prompts, args.seed, args.hidden_size, args.layers)
+        from rlkd.models import load_model
+
+        print(f"policy parameters: {sum(w.numel() for w in load_model(model_path, device='cpu').parameters()):,}",
+              flush=True)
         policy_ms_per_token = None
         for name in configs:
             per_token_ms = args.per_token_ms

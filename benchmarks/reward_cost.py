@@ -493,6 +493,11 @@ def _times(ratio: float) -> str:
     return f"{1 / ratio:.1f}x" if ratio > 0 else "inf"
 
 
+def _ratio(a: float, b: float) -> float:
+    """a / b, or NaN when b is 0 (e.g. no judge call in a run whose GSRM found no steps)."""
+    return a / b if b else float("nan")
+
+
 def ratio_lines(result: dict[str, Any]) -> list[str]:
     """One ``ratio`` line per variant of ours over the authors' scheme, and the goals."""
     authors, ours = result["costs"][0], result["costs"][1:]
@@ -513,15 +518,15 @@ def ratio_lines(result: dict[str, Any]) -> list[str]:
                  f"({_times(with_offline)} fewer) if the teacher pass were paid again in this one batch")
     judging = []
     for cost in ours:
-        tokens = (cost.tokens - cost.gsrm_tokens) / (authors.tokens - authors.gsrm_tokens)
-        calls = cost.judge_calls / authors.judge_calls
-        wall = cost.judge_s / authors.judge_s
+        tokens = _ratio(cost.tokens - cost.gsrm_tokens, authors.tokens - authors.gsrm_tokens)
+        calls = _ratio(cost.judge_calls, authors.judge_calls)
+        wall = _ratio(cost.judge_s, authors.judge_s)
         judging.append(f"{cost.scheme.removeprefix('ours ')} calls {calls:.3f} tokens {tokens:.3f} wall {wall:.3f}")
     lines.append("judging alone, ours / authors (GSRM calls left out): " + "; ".join(judging))
     gsrm_tokens = min(c.gsrm_tokens for c in ours)
     gsrm_wall = min(c.gsrm_s for c in ours)
     lines.append(f"ceiling while every completion still gets one GSRM call (judging for free): tokens "
-                 f"{authors.tokens / gsrm_tokens:.1f}x fewer, wall {authors.wall_s / gsrm_wall:.1f}x less")
+                 f"{_ratio(authors.tokens, gsrm_tokens):.1f}x fewer, wall {_ratio(authors.wall_s, gsrm_wall):.1f}x less")
     lines.append(f"goal >= 10x fewer LLM tokens: {'reached' if best_tokens >= 10 else 'missed'} (best {best_tokens:.1f}x); "
                  f"goal >= 5x less wall time: {'reached' if best_wall >= 5 else 'missed'} (best {best_wall:.1f}x)")
     return lines
@@ -566,7 +571,10 @@ def serve_tiny(batch: Batch, workdir: Path, startup_s: float = 180.0) -> Iterato
     log_path = workdir / "serve.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+                                   # one torch thread: on a shared 2-core machine two spinning threads
+                                   # made the same requests an order of magnitude slower at times
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                                        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     try:
         deadline = time.monotonic() + startup_s
         while True:
@@ -655,18 +663,25 @@ def main(argv: list[str] | None = None) -> int:
           f"requests in flight per backend; repeats {args.repeats}; cpus {os.cpu_count()}")
     common = dict(variants=variants, threads=args.baseline_threads, concurrency=args.concurrency,
                   timeout=args.timeout, gsrm_max_tokens=args.gsrm_max_tokens, repeats=args.repeats)
-    results = []
+    results: list[dict[str, Any]] = []
+
+    def keep(title: str, result: dict[str, Any]) -> None:
+        results.append({"setting": title, **_jsonable(result)})
+        if args.json:  # written before the report, so a failing report loses nothing
+            Path(args.json).write_text(json.dumps(results, indent=1))
+        print(report(title, result), flush=True)
+
     if args.serve_tiny:
+        import logging
+
+        logging.getLogger("rlkd.rewards").setLevel(logging.ERROR)  # all-zero rewards are expected from nonsense
         with tempfile.TemporaryDirectory(prefix="rlkd-bench-") as tmp, serve_tiny(batch, Path(tmp)) as (url, model):
             result = compare(batch, url, model, deterministic=False, server_stats=False, **common)
             title = f"transformers serve, tiny random model (CPU), GSRM max_tokens {args.gsrm_max_tokens}"
-            print(report(title, result), flush=True)
-            results.append({"setting": title, **_jsonable(result)})
+            keep(title, result)
     elif args.base_url:
         result = compare(batch, args.base_url, args.model, deterministic=args.deterministic, server_stats=False, **common)
-        title = f"server at {args.base_url}"
-        print(report(title, result), flush=True)
-        results.append({"setting": title, **_jsonable(result)})
+        keep(f"server at {args.base_url}", result)
     else:
         from latency_server import spawn
 
@@ -675,11 +690,9 @@ def main(argv: list[str] | None = None) -> int:
                 result = compare(batch, url, "latency-server", deterministic=True, server_stats=True, **common)
             title = (f"latency server: {latency_ms:g} ms + {per_token_ms:g} ms/generated token"
                      + (f" + {args.per_prompt_token_ms:g} ms/prompt token" if args.per_prompt_token_ms else "")
-                     + (f", {args.slots} slots" if args.slots else ""))
-            print(report(title, result), flush=True)
-            results.append({"setting": title, **_jsonable(result)})
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+                     + (f", {args.slots} slots" if args.slots else "")
+                     + (f", authors' scheme on {args.baseline_threads} threads" if args.baseline_threads != 32 else ""))
+            keep(title, result)
     return 0
 
 
