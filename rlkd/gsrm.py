@@ -4,7 +4,8 @@ The Generative Structure Reward Model (SPEC section 1) is any chat LLM behind a
 :class:`~rlkd.backends.Backend`. :class:`Decomposer` builds its prompt from a problem and a reasoning
 trace, decodes greedily, and parses the reply with :func:`rlkd.structure.parse_decomposition`.
 ``rlkd decompose`` runs it over a JSONL file (typically the teacher's traces, once, offline), resuming
-where an interrupted run stopped.
+where an interrupted run stopped; its loop, :func:`decompose_resumably` (batches, output appended and
+flushed line by line, failure budget, progress bar), also runs ``rlkd data gsrm`` and ``rlkd data rlkd``.
 
 The prompt. One file per domain in ``rlkd/prompts/gsrm_<domain>.txt`` (math, code, science, puzzle):
 a short instruction and one worked example in the SPEC section 2 format, written for this project,
@@ -45,7 +46,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from rlkd.structure import Decomposition, parse_decomposition
 
@@ -272,27 +273,33 @@ class Decomposer:
 
 
 # --------------------------------------------------------------------------------------------------
-# rlkd decompose
+# Resumable runs: the loop of rlkd decompose, rlkd data gsrm and rlkd data rlkd
 
 
-def _id_key(value: Any) -> str:
+def id_key(value: Any) -> str:
+    """The key an id is compared by when resuming (the id as canonical JSON, so ``1`` and ``"1"`` differ)."""
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def read_done_ids(path: Path) -> set[str]:
-    """Ids already written to an output file, as JSON keys.
+def read_done_ids(*paths: Path | str) -> set[str]:
+    """Ids already written to any of ``paths`` (a missing file has none), as :func:`id_key` keys.
 
     Records are written one whole line at a time, so a run killed mid-write leaves at most a torn
     last line without its newline: that line is cut off the file (and its item is redone). Any other
     unreadable line is an error naming the line; nothing is changed then.
     """
+    done: set[str] = set()
+    for path in paths:
+        _read_ids(Path(path), done)
+    return done
+
+
+def _read_ids(path: Path, done: set[str]) -> None:
     from rlkd.cli import CliError
 
-    done: set[str] = set()
     if not path.exists():
-        return done
-    data = path.read_bytes()
-    pieces = data.split(b"\n")  # the last piece is what follows the final newline ('' normally)
+        return
+    pieces = path.read_bytes().split(b"\n")  # the last piece is what follows the final newline ('' normally)
     position = 0
     for number, raw in enumerate(pieces, start=1):
         last = number == len(pieces)
@@ -308,13 +315,133 @@ def read_done_ids(path: Path) -> set[str]:
                 log.warning("%s:%d: dropping the torn last line of an interrupted run", path, number)
                 with open(path, "r+b") as handle:
                     handle.truncate(position)
-                break
-            done.add(_id_key(obj["id"]))
+                return
+            done.add(id_key(obj["id"]))
             if last:  # a whole record that lost only its newline
                 with open(path, "ab") as handle:
                     handle.write(b"\n")
         position += len(raw) + 1
-    return done
+
+
+class JsonlWriter:
+    """Append JSON records to named files, one whole line per write, flushed at once, so a killed run
+    leaves at most a torn last line (which :func:`read_done_ids` cuts off). Use it in a ``with``.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> with JsonlWriter(output=folder / "out.jsonl") as out:
+    ...     out.write("output", {"id": 1})
+    >>> (folder / "out.jsonl").read_text()
+    '{"id": 1}\\n'
+    """
+
+    def __init__(self, **paths: Path | str) -> None:
+        self.handles = {}
+        for name, path in paths.items():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.handles[name] = open(path, "a", encoding="utf-8")
+
+    def write(self, name: str, record: Mapping[str, Any]) -> None:
+        """Append ``record`` to the file named ``name`` and flush."""
+        handle = self.handles[name]
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+
+    def close(self) -> None:
+        """Close every file."""
+        for handle in self.handles.values():
+            handle.close()
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class WorkItem(NamedTuple):
+    """One trace for :func:`decompose_resumably`: its id, the problem, the reasoning, the domain (None:
+    the decomposer's) and whatever else the caller's ``write`` needs (``extra``)."""
+
+    id: Any
+    problem: str
+    reasoning: str
+    domain: str | None = None
+    extra: Any = None
+
+
+def decompose_resumably(decomposer: Decomposer, items: Iterable[WorkItem],
+                        write: Callable[[WorkItem, DecomposeResult], None], *, batch_size: int, budget: Any,
+                        label: str, total: int, skipped: Callable[[], int], kept_in: str) -> None:
+    """Decompose ``items`` batch by batch, writing as they come back; the loop of every resumable job.
+
+    ``items`` yields the traces still to do (the caller skips the ids :func:`read_done_ids` found, and
+    may raise :class:`~rlkd.cli.CliError` at a bad input line: batches already written stay). For each
+    result, in input order, ``write(item, result)`` writes the record or the failure line and counts it;
+    for a backend failure (status ``error``) it writes nothing, so the next run retries the item, and the
+    failure is logged here. Every result is then recorded in ``budget`` (a
+    :class:`~rlkd.backends.FailureBudget`), after writing, so a stop loses nothing already done. At the
+    end the budget is finished and the backend closed. The progress bar ``label`` counts ``total`` input
+    records, the ``skipped()`` ones included. Raises CliError when failures pass the budget, saying that
+    what was written is kept in ``kept_in`` and how to resume.
+    """
+    from tqdm.auto import tqdm
+
+    from rlkd.backends import TooManyFailures
+    from rlkd.cli import CliError
+
+    backend = decomposer.backend
+    tally = {"done": 0, "error": 0, "no_steps": 0}
+    bar = tqdm(total=total, desc=label, unit="rec", dynamic_ncols=True)
+
+    def advance() -> None:
+        stats = backend.stats
+        bar.update(skipped() + tally["done"] - bar.n)
+        bar.set_postfix(tokens=stats.prompt_tokens + stats.completion_tokens, failed=tally["error"],
+                        unparsable=tally["no_steps"], refresh=False)
+
+    async def run() -> None:
+        try:
+            for batch in _batched(items, batch_size):
+                results = await decomposer.decompose([(item.problem, item.reasoning, item.domain)
+                                                      for item in batch])
+                for item, result in zip(batch, results):
+                    tally["done"] += 1
+                    if result.status != "ok":
+                        tally[result.status] += 1
+                    if result.status == "error":
+                        log.warning("id %s: GSRM call failed: %s", id_key(item.id), result.error)
+                    write(item, result)
+                advance()
+                for result in results:  # after writing, so a stop loses nothing already done
+                    budget.record(result.status == "ok", result.reason or "")
+            advance()  # records skipped after the last batch
+            budget.finish()
+        finally:  # closed on the loop that used it
+            await backend.aclose()
+
+    try:
+        asyncio.run(run())
+    except TooManyFailures as exc:
+        raise CliError(f"stopped: {exc}. Everything written so far is kept in {kept_in}; fix the cause and "
+                       "run the same command again to resume") from None
+    finally:
+        bar.close()
+
+
+def _batched(items: Iterable[WorkItem], size: int) -> Iterator[list[WorkItem]]:
+    batch: list[WorkItem] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# --------------------------------------------------------------------------------------------------
+# rlkd decompose
 
 
 def _count_lines(path: str) -> int:
@@ -322,17 +449,15 @@ def _count_lines(path: str) -> int:
         return sum(1 for line in handle if line.strip())
 
 
-def _batches(args: argparse.Namespace, done: set[str],
-             counts: dict[str, int]) -> Iterator[list[tuple[Any, dict[str, Any]]]]:
-    """Input lines still to do, as (id, object) batches; checks columns and duplicate ids on the way."""
+def _work_items(args: argparse.Namespace, done: set[str], counts: dict[str, int]) -> Iterator[WorkItem]:
+    """Input lines still to do; checks columns and duplicate ids on the way."""
     from rlkd.cli import CliError, iter_jsonl
 
     seen: set[str] = set()
-    batch: list[tuple[Any, dict[str, Any]]] = []
     for number, obj in iter_jsonl(args.input):
         where = f"{args.input}:{number}"
         item_id = obj.get(args.id_column, number) if args.id_column else number
-        key = _id_key(item_id)
+        key = id_key(item_id)
         if key in seen:
             raise CliError(f"{where}: id {item_id!r} appears twice in the input")
         seen.add(key)
@@ -346,12 +471,8 @@ def _batches(args: argparse.Namespace, done: set[str],
         if key in done:
             counts["skipped"] += 1
             continue
-        batch.append((item_id, obj))
-        if len(batch) >= args.batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        yield WorkItem(item_id, obj[args.problem_column], obj[args.reasoning_column],
+                       obj.get(args.domain_column) if args.domain_column else None)
 
 
 def _check_args(args: argparse.Namespace) -> str:
@@ -382,58 +503,28 @@ def decompose_file(args: argparse.Namespace, backend) -> dict[str, int]:
     retries them). Raises CliError when failures pass ``--max-failure-share``, after writing what came
     back.
     """
-    from tqdm.auto import tqdm
-
-    from rlkd.backends import FailureBudget, TooManyFailures
-    from rlkd.cli import CliError
+    from rlkd.backends import FailureBudget
 
     prompt = _check_args(args)
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     done = read_done_ids(output)
     decomposer = Decomposer(backend, domain=prompt, max_trace_chars=args.max_trace_chars,
                             max_tokens=args.max_tokens, few_shot=not args.zero_shot)
-    budget = FailureBudget(args.max_failure_share, args.min_failures, what="traces")
-    total = _count_lines(args.input)
     counts = {"ok": 0, "no_steps": 0, "error": 0, "truncated": 0, "skipped": 0}
-    bar = tqdm(total=total, desc="decompose", unit="trace")
 
-    async def run() -> None:
-        try:
-            with open(output, "a", encoding="utf-8") as out:
-                for batch in _batches(args, done, counts):
-                    bar.n = counts["skipped"] + counts["ok"] + counts["no_steps"] + counts["error"]
-                    items = [(obj[args.problem_column], obj[args.reasoning_column],
-                              obj.get(args.domain_column) if args.domain_column else None) for _, obj in batch]
-                    results = await decomposer.decompose(items)
-                    for (item_id, _), result in zip(batch, results):
-                        counts[result.status] += 1
-                        counts["truncated"] += result.truncated
-                        if result.status == "error":  # not written: a re-run retries it
-                            log.warning("id %s: GSRM call failed: %s", json.dumps(item_id), result.error)
-                            continue
-                        record = {"id": item_id, "status": result.status, "reason": result.reason,
-                                  "structure": result.decomposition.to_dict(), "raw": result.raw,
-                                  "truncated": result.truncated, "notes": result.notes}
-                        out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                        out.flush()
-                    stats = backend.stats
-                    bar.update(len(batch))
-                    bar.set_postfix(tokens=stats.prompt_tokens + stats.completion_tokens,
-                                    no_steps=counts["no_steps"], failed=counts["error"], refresh=False)
-                    for result in results:  # after writing, so a stop loses nothing already done
-                        budget.record(result.status == "ok", result.reason or "")
-            budget.finish()
-        finally:  # closed on the loop that used it
-            await backend.aclose()
+    with JsonlWriter(output=output) as out:
+        def write(item: WorkItem, result: DecomposeResult) -> None:
+            counts[result.status] += 1
+            counts["truncated"] += result.truncated
+            if result.status != "error":
+                out.write("output", {"id": item.id, "status": result.status, "reason": result.reason,
+                                     "structure": result.decomposition.to_dict(), "raw": result.raw,
+                                     "truncated": result.truncated, "notes": result.notes})
 
-    try:
-        asyncio.run(run())
-    except TooManyFailures as exc:
-        raise CliError(f"stopped: {exc}. What came back is kept in {output}; fix the cause and run the "
-                       "same command again to resume") from None
-    finally:
-        bar.close()
+        decompose_resumably(decomposer, _work_items(args, done, counts), write, batch_size=args.batch_size,
+                            budget=FailureBudget(args.max_failure_share, args.min_failures, what="traces"),
+                            label="decompose", total=_count_lines(args.input),
+                            skipped=lambda: counts["skipped"], kept_in=str(output))
     return counts
 
 
