@@ -34,6 +34,13 @@ The judge is ``--judge`` (default ``batched``: one LLM call per completion). The
 structure reward under a tenth of a GRPO step when its backend answers at the speed of a local server.
 
     python benchmarks/grpo_profile.py --steps 4 --configs outcome,latency,matched,tiny-gsrm
+
+How this departs from the paper's setting:
+
+1. A tiny random policy on 2 CPU cores, not a 7B model on GPUs, so a step takes a fraction of a second
+   and the structure reward's fixed cost per completion weighs far more than it would there.
+2. The GSRM and judge are the latency server (or a tiny random model), not a fine-tuned 7B GSRM and a
+   7B judge; the policy's nonsense is decomposed into sentence chunks, not into real steps.
 """
 
 from __future__ import annotations

@@ -37,9 +37,12 @@ call is made and rewards are 0; that run measures calls, tokens and time only.
     python benchmarks/reward_cost.py --latency 50:5 --latency 200:20
     python benchmarks/reward_cost.py --serve-tiny --gsrm-max-tokens 48
 
-How the baseline departs from the authors' code (on purpose, so that only scheduling differs): our GSRM
-and judge prompts, parser and strict verdict reader instead of theirs, greedy judging instead of
-default sampling, and a failed call counted and reported instead of silently scored 0.
+How the baseline departs from the authors' code (on purpose, so that only scheduling differs):
+
+1. Our GSRM and judge prompts, decomposition parser and strict verdict reader instead of theirs (whose
+   label mismatch would score every completion 0).
+2. Greedy judging (temperature 0) instead of default sampling, so the rewards can be compared exactly.
+3. A failed call is counted and reported (and fails the deterministic run) instead of silently scoring 0.
 """
 
 from __future__ import annotations
