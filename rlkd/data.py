@@ -14,8 +14,9 @@
 
 Both data commands are resumable: output files are appended one whole JSON line per record and
 flushed; a re-run reads the ids already written (cutting a torn last line left by ``kill -9``) and
-processes only the rest, so every input ends up in exactly one output file exactly once. Requests go
-through the request cache by default, so a re-run does not pay twice.
+processes only the rest, so every input ends up in exactly one output file exactly once (the loop is
+:func:`rlkd.gsrm.decompose_resumably`, the one ``rlkd decompose`` runs). Requests go through the
+request cache by default, so a re-run does not pay twice.
 
 How this departs from the authors' code (SPEC section 4):
 
@@ -31,17 +32,26 @@ How this departs from the authors' code (SPEC section 4):
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import logging
 import random
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from rlkd.cli import CliError, iter_jsonl
-
-log = logging.getLogger("rlkd.data")
+from rlkd.gsrm import (
+    DOMAINS,
+    Decomposer,
+    DecomposeResult,
+    JsonlWriter,
+    WorkItem,
+    build_prompt,
+    decompose_resumably,
+    id_key,
+    load_prompt,
+    read_done_ids,
+    split_reasoning,
+)
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -200,8 +210,6 @@ def teacher_completion(reasoning: str, solution: str | None, answer: str) -> str
     >>> teacher_completion("<think>2+2=4</think>\\n<answer>\\\\boxed{4}</answer>", None, "4")
     '<think>\\n2+2=4\\n</think>\\n<answer>\\n\\\\boxed{4}\\n</answer>'
     """
-    from rlkd.gsrm import split_reasoning
-
     thought, found_end = split_reasoning(reasoning)
     tail = reasoning[reasoning.lower().find("</think>") + len("</think>"):].strip() if found_end else ""
     final = (solution or "").strip() or tail or f"\\boxed{{{answer}}}"
@@ -250,22 +258,9 @@ def _messages(value: Any, column: str, where: str) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Resumable output
+# Shared by the data commands (the resumable loop itself is rlkd.gsrm.decompose_resumably)
 
-
-def id_key(value: Any) -> str:
-    """The key an id is compared by when resuming (the same as ``rlkd decompose``'s)."""
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
-
-
-def done_ids(*paths: Path) -> set[str]:
-    """Ids already written to any of ``paths`` (a torn last line left by a kill is cut off and redone)."""
-    from rlkd.gsrm import read_done_ids
-
-    done: set[str] = set()
-    for path in paths:
-        done |= read_done_ids(Path(path))
-    return done
+done_ids = read_done_ids  # the name rlkd.evaluate imports
 
 
 def _record_id(obj: Mapping[str, Any], index: int, id_column: str | None, where: str,
@@ -281,52 +276,6 @@ def _record_id(obj: Mapping[str, Any], index: int, id_column: str | None, where:
             raise CliError(f"{where}: id {obj[id_column]!r} appears twice in the input (column '{id_column}')")
         seen.add(key)
     return obj[id_column]
-
-
-def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-class _Writer:
-    """Append JSON lines to several files, flushing after each record (one whole line per write)."""
-
-    def __init__(self, **paths: Path) -> None:
-        self.handles = {}
-        for name, path in paths.items():
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.handles[name] = open(path, "a", encoding="utf-8")
-
-    def write(self, name: str, record: Mapping[str, Any]) -> None:
-        handle = self.handles[name]
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        handle.flush()
-
-    def close(self) -> None:
-        for handle in self.handles.values():
-            handle.close()
-
-
-def _progress(total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="rec", dynamic_ncols=True)
-
-
-def _advance(bar: Any, handled: int) -> None:
-    bar.update(handled - bar.n)
-
-
-def _postfix(bar: Any, backend: Any, counts: Mapping[str, int]) -> None:
-    stats = backend.stats
-    bar.set_postfix(tokens=stats.prompt_tokens + stats.completion_tokens, failed=counts.get("error", 0),
-                    unparsable=counts.get("no_steps", 0), refresh=False)
 
 
 def _backend(config: Any, cache: str | None, where: str):
@@ -352,20 +301,18 @@ def run_data_gsrm(job: Any, backend: Any = None) -> dict[str, int]:
     the raw text. A backend failure is not written, so the next run retries it. ``backend`` overrides
     ``job.backend`` (tests pass a scripted one).
     """
-    from rlkd.backends import FailureBudget, TooManyFailures
-    from rlkd.gsrm import DOMAINS, Decomposer, build_prompt
+    from rlkd.backends import FailureBudget
 
     records = Records(job.input, job.split, job.subset)
     output, failures = Path(job.output), job.failures_path()
-    done = done_ids(output, failures)
+    done = read_done_ids(output, failures)
     total = len(records) if job.limit is None else min(job.limit, len(records))
     backend = backend if backend is not None else _backend(job.backend, job.cache_path(), "backend")
     decomposer = Decomposer(backend, domain=job.default_domain, max_trace_chars=job.max_trace_chars,
                             max_tokens=job.max_tokens, few_shot=job.few_shot)
-    budget = FailureBudget(job.max_failure_share, job.min_failures, what="traces")
     counts = {"ok": 0, "no_steps": 0, "error": 0, "already_done": 0}
 
-    def todo() -> Iterator[tuple[Any, str, str, str]]:
+    def todo() -> Iterator[WorkItem]:
         seen: set[str] = set()
         for index, obj, where in records:
             if index >= total:
@@ -380,46 +327,27 @@ def run_data_gsrm(job: Any, backend: Any = None) -> dict[str, int]:
             if id_key(record_id) in done:
                 counts["already_done"] += 1
                 continue
-            yield record_id, problem, reasoning, domain or job.default_domain
+            yield WorkItem(record_id, problem, reasoning, domain or job.default_domain)
 
-    bar = _progress(total, "data gsrm")
-    writer = _Writer(output=output, failures=failures)
+    with JsonlWriter(output=output, failures=failures) as out:
+        def write(item: WorkItem, result: DecomposeResult) -> None:
+            counts[result.status] += 1
+            if result.status == "no_steps":
+                out.write("failures", {"id": item.id, "domain": item.domain, "reason": result.reason,
+                                       "raw": result.raw})
+            elif result.status == "ok":
+                prompt = build_prompt(item.problem, item.reasoning, item.domain,
+                                      max_trace_chars=job.max_trace_chars, few_shot=job.sft_few_shot)
+                out.write("output", {
+                    "id": item.id, "domain": item.domain, "prompt": prompt,
+                    "completion": [{"role": "assistant", "content": result.decomposition.render()}],
+                    "steps": len(result.decomposition.steps), "truncated": result.truncated})
 
-    async def run() -> None:
-        try:
-            for batch in _batched(todo(), job.batch_size):
-                results = await decomposer.decompose([(p, r, d) for _, p, r, d in batch])
-                for (record_id, problem, reasoning, domain), result in zip(batch, results):
-                    counts[result.status] += 1
-                    if result.status == "error":
-                        log.warning("id %s: decomposition request failed (retried by the next run): %s",
-                                    id_key(record_id), result.error)
-                    elif result.status == "no_steps":
-                        writer.write("failures", {"id": record_id, "domain": domain, "reason": result.reason,
-                                                  "raw": result.raw})
-                    else:
-                        prompt = build_prompt(problem, reasoning, domain, max_trace_chars=job.max_trace_chars,
-                                              few_shot=job.sft_few_shot)
-                        writer.write("output", {
-                            "id": record_id, "domain": domain, "prompt": prompt,
-                            "completion": [{"role": "assistant", "content": result.decomposition.render()}],
-                            "steps": len(result.decomposition.steps), "truncated": result.truncated})
-                _advance(bar, sum(counts.values()))
-                _postfix(bar, backend, counts)
-                for result in results:  # after writing, so stopping loses nothing already done
-                    budget.record(result.status == "ok", result.reason or "")
-            budget.finish()
-        finally:
-            await backend.aclose()
-
-    try:
-        asyncio.run(run())
-    except TooManyFailures as exc:
-        raise CliError(f"stopped: {exc}. Everything written so far is kept in {output} and {failures}; fix "
-                       "the cause and run the same command again to resume") from None
-    finally:
-        writer.close()
-        bar.close()
+        decompose_resumably(decomposer, todo(), write, batch_size=job.batch_size,
+                            budget=FailureBudget(job.max_failure_share, job.min_failures, what="traces"),
+                            label="data gsrm", total=total, skipped=lambda: counts["already_done"],
+                            kept_in=f"{output} and {failures}",
+                            failure_log="decomposition request failed (retried by the next run)")
     return counts
 
 
@@ -461,13 +389,12 @@ def run_data_rlkd(job: Any, backend: Any = None) -> dict[str, int]:
     steps as GSRM text). Records without a correct generation, or whose decomposition has no steps, go
     to ``skipped.jsonl`` with the reason. A backend failure is not written (the next run retries it).
     """
-    from rlkd.backends import FailureBudget, TooManyFailures
-    from rlkd.gsrm import Decomposer
+    from rlkd.backends import FailureBudget
 
     records = Records(job.input, job.split, job.subset)
     out = Path(job.output_dir)
     paths = {"train": out / "train.jsonl", "test": out / "test.jsonl", "skipped": out / "skipped.jsonl"}
-    done = done_ids(*paths.values())
+    done = read_done_ids(*paths.values())
     total = len(records) if job.limit is None else min(job.limit, len(records))
 
     usable: list[Any] = []
@@ -485,71 +412,52 @@ def run_data_rlkd(job: Any, backend: Any = None) -> dict[str, int]:
     backend = backend if backend is not None else _backend(job.gsrm, job.cache_path(), "gsrm")
     decomposer = Decomposer(backend, domain=job.domain, max_trace_chars=job.max_trace_chars,
                             max_tokens=job.max_tokens, few_shot=job.gsrm_few_shot)
-    budget = FailureBudget(job.max_failure_share, job.min_failures, what="teacher decompositions")
     counts = {"train": 0, "test": 0, "no_correct": 0, "no_steps": 0, "error": 0, "already_done": 0}
-    writer = _Writer(**paths)
 
-    def todo() -> Iterator[tuple[Any, dict[str, Any], int]]:
-        for index, obj, where in records:
-            if index >= total:
-                break
-            record_id = _record_id(obj, index, job.id_column, where)
-            if id_key(record_id) in done:
-                counts["already_done"] += 1
-                continue
-            chosen = first_correct(obj.get(job.generations_column), obj.get(job.correctness_column), where, job)
-            if chosen is None:
-                counts["no_correct"] += 1
-                writer.write("skipped", {"id": record_id, "reason": "no generation flagged correct in "
-                                         f"'{job.correctness_column}'"})
-                continue
-            _text(obj.get(job.problem_column), job.problem_column, where)
-            if obj.get(job.answer_column) is None:
-                raise CliError(f"{where}: column '{job.answer_column}' is missing")
-            yield record_id, obj, chosen
+    with JsonlWriter(**paths) as writer:
+        def todo() -> Iterator[WorkItem]:
+            """Records still to do, each with its first correct generation (``extra``: its index)."""
+            for index, obj, where in records:
+                if index >= total:
+                    break
+                record_id = _record_id(obj, index, job.id_column, where)
+                if id_key(record_id) in done:
+                    counts["already_done"] += 1
+                    continue
+                gens = obj.get(job.generations_column)
+                chosen = first_correct(gens, obj.get(job.correctness_column), where, job)
+                if chosen is None:
+                    counts["no_correct"] += 1
+                    writer.write("skipped", {"id": record_id, "reason": "no generation flagged correct in "
+                                             f"'{job.correctness_column}'"})
+                    continue
+                problem = _text(obj.get(job.problem_column), job.problem_column, where)
+                if obj.get(job.answer_column) is None:
+                    raise CliError(f"{where}: column '{job.answer_column}' is missing")
+                yield WorkItem(record_id, problem, gens[chosen], extra=(str(obj[job.answer_column]), chosen))
 
-    bar = _progress(total, "data rlkd")
+        def write(item: WorkItem, result: DecomposeResult) -> None:
+            if result.status == "error":
+                counts["error"] += 1
+            elif result.status == "no_steps":
+                counts["no_steps"] += 1
+                writer.write("skipped", {"id": item.id, "reason": f"GSRM output has no steps: {result.reason}",
+                                         "raw": result.raw})
+            else:
+                split = "test" if id_key(item.id) in test else "train"
+                counts[split] += 1
+                answer, generation = item.extra
+                writer.write(split, {
+                    "id": item.id, "problem": item.problem, "answer": answer, "teacher_reasoning": item.reasoning,
+                    "teacher_structure": result.decomposition.render(), "teacher_generation": generation,
+                    "truncated": result.truncated})
 
-    async def run() -> None:
-        try:
-            for batch in _batched(todo(), job.batch_size):
-                items = [(obj[job.problem_column], obj[job.generations_column][k]) for _, obj, k in batch]
-                results = await decomposer.decompose(items)
-                for (record_id, obj, k), result in zip(batch, results):
-                    if result.status == "error":
-                        counts["error"] += 1
-                        log.warning("id %s: GSRM request failed (retried by the next run): %s",
-                                    id_key(record_id), result.error)
-                    elif result.status == "no_steps":
-                        counts["no_steps"] += 1
-                        writer.write("skipped", {"id": record_id, "reason": f"GSRM output has no steps: "
-                                                 f"{result.reason}", "raw": result.raw})
-                    else:
-                        split = "test" if id_key(record_id) in test else "train"
-                        counts[split] += 1
-                        writer.write(split, {
-                            "id": record_id, "problem": obj[job.problem_column],
-                            "answer": str(obj[job.answer_column]),
-                            "teacher_reasoning": obj[job.generations_column][k],
-                            "teacher_structure": result.decomposition.render(),
-                            "teacher_generation": k, "truncated": result.truncated})
-                _advance(bar, sum(counts[k] for k in ("already_done", "no_correct", "train", "test",
-                                                      "no_steps", "error")))
-                _postfix(bar, backend, counts)
-                for result in results:
-                    budget.record(result.status == "ok", result.reason or "")
-            budget.finish()
-        finally:
-            await backend.aclose()
-
-    try:
-        asyncio.run(run())
-    except TooManyFailures as exc:
-        raise CliError(f"stopped: {exc}. Everything written so far is kept in {out}; fix the cause and run "
-                       "the same command again to resume") from None
-    finally:
-        writer.close()
-        bar.close()
+        decompose_resumably(decomposer, todo(), write, batch_size=job.batch_size,
+                            budget=FailureBudget(job.max_failure_share, job.min_failures,
+                                                 what="teacher decompositions"),
+                            label="data rlkd", total=total,
+                            skipped=lambda: counts["already_done"] + counts["no_correct"], kept_in=str(out),
+                            failure_log="GSRM request failed (retried by the next run)")
     counts["usable"] = len(usable)
     counts["test_target"] = len(test)
     return counts
@@ -579,7 +487,6 @@ def build_tiny(output_dir: str | Path, *, train: int = 64, test: int = 16, seed:
     """
     from rlkd import testbed
     from rlkd.config import SYSTEM_PROMPT
-    from rlkd.gsrm import build_prompt, load_prompt
     from rlkd.models import build_tiny_model, build_tokenizer
 
     out = Path(output_dir)

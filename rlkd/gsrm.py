@@ -372,14 +372,15 @@ class WorkItem(NamedTuple):
 
 def decompose_resumably(decomposer: Decomposer, items: Iterable[WorkItem],
                         write: Callable[[WorkItem, DecomposeResult], None], *, batch_size: int, budget: Any,
-                        label: str, total: int, skipped: Callable[[], int], kept_in: str) -> None:
+                        label: str, total: int, skipped: Callable[[], int], kept_in: str,
+                        failure_log: str = "GSRM call failed") -> None:
     """Decompose ``items`` batch by batch, writing as they come back; the loop of every resumable job.
 
     ``items`` yields the traces still to do (the caller skips the ids :func:`read_done_ids` found, and
     may raise :class:`~rlkd.cli.CliError` at a bad input line: batches already written stay). For each
     result, in input order, ``write(item, result)`` writes the record or the failure line and counts it;
     for a backend failure (status ``error``) it writes nothing, so the next run retries the item, and the
-    failure is logged here. Every result is then recorded in ``budget`` (a
+    failure is logged here as ``id <id>: <failure_log>: <error>``. Every result is then recorded in ``budget`` (a
     :class:`~rlkd.backends.FailureBudget`), after writing, so a stop loses nothing already done. At the
     end the budget is finished and the backend closed. The progress bar ``label`` counts ``total`` input
     records, the ``skipped()`` ones included. Raises CliError when failures pass the budget, saying that
@@ -410,7 +411,7 @@ def decompose_resumably(decomposer: Decomposer, items: Iterable[WorkItem],
                     if result.status != "ok":
                         tally[result.status] += 1
                     if result.status == "error":
-                        log.warning("id %s: GSRM call failed: %s", id_key(item.id), result.error)
+                        log.warning("id %s: %s: %s", id_key(item.id), failure_log, result.error)
                     write(item, result)
                 advance()
                 for result in results:  # after writing, so a stop loses nothing already done
