@@ -46,9 +46,12 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from rlkd.structure import Decomposition, parse_decomposition
+
+if TYPE_CHECKING:
+    from rlkd.backends import FailureBudget
 
 log = logging.getLogger("rlkd.gsrm")
 
@@ -371,7 +374,7 @@ class WorkItem(NamedTuple):
 
 
 def decompose_resumably(decomposer: Decomposer, items: Iterable[WorkItem],
-                        write: Callable[[WorkItem, DecomposeResult], None], *, batch_size: int, budget: Any,
+                        write: Callable[[WorkItem, DecomposeResult], None], *, batch_size: int, budget: FailureBudget,
                         label: str, total: int, skipped: Callable[[], int], kept_in: str,
                         failure_log: str = "GSRM call failed") -> None:
     """Decompose ``items`` batch by batch, writing as they come back; the loop of every resumable job.
@@ -380,11 +383,11 @@ def decompose_resumably(decomposer: Decomposer, items: Iterable[WorkItem],
     may raise :class:`~rlkd.cli.CliError` at a bad input line: batches already written stay). For each
     result, in input order, ``write(item, result)`` writes the record or the failure line and counts it;
     for a backend failure (status ``error``) it writes nothing, so the next run retries the item, and the
-    failure is logged here as ``id <id>: <failure_log>: <error>``. Every result is then recorded in ``budget`` (a
-    :class:`~rlkd.backends.FailureBudget`), after writing, so a stop loses nothing already done. At the
-    end the budget is finished and the backend closed. The progress bar ``label`` counts ``total`` input
-    records, the ``skipped()`` ones included. Raises CliError when failures pass the budget, saying that
-    what was written is kept in ``kept_in`` and how to resume.
+    failure is logged here as ``id <id>: <failure_log>: <error>``. Every result is then recorded in
+    ``budget``, after writing, so a stop loses nothing already done. At the end the budget is finished and
+    the backend closed. The progress bar ``label`` counts ``total`` input records, the ``skipped()`` ones
+    included. Raises CliError when failures pass the budget, saying that what was written is kept in
+    ``kept_in`` and how to resume.
     """
     from tqdm.auto import tqdm
 
@@ -392,12 +395,12 @@ def decompose_resumably(decomposer: Decomposer, items: Iterable[WorkItem],
     from rlkd.cli import CliError
 
     backend = decomposer.backend
-    tally = {"done": 0, "error": 0, "no_steps": 0}
+    tally = {"ok": 0, "no_steps": 0, "error": 0}
     bar = tqdm(total=total, desc=label, unit="rec", dynamic_ncols=True)
 
     def advance() -> None:
         stats = backend.stats
-        bar.update(skipped() + tally["done"] - bar.n)
+        bar.update(skipped() + sum(tally.values()) - bar.n)
         bar.set_postfix(tokens=stats.prompt_tokens + stats.completion_tokens, failed=tally["error"],
                         unparsable=tally["no_steps"], refresh=False)
 
@@ -407,9 +410,7 @@ def decompose_resumably(decomposer: Decomposer, items: Iterable[WorkItem],
                 results = await decomposer.decompose([(item.problem, item.reasoning, item.domain)
                                                       for item in batch])
                 for item, result in zip(batch, results):
-                    tally["done"] += 1
-                    if result.status != "ok":
-                        tally[result.status] += 1
+                    tally[result.status] += 1
                     if result.status == "error":
                         log.warning("id %s: %s: %s", id_key(item.id), failure_log, result.error)
                     write(item, result)
