@@ -260,7 +260,6 @@ def _messages(value: Any, column: str, where: str) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------------------------------
 # Shared by the data commands (the resumable loop itself is rlkd.gsrm.decompose_resumably)
 
-done_ids = read_done_ids  # the name rlkd.evaluate imports
 
 
 def _record_id(obj: Mapping[str, Any], index: int, id_column: str | None, where: str,

@@ -288,11 +288,11 @@ def _template(args: argparse.Namespace, kind: str) -> str:
 
 def _read_cache(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
     """Cached generations by (problem id, sample index); a torn last line is cut off the file."""
-    from rlkd.data import done_ids
+    from rlkd.gsrm import read_done_ids
 
     if not path.exists():
         return {}
-    done_ids(path)  # repairs a torn last line left by a kill (and checks every other line)
+    read_done_ids(path)  # repairs a torn last line left by a kill (and checks every other line)
     cache: dict[tuple[str, int], dict[str, Any]] = {}
     for number, obj in iter_jsonl(path):
         if "sample" not in obj or "completion" not in obj:
