@@ -52,6 +52,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -133,30 +134,30 @@ class EvalSection:
     top_p: float = option(0.95, "nucleus sampling")
     max_tokens_id: int = option(192, "most new tokens per completion on the in-distribution split")
     max_tokens_ood: int = option(384, "most new tokens per completion on the out-of-distribution split")
-    batch_size: int = option(32, "sequences per generate batch")
+    batch_size: int = option(64, "sequences per generate batch")
     gsrm_student_check: int = option(16, "student completions (SFT model, first seed, id split) decomposed by "
                                      "the GSRM and compared with the rule decomposer (0: skip)")
 
 
 def _sft_defaults(**overrides: Any) -> SFTTraining:
-    base = dict(learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.05, max_grad_norm=1.0,
+    base = dict(learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=0.05, max_grad_norm=1.0,
                 num_train_epochs=1.0, max_steps=-1, per_device_train_batch_size=16, gradient_accumulation_steps=1,
-                save_steps=100000, logging_steps=10, bf16=False, use_cpu=True, activation_checkpointing=False,
+                save_steps=100000, logging_steps=25, bf16=False, use_cpu=True, activation_checkpointing=False,
                 max_length=1024)
     base.update(overrides)
     return SFTTraining(**base)
 
 
 def _rl_defaults() -> GRPOTraining:
-    return GRPOTraining(learning_rate=1e-4, lr_scheduler_type="constant_with_warmup", warmup_steps=0.0,
-                        max_steps=8, per_device_train_batch_size=8, num_generations=4, temperature=0.7,
+    return GRPOTraining(learning_rate=2e-4, lr_scheduler_type="constant_with_warmup", warmup_steps=0.0,
+                        max_steps=16, per_device_train_batch_size=8, num_generations=4, temperature=0.7,
                         max_completion_length=160, max_prompt_length=512, save_steps=100000, logging_steps=1,
                         bf16=False, use_cpu=True, activation_checkpointing=False)
 
 
 def _structure_defaults() -> StructureConfig:
     return StructureConfig(judge="hybrid", meta_judge="overlap", subproblem_judge="text", answer_judge="math",
-                           overlap_threshold=0.4, gsrm_max_tokens=224, gsrm_few_shot=False, mode="paper")
+                           overlap_threshold=0.4, gsrm_max_tokens=192, gsrm_few_shot=False, mode="paper")
 
 
 @dataclass
@@ -177,13 +178,13 @@ class DemoJob:
                               "example) or a prompt file")
     data: DataSection = section(DataSection, "testbed tasks")
     student: ModelSection = section(ModelSection, "the tiny student model")
-    gsrm: ModelSection = option(ModelSection(hidden_size=128, num_layers=2), "the tiny GSRM model")
-    gsrm_training: SFTTraining = option(_sft_defaults(num_train_epochs=2.0), "GSRM fine-tuning (TRL SFTConfig "
-                                        "fields, as in rlkd train sft)")
-    sft: SFTTraining = option(_sft_defaults(num_train_epochs=3.0), "the SFT baseline's training (also the "
-                              "start of SFT+GRPO and SFT+RLKD)")
-    prime: SFTTraining = option(_sft_defaults(num_train_epochs=3.0, logging_steps=2), "RLKD-zero's brief "
-                                "format priming on its fraction of the teacher traces")
+    gsrm: ModelSection = section(ModelSection, "the tiny GSRM model")
+    gsrm_training: SFTTraining = option(_sft_defaults(max_steps=250), "GSRM fine-tuning (TRL SFTConfig fields, "
+                                        "as in rlkd train sft)")
+    sft: SFTTraining = option(_sft_defaults(max_steps=300), "the SFT baseline's training (also the start of "
+                              "SFT+GRPO and SFT+RLKD)")
+    prime: SFTTraining = option(_sft_defaults(max_steps=150, per_device_train_batch_size=8, logging_steps=10),
+                                "RLKD-zero's brief format priming on its fraction of the teacher traces")
     rl: GRPOTraining = option(_rl_defaults(), "GRPO settings shared by every RL method (equal budgets)")
     structure: StructureConfig = option(_structure_defaults(), "the structure reward's judge and mode (the GSRM "
                                         "backend is the trained GSRM, filled in by the experiment)")
@@ -280,13 +281,15 @@ class Stages:
         (folder / DONE_FILE).write_text(json.dumps(info) + "\n", encoding="utf-8")
 
     @contextlib.contextmanager
-    def stage(self, name: str, done_folder: Path | None = None) -> Iterator[bool]:
-        """Run a stage (yields True) or skip it (yields False) when ``done_folder`` is marked done."""
+    def stage(self, name: str, done_folder: Path | None = None, kind: str = "other") -> Iterator[bool]:
+        """Run a stage (yields True) or skip it (yields False) when ``done_folder`` is marked done;
+        ``kind`` groups stages in the printed time summary."""
         self.count += 1
         prefix = f"[{self.count}/{self.total}] {name}"
         if done_folder is not None and self.is_done(done_folder):
             log.info("%s: done before, skipped (%s)", prefix, done_folder)
-            self.records.setdefault(name, {"seconds": 0.0})["skipped"] = True
+            self.records.setdefault(name, {"seconds": 0.0})
+            self.records[name].update(skipped=True, kind=kind)
             self._write()
             yield False
             return
@@ -296,7 +299,7 @@ class Stages:
         seconds = time.monotonic() - t0
         if done_folder is not None:
             self.mark_done(done_folder, stage=name, seconds=round(seconds, 2))
-        self.records[name] = {"seconds": round(seconds, 2), "skipped": False}
+        self.records[name] = {"seconds": round(seconds, 2), "skipped": False, "kind": kind}
         self._write()
         elapsed = time.monotonic() - self.started
         log.info("%s: %.1f s (run so far %s)", prefix, seconds, _clock(elapsed))
@@ -500,10 +503,12 @@ def evaluate_model(model_dir: Path, tasks: Sequence[Any], benchmark: Path, outpu
     rows = []
     for line in (output / "samples.jsonl").read_text(encoding="utf-8").splitlines():
         sample = json.loads(line)
-        text = sample["completion"]
-        a = alignment(rule_decompose(text), by_id[sample["id"]].decomposition)
+        text, task = sample["completion"], by_id[sample["id"]]
+        steps = rule_decompose(text)
+        a = alignment(steps, task.decomposition)
         rows.append({"format": format_reward([text])[0], **{k: float(a[k]) for k in keys},
-                     "exact": float(a["exact"]), "student_steps": float(a["student_steps"])})
+                     "exact": float(a["exact"]), "student_steps": float(a["student_steps"]),
+                     "grounded": grounded_share(steps, {q.name.lower() for q in task.quantities})})
     metrics: dict[str, Any] = {"problems": summary["graded_problems"], "n": summary["n"],
                                "pass@k": dict(summary["pass_at_k"]), "pass@1": summary["pass_at_k"].get("1", 0.0),
                                "pass@1_stderr": summary.get("pass_at_1_stderr"),
@@ -511,8 +516,17 @@ def evaluate_model(model_dir: Path, tasks: Sequence[Any], benchmark: Path, outpu
                                "truncated_share": summary.get("truncated_share"),
                                "no_answer_share": summary.get("no_answer_share"),
                                "format": _mean([r["format"] for r in rows])}
-    metrics["alignment"] = {k: _mean([r[k] for r in rows]) for k in (*keys, "exact", "student_steps")}
+    metrics["alignment"] = {k: _mean([r[k] for r in rows]) for k in (*keys, "exact", "student_steps", "grounded")}
     return metrics
+
+
+def grounded_share(decomposition: Any, names: set[str]) -> float:
+    """Share of a decomposition's steps whose quantity (``What is x?``) is one of ``names`` (the
+    quantities the problem defines): whether a model copies names from its input at all. 0 without steps."""
+    from rlkd.testbed import chosen_quantity
+
+    chosen = [chosen_quantity(step) for step in decomposition.steps]
+    return sum(c is not None and c in names for c in chosen) / len(chosen) if chosen else 0.0
 
 
 def evaluate_gsrm(gsrm_dir: Path, items: Sequence[tuple[str, str, Any]], *, max_tokens: int,
@@ -531,7 +545,7 @@ def evaluate_gsrm(gsrm_dir: Path, items: Sequence[tuple[str, str, Any]], *, max_
     from rlkd.gsrm import Decomposer
     from rlkd.judges import normalize_text
     from rlkd.structure import as_decomposition
-    from rlkd.testbed import alignment
+    from rlkd.testbed import alignment, reasoning_text
 
     decomposer = Decomposer(TransformersBackend(str(gsrm_dir), batch_size=batch_size), domain=prompt,
                             max_tokens=max_tokens, few_shot=False)
@@ -547,12 +561,15 @@ def evaluate_gsrm(gsrm_dir: Path, items: Sequence[tuple[str, str, Any]], *, max_
         a = alignment(result.decomposition, reference)
         meta_same = [normalize_text(s.meta_reasoning) == normalize_text(r.meta_reasoning)
                      for s, r in zip(result.decomposition.steps, reference.steps)]
-        records.append({"alignment": a, "meta_text_exact": sum(meta_same) / len(reference.steps) if reference.steps else 0.0,
+        names = set(re.findall(r"[a-z]+", reasoning_text(trace).lower()))
+        records.append({"alignment": a, "grounded": grounded_share(result.decomposition, names),
+                        "meta_text_exact": sum(meta_same) / len(reference.steps) if reference.steps else 0.0,
                         "steps_equal": len(result.decomposition.steps) == len(reference.steps),
                         "error": result.error, "no_steps": not result.decomposition.steps,
                         "raw": result.raw})
     summary = _alignment_summary([r["alignment"] for r in records])
     summary["meta_text_exact"] = _mean([r["meta_text_exact"] for r in records])
+    summary["grounded"] = _mean([r["grounded"] for r in records])
     summary["step_count_equal"] = _mean([float(r["steps_equal"]) for r in records])
     summary["no_steps"] = _mean([float(r["no_steps"]) for r in records])
     summary["errors"] = sum(r["error"] is not None for r in records)
@@ -635,7 +652,7 @@ class Experiment:
         return results
 
     def stage_data(self) -> None:
-        with self.stages.stage("data: testbed tasks and training files", self.path("data")) as todo:
+        with self.stages.stage("data: testbed tasks and training files", self.path("data"), "data and models") as todo:
             self.tasks = make_tasks(self.job.data)  # deterministic: rebuilt on a resumed run too
             if todo:
                 self._write_data()
@@ -675,7 +692,7 @@ class Experiment:
         from rlkd.gsrm import load_prompt
         from rlkd.testbed import corpus, token_stats
 
-        with self.stages.stage("models: tokenizer, tiny GSRM and students", self.path("models")) as todo:
+        with self.stages.stage("models: tokenizer, tiny GSRM and students", self.path("models"), "data and models") as todo:
             if not todo:
                 return
             texts = corpus(self.tasks["train"] + self.tasks["gsrm"])
@@ -721,7 +738,7 @@ class Experiment:
 
     def stage_gsrm(self) -> None:
         out = self.path("gsrm")
-        with self.stages.stage("GSRM: rlkd train sft on (narrative, decomposition) pairs", out) as todo:
+        with self.stages.stage("GSRM: rlkd train sft on (narrative, decomposition) pairs", out, "GSRM training") as todo:
             if todo:
                 self._sft("GSRM", self.path("models", "gsrm-base"), out, self.path("data", "gsrm_train.jsonl"),
                           self.job.gsrm_training, self.job.data.seed, chat=True)
@@ -730,7 +747,7 @@ class Experiment:
         from rlkd.testbed import rule_decompose
 
         out = self.path("gsrm_eval")
-        with self.stages.stage("GSRM accuracy on held-out teacher traces", out) as todo:
+        with self.stages.stage("GSRM accuracy on held-out teacher traces", out, "GSRM checks") as todo:
             if todo:
                 summary: dict[str, Any] = {}
                 for split, name in (("id", "test_id"), ("ood", "test_ood")):
@@ -756,13 +773,14 @@ class Experiment:
         data = self.path("data")
         if any(m in methods for m in ("sft", "sft_grpo", "sft_rlkd")):
             out = self.model_dir(seed, "sft")
-            with self.stages.stage(f"seed {seed}: SFT on {len(self.tasks['train'])} teacher traces", out) as todo:
+            with self.stages.stage(f"seed {seed}: SFT on {len(self.tasks['train'])} teacher traces", out,
+                                   "SFT") as todo:
                 if todo:
                     self._sft("SFT", self.student_base(seed), out, data / "train.jsonl", job.sft, seed)
         if "rlkd_zero" in methods:
             out = self.model_dir(seed, "prime")
             with self.stages.stage(f"seed {seed}: format priming for RLKD-zero ({len(self.zero_tasks())} traces)",
-                                   out) as todo:
+                                   out, "RLKD-zero priming") as todo:
                 if todo:
                     self._sft("prime", self.student_base(seed), out, data / "zero.jsonl", job.prime, seed)
         plan = [("sft_grpo", "sft", "outcome", "train.jsonl"), ("sft_rlkd", "sft", "rlkd", "train.jsonl"),
@@ -771,12 +789,14 @@ class Experiment:
             if method not in methods:
                 continue
             out = self.model_dir(seed, method)
-            with self.stages.stage(f"seed {seed}: {METHODS[method][0]} (GRPO, reward set '{reward_set}')", out) as todo:
+            with self.stages.stage(f"seed {seed}: {METHODS[method][0]} (GRPO, reward set '{reward_set}')", out,
+                                   METHODS[method][0]) as todo:
                 if todo:
                     self._grpo(method, self.model_dir(seed, start), out, data / data_file, reward_set, seed)
         for method in methods:
             out = self.path("eval", f"seed{seed}", method)
-            with self.stages.stage(f"seed {seed}: evaluate {METHODS[method][0]} on id and ood", out) as todo:
+            with self.stages.stage(f"seed {seed}: evaluate {METHODS[method][0]} on id and ood", out,
+                                   "evaluation") as todo:
                 if todo:
                     self._evaluate(seed, method, out)
 
@@ -822,7 +842,8 @@ class Experiment:
         out = self.path("gsrm_student_check")
         if count <= 0 or not source.exists():
             return None
-        with self.stages.stage(f"GSRM on {count} student completions vs the rule decomposer", out) as todo:
+        with self.stages.stage(f"GSRM on {count} student completions vs the rule decomposer", out,
+                                   "GSRM checks") as todo:
             if todo:
                 by_id = {t.id: t for t in self.tasks["test_id"]}
                 items = []
@@ -915,7 +936,7 @@ class Experiment:
     def stage_report(self, results: Mapping[str, Any]) -> None:
         from rlkd.report import write_report
 
-        with self.stages.stage("report: markdown, HTML and plots") as _:
+        with self.stages.stage("report: markdown, HTML and plots", kind="report"):
             write_report(results, self.path("report"))
 
 
@@ -994,6 +1015,20 @@ def results_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def stage_times(stages: Mapping[str, Mapping[str, Any]]) -> str:
+    """Measured seconds per kind of stage (summed over seeds), in the order the stages ran."""
+    totals: dict[str, float] = {}
+    skipped = 0
+    for record in stages.values():
+        if record.get("skipped"):
+            skipped += 1
+            continue
+        kind = record.get("kind", "other")
+        totals[kind] = totals.get(kind, 0.0) + float(record.get("seconds", 0.0))
+    text = "stage times: " + ", ".join(f"{kind} {seconds:.0f} s" for kind, seconds in totals.items())
+    return text + (f" ({skipped} stages done before, skipped)" if skipped else "")
+
+
 def _pm(stat: Mapping[str, float]) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
@@ -1030,10 +1065,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print()
     print(results_table(results))
     print()
-    stages = results.get("stages", {})
-    if stages:
-        print("stage times (s): " + ", ".join(f"{name.split(':')[0]} {rec.get('seconds', 0):.0f}"
-                                              for name, rec in stages.items() if not rec.get("skipped")))
+    print(stage_times(results.get("stages", {})))
     print(f"wall time: {_clock(results.get('wall_time_s', 0))}")
     print(f"report: {paths['markdown']}  (HTML: {paths['html']})")
     return 0

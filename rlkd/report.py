@@ -82,6 +82,7 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
                 "meta_match": stat([r["alignment"]["meta_match"] for r in rows]),
                 "answer_match": stat([r["alignment"]["answer_match"] for r in rows]),
                 "exact": stat([r["alignment"]["exact"] for r in rows]),
+                "grounded": stat([r["alignment"]["grounded"] for r in rows if "grounded" in r["alignment"]]),
             }
         out["methods"][name] = splits
     return out
@@ -359,7 +360,8 @@ def _diagnostics(results: Mapping[str, Any]) -> list[str]:
                 f"GSRM on {g.get('traces', '?')} held-out teacher traces ({split}): same chosen quantity at "
                 f"{_fmt(g['meta_match'])} of the oracle's steps, same quantity and answer at "
                 f"{_fmt(g['answer_match'])}, whole step sequence exact on {_fmt(g['exact'])} of traces, "
-                f"meta-reasoning text word for word at {_fmt(g.get('meta_text_exact'))}, no steps at all on "
+                f"meta-reasoning text word for word at {_fmt(g.get('meta_text_exact'))}, quantities that occur in "
+                f"the trace at all at {_fmt(g.get('grounded'))}, no steps at all on "
                 f"{_fmt(g.get('no_steps'))} (the rule decomposer: exact on "
                 f"{_fmt((gsrm[split].get('rule') or {}).get('exact'))}).")
     students = (results.get("gsrm") or {}).get("students")
@@ -369,6 +371,13 @@ def _diagnostics(results: Mapping[str, Any]) -> list[str]:
             f"rule decomposer of the same text: same chosen quantity at {_fmt(students['meta_match'])} of steps, "
             f"exact on {_fmt(students['exact'])}, no steps on {_fmt(students.get('no_steps'))}. This is what the "
             "structure reward sees during RL.")
+    summary = summarize(results)
+    grounded = [f"{splits['id']['label']} {_fmt(splits['id']['grounded']['mean'], 2)}"
+                for splits in summary["methods"].values() if "id" in splits and splits["id"]["grounded"]["n"]]
+    if grounded:
+        notes.append("Share of the quantities a student computes (rule-decomposed, in-distribution) that the "
+                     "problem defines at all, i.e. whether it copies names from its input: " + ", ".join(grounded)
+                     + ". The oracle's is 1.")
     weights = {"accuracy": 3.0, "structure": 3.0, "format": 2.0, "tag_count": 2.0}
     for method in ("sft_rlkd", "rlkd_zero"):
         seeds = (results.get("training") or {}).get(method)
@@ -511,8 +520,9 @@ def build_document(results: Mapping[str, Any], out_dir: Path) -> Doc:
     if example:
         doc.h(2, "One example: teacher and student steps")
         doc.p(f"Test problem `{example.get('id')}` (answer {example.get('answer')}); student: {example.get('label')} "
-              f"seed {example.get('seed')}, first sample, {'correct' if example.get('correct') else 'wrong'}; its "
-              "steps are read from its trace by the rule decomposer.")
+              f"seed {example.get('seed')}, first sample, {'correct' if example.get('correct') else 'wrong'}"
+              + (f"; chosen as {example['chosen']}" if example.get("chosen") else "")
+              + ". The student's steps are read from its trace by the rule decomposer.")
         doc.pre(example.get("problem", ""))
         headers, rows = _example_table(example)
         doc.table(headers, rows)

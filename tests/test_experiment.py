@@ -196,3 +196,7 @@ def test_tags_survive_decoding_with_skip_special_tokens(tmp_path):
     assert ids == original(text + "<|im_end|>", add_special_tokens=False)["input_ids"]  # same ids
     assert reloaded.decode(ids, skip_special_tokens=True) == text  # tags kept, <|im_end|> dropped
     assert reloaded.eos_token == "<|im_end|>" and reloaded.pad_token == "<|pad|>"
+
+
+def test_demo_recipe_spells_out_the_built_in_defaults():
+    assert load_demo_job(REPO / "configs" / "demo" / "demo.yaml") == load_demo_job(None)
