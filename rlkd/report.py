@@ -177,9 +177,9 @@ def plot_training(results: Mapping[str, Any], path: Path) -> Path | None:
             if n not in names:
                 handles.append(h)
                 names.append(n)
-    fig.legend(handles, names, loc="upper center", ncol=max(1, len(names)))
-    fig.suptitle("RL training (mean over seeds)", y=0.995, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.suptitle("RL training (mean over seeds)", y=0.99, fontsize=11)
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=max(1, len(names)))
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
@@ -349,6 +349,30 @@ def compare(summary: Mapping[str, Any], a: str, b: str, split: str, metric: str 
             "beats": diff > spread and ma["n"] >= 2 and mb["n"] >= 2}
 
 
+def _interpretation(results: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str]:
+    """Plain statements that follow from the numbers (each one names the numbers it rests on)."""
+    notes = []
+    best = max(((s["id"]["pass@1"]["mean"], s["id"]["label"]) for s in summary["methods"].values() if "id" in s),
+               default=None)
+    if best is not None and best[0] < 0.1:
+        grounded = [s["id"]["grounded"]["mean"] for s in summary["methods"].values()
+                    if "id" in s and s["id"]["grounded"]["n"]]
+        text = (f"No method learned the task: the best in-distribution pass@1 is {best[0]:.3f} ({best[1]}), so "
+                "differences between methods at this scale are differences of near-zero rates")
+        if grounded:
+            text += (f"; the students' steps name a quantity of their own problem in at most {max(grounded):.2f} of "
+                     "cases, i.e. they write the teacher's kind of sentences without copying the problem's names "
+                     "and numbers into them")
+        notes.append(text + ".")
+    g = (((results.get("gsrm") or {}).get("heldout") or {}).get("id") or {}).get("gsrm")
+    if g and g.get("meta_match", 1.0) < 0.5:
+        notes.append(f"The trained GSRM picks the right quantity in only {g['meta_match']:.2f} of the steps of held-out "
+                     "teacher traces, so the structure reward compares the teacher's steps with a mostly wrong "
+                     "reading of the student's trace: its sub-problem and answer verdicts carry little information, "
+                     "and its meta-reasoning verdicts (token overlap) mostly reward the template wording.")
+    return notes
+
+
 def _diagnostics(results: Mapping[str, Any]) -> list[str]:
     """What the run recorded about why the structure reward did (not) help."""
     notes = []
@@ -498,6 +522,7 @@ def build_document(results: Mapping[str, Any], out_dir: Path) -> Doc:
                   + (" on every split" if any(beats) else "") + ".** The diagnostics below are what the run recorded "
                   "about why.")
     doc.bullets(findings or ["Not enough methods were run to compare."])
+    doc.bullets(_interpretation(results, summary))
     diagnostics = _diagnostics(results)
     if diagnostics:
         doc.h(3, "Diagnostics: the GSRM and the structure reward")

@@ -173,3 +173,19 @@ class TestWriteReport:
         paths = write_report(results, tmp_path)
         assert "training" not in paths
         assert "training.png" not in paths["markdown"].read_text(encoding="utf-8")
+
+
+def test_interpretation_follows_from_low_numbers(tmp_path):
+    import copy
+
+    results = copy.deepcopy(RESULTS)
+    for method in results["methods"].values():
+        for seed in method["seeds"].values():
+            seed["id"]["pass@1"] = 0.03
+            seed["id"]["alignment"]["grounded"] = 0.2
+    results["gsrm"]["heldout"]["id"]["gsrm"]["meta_match"] = 0.05
+    md = write_report(results, tmp_path)["markdown"].read_text(encoding="utf-8")
+    assert "No method learned the task: the best in-distribution pass@1 is 0.030" in md
+    assert "in at most 0.20 of cases" in md
+    assert "The trained GSRM picks the right quantity in only 0.05 of the steps" in md
+    assert "No method learned the task" not in write_report(RESULTS, tmp_path / "ok")["markdown"].read_text()
