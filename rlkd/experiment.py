@@ -54,7 +54,6 @@ import os
 import platform
 import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -692,7 +691,8 @@ class Experiment:
         from rlkd.gsrm import load_prompt
         from rlkd.testbed import corpus, token_stats
 
-        with self.stages.stage("models: tokenizer, tiny GSRM and students", self.path("models"), "data and models") as todo:
+        with self.stages.stage("models: tokenizer, tiny GSRM and students", self.path("models"),
+                               "data and models") as todo:
             if not todo:
                 return
             texts = corpus(self.tasks["train"] + self.tasks["gsrm"])
@@ -738,7 +738,8 @@ class Experiment:
 
     def stage_gsrm(self) -> None:
         out = self.path("gsrm")
-        with self.stages.stage("GSRM: rlkd train sft on (narrative, decomposition) pairs", out, "GSRM training") as todo:
+        with self.stages.stage("GSRM: rlkd train sft on (narrative, decomposition) pairs", out,
+                               "GSRM training") as todo:
             if todo:
                 self._sft("GSRM", self.path("models", "gsrm-base"), out, self.path("data", "gsrm_train.jsonl"),
                           self.job.gsrm_training, self.job.data.seed, chat=True)
@@ -826,8 +827,9 @@ class Experiment:
                 self.model_dir(seed, method), self.tasks[name], self.path("data", f"{name}.jsonl"), out / split,
                 n=e.n, max_tokens=max_tokens, temperature=e.temperature, top_p=e.top_p, seed=seed,
                 batch_size=e.batch_size, system_prompt=self.job.system_prompt)
+            m = metrics[split]
             log.info("%s seed %d %s: pass@1 %.3f, format %.2f, meta prefix %.2f", METHODS[method][0], seed, split,
-                     metrics[split]["pass@1"], metrics[split]["format"], metrics[split]["alignment"]["meta_prefix_share"])
+                     m["pass@1"], m["format"], m["alignment"]["meta_prefix_share"])
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
 

@@ -100,7 +100,8 @@ def training_summary(rows_by_seed: Mapping[str, Sequence[Mapping[str, Any]]]) ->
         values = [float(r[key]) for r in steps if isinstance(r.get(key), (int, float))]
         if values:
             out[key] = sum(values) / len(values)
-    structure = [float(r["rewards/structure/mean"]) for r in steps if isinstance(r.get("rewards/structure/mean"), (int, float))]
+    structure = [float(r["rewards/structure/mean"]) for r in steps
+                 if isinstance(r.get("rewards/structure/mean"), (int, float))]
     if structure:
         out["structure_zero_step_share"] = sum(v == 0 for v in structure) / len(structure)
     return out
@@ -154,7 +155,8 @@ def plot_training(results: Mapping[str, Any], path: Path) -> Path | None:
     plt = _pyplot()
     panels = [("reward", "weighted total reward"), ("rewards/accuracy/mean", "accuracy"),
               ("rewards/format/mean", "format"), ("rewards/tag_count/mean", "tag_count"),
-              ("rewards/structure/mean", "structure reward"), ("structure/meta_match", "structure: meta-reasoning match"),
+              ("rewards/structure/mean", "structure reward"),
+              ("structure/meta_match", "structure: meta-reasoning match"),
               ("structure/subproblem_match", "structure: sub-problem match"),
               ("structure/zero_share", "structure: share of zero rewards")]
     fig, axes = plt.subplots(2, 4, figsize=(16, 7))
@@ -366,8 +368,8 @@ def _interpretation(results: Mapping[str, Any], summary: Mapping[str, Any]) -> l
         notes.append(text + ".")
     g = (((results.get("gsrm") or {}).get("heldout") or {}).get("id") or {}).get("gsrm")
     if g and g.get("meta_match", 1.0) < 0.5:
-        notes.append(f"The trained GSRM picks the right quantity in only {g['meta_match']:.2f} of the steps of held-out "
-                     "teacher traces, so the structure reward compares the teacher's steps with a mostly wrong "
+        notes.append(f"The trained GSRM picks the right quantity in only {g['meta_match']:.2f} of the steps of "
+                     "held-out teacher traces, so the structure reward compares the teacher's steps with a mostly wrong "
                      "reading of the student's trace: its sub-problem and answer verdicts carry little information, "
                      "and its meta-reasoning verdicts (token overlap) mostly reward the template wording.")
     return notes
@@ -469,7 +471,8 @@ def build_document(results: Mapping[str, Any], out_dir: Path) -> Doc:
         f"{data.get('test_ood', '?')} out-of-distribution test (deeper, more distractors), "
         f"{data.get('gsrm_train', '?')} for the GSRM; RLKD-zero trains on {data.get('zero', '?')}.",
         f"Student: tiny Llama, hidden {student.get('hidden_size')}, {student.get('num_layers')} layers; GSRM: hidden "
-        f"{gsrm_model.get('hidden_size')}, {gsrm_model.get('num_layers')} layers; vocabulary {config.get('vocab_size')}.",
+        f"{gsrm_model.get('hidden_size')}, {gsrm_model.get('num_layers')} layers; vocabulary "
+        f"{config.get('vocab_size')}.",
         f"Equal RL budget for every RL method: {rl.get('max_steps')} steps × {rl.get('per_device_train_batch_size')} "
         f"completions ({rl.get('num_generations')} per prompt), completions up to {rl.get('max_completion_length')} "
         f"tokens, learning rate {rl.get('learning_rate')}, beta {rl.get('beta')}, loss {rl.get('loss_type')}.",
@@ -557,8 +560,9 @@ def build_document(results: Mapping[str, Any], out_dir: Path) -> Doc:
     stages = results.get("stages") or {}
     if stages:
         doc.h(2, "Stage times")
-        doc.table(["stage", "seconds"], [[name, "skipped (done before)" if rec.get("skipped") else _fmt(rec.get("seconds"), 1)]
-                                         for name, rec in stages.items()])
+        doc.table(["stage", "seconds"],
+                  [[name, "skipped (done before)" if rec.get("skipped") else _fmt(rec.get("seconds"), 1)]
+                   for name, rec in stages.items()])
     return doc
 
 
