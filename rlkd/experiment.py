@@ -166,7 +166,8 @@ class DemoJob:
     output: str = option(DEFAULT_OUTPUT, "run folder: data, models, evaluations, results.json and the report")
     seeds: list[int] = option([0, 1, 2], "seeds: one student initialisation, SFT and RL run per seed per method")
     methods: list[str] = option(list(METHODS), f"methods to run, from {', '.join(METHODS)}")
-    device: str = option("auto", "auto: GPU when there is one (bf16), else CPU; cpu: always the CPU",
+    device: str = option("auto", "auto: train on the GPU when there is one (bf16 where supported), else on the "
+                         "CPU in float32; cpu: always the CPU. Sets use_cpu and bf16 of every training section",
                          ("auto", "cpu"))
     system_prompt: str | None = option(None, "system message before each problem, in training and evaluation "
                                        "(null: none)")
@@ -435,11 +436,14 @@ def train_job(job: SFTJob | GRPOJob) -> dict[str, Any]:
 
 
 def _training_for_device(training: Any, device: str) -> Any:
-    """A copy of a training section adapted to the machine: CPU without bf16 when there is no GPU."""
+    """A copy of a training section set for the machine: on a GPU (``device: auto`` and CUDA present)
+    ``use_cpu=false`` and bf16 where the GPU supports it; otherwise CPU in float32."""
     import torch
 
     t = dataclasses.replace(training)
-    if device == "cpu" or not torch.cuda.is_available():
+    if device == "auto" and torch.cuda.is_available():
+        t.use_cpu, t.bf16 = False, bool(torch.cuda.is_bf16_supported())
+    else:
         t.use_cpu, t.bf16 = True, False
     return t
 

@@ -200,3 +200,16 @@ def test_tags_survive_decoding_with_skip_special_tokens(tmp_path):
 
 def test_demo_recipe_spells_out_the_built_in_defaults():
     assert load_demo_job(REPO / "configs" / "demo" / "demo.yaml") == load_demo_job(None)
+
+
+def test_training_sections_follow_the_device():
+    import torch
+
+    from rlkd.experiment import _training_for_device
+
+    job = load_demo_job(None)
+    on_cpu = _training_for_device(job.sft, "cpu")
+    assert (on_cpu.use_cpu, on_cpu.bf16) == (True, False)
+    auto = _training_for_device(job.rl, "auto")
+    assert auto.use_cpu is (not torch.cuda.is_available())
+    assert job.rl.use_cpu is True  # the recipe's section itself is not changed
