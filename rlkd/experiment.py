@@ -38,8 +38,13 @@ How this departs from the paper (and why):
 4. The structure reward's default judge here is ``hybrid`` with ``overlap`` (threshold 0.4) for the
    meta-reasoning, ``text`` for the sub-problem (on this testbed ``What is x?`` is an exact test of the
    chosen quantity) and ``math`` for answers; the paper asks an LLM judge.
-5. The GSRM prompt is the packaged ``math`` prompt without its worked example (``gsrm_few_shot:
-   false``), the same text the GSRM was fine-tuned on.
+5. The GSRM prompt is the testbed's short instruction (:func:`rlkd.testbed.gsrm_prompt`), written to the
+   run folder as a prompt file that :class:`rlkd.gsrm.Decomposer` reads, in training and in the reward
+   alike; the packaged ``math`` prompt (``gsrm_prompt: math``) is about 250 tokens longer, which more
+   than doubles the cost of training a tiny GSRM. The recipe format only names packaged domains in
+   ``structure.domain``, so the experiment sets the prompt file on the job it builds.
+6. ``rlkd.models.build_tokenizer`` makes the ``<think>``/``<answer>`` tags special tokens, which every
+   decode with ``skip_special_tokens=True`` drops; :func:`tags_as_text` makes them ordinary tokens.
 """
 
 from __future__ import annotations
