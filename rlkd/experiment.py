@@ -43,8 +43,6 @@ How this departs from the paper (and why):
    alike; the packaged ``math`` prompt (``gsrm_prompt: math``) is about 250 tokens longer, which more
    than doubles the cost of training a tiny GSRM. The recipe format only names packaged domains in
    ``structure.domain``, so the experiment sets the prompt file on the job it builds.
-6. ``rlkd.models.build_tokenizer`` makes the ``<think>``/``<answer>`` tags special tokens, which every
-   decode with ``skip_special_tokens=True`` drops; :func:`tags_as_text` makes them ordinary tokens.
 """
 
 from __future__ import annotations
@@ -392,31 +390,6 @@ def gsrm_sft_rows(tasks: Sequence[Any], wordings: int = 1, prompt: str = "math")
     return rows
 
 
-TAGS = ("<think>", "</think>", "<answer>", "</answer>")
-
-
-def tags_as_text(tokenizer: Any) -> Any:
-    """The same tokenizer with ``<think>``/``</think>``/``<answer>``/``</answer>`` as ordinary added tokens.
-
-    :func:`rlkd.models.build_tokenizer` registers them as *special* tokens, and every decode with
-    ``skip_special_tokens=True`` (TRL's GRPO trainer, :class:`rlkd.backends.TransformersBackend`) then
-    drops them, so the format and tag-count rewards could never be earned and the evaluation would never
-    see a tag. Token ids are unchanged (each tag stays a single token).
-    """
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
-    for token in state.get("added_tokens", []):
-        if token["content"] in TAGS:
-            token["special"] = False
-    plain = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(state)),
-                                    pad_token=tokenizer.pad_token, eos_token=tokenizer.eos_token,
-                                    bos_token=tokenizer.bos_token)
-    plain.chat_template = tokenizer.chat_template
-    return plain
-
-
 # --------------------------------------------------------------------------------------------------
 # Training through rlkd.train
 
@@ -706,7 +679,7 @@ class Experiment:
                 return
             texts = corpus(self.tasks["train"] + self.tasks["gsrm"])
             texts += [content for _, content in load_prompt(self.gsrm_prompt()).turns]
-            tokenizer = tags_as_text(build_tokenizer(texts, self.job.vocab_size))
+            tokenizer = build_tokenizer(texts, self.job.vocab_size)
             g = self.job.gsrm
             build_tiny_model(self.path("models", "gsrm-base"), tokenizer=tokenizer, hidden_size=g.hidden_size,
                              num_layers=g.num_layers, num_heads=g.num_heads,

@@ -9,6 +9,11 @@
    can be downloaded here; the result loads back through the same :func:`load_model` a 7B model uses.
    A Llama config is used because it reloads a custom tokenizer faithfully (a Qwen2 config may swap in
    its own pre-tokenizer on reload).
+3. The ``<think>``/``</think>``/``<answer>``/``</answer>`` tags are single *ordinary* added tokens, not
+   special ones, as in the Qwen2.5 tokenizers: TRL's GRPO trainer and
+   :class:`rlkd.backends.TransformersBackend` decode with ``skip_special_tokens=True``, which would drop
+   special tags, and the format and tag-count rewards could then never be earned. Only ``<|pad|>``,
+   ``<|im_start|>`` and ``<|im_end|>`` are special.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<answer>", "</answer>"]
+SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>"]  # dropped by decode(skip_special_tokens=True)
+TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]  # single tokens that survive that decode
 
 _DEFAULT_CORPUS = [
     "<think>\nFirst I find x. Then y follows from x. So the answer is 4.\n</think>\n<answer>\\boxed{4}</answer>",
@@ -35,8 +41,13 @@ _DEFAULT_CORPUS = [
 
 
 def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512):
-    """Train a byte-level BPE tokenizer (under a second) and wrap it as a transformers tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Train a byte-level BPE tokenizer (under a second) and wrap it as a transformers tokenizer.
+
+    ``<|pad|>``, ``<|im_start|>`` and ``<|im_end|>`` are special tokens (ids 0-2); the four reasoning
+    tags (:data:`TAG_TOKENS`) are appended after the BPE vocabulary as ordinary single tokens, so a decode
+    with ``skip_special_tokens=True`` keeps them.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     texts = list(corpus) if corpus is not None else []
@@ -51,12 +62,13 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512):
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer=trainer)
+    # the trainer marks every token it is given as special, so the tags are added after training
+    bpe.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TAG_TOKENS])
     tok = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         pad_token="<|pad|>",
         eos_token="<|im_end|>",
         bos_token="<|im_start|>",
-        additional_special_tokens=SPECIAL_TOKENS[3:],
     )
     tok.chat_template = CHAT_TEMPLATE
     return tok

@@ -154,11 +154,18 @@ def test_every_recipe_opens_with_its_command_and_loads(recipe):
         if not line.startswith("#"):
             break
         header.append(line)
+    run_lines = [h for h in header if h.startswith("# Run:")]
+    assert run_lines and f"--config configs/{recipe.parent.name}/{recipe.name}" in run_lines[0]
+    if recipe.parent.name == "demo":  # rlkd demo recipes (rlkd.experiment.DemoJob)
+        from rlkd.experiment import load_demo_job
+
+        assert "rlkd demo" in run_lines[0]
+        load_demo_job(recipe)
+        return
     kind = JOB_OF.get(recipe.stem, GRPOJob)
     command = {SFTJob: "train sft", GRPOJob: "train grpo", DataGsrmJob: "rlkd data gsrm",
                DataRlkdJob: "rlkd data rlkd"}[kind]
-    run_lines = [h for h in header if h.startswith("# Run:")]
-    assert run_lines and command in run_lines[0] and f"--config configs/{recipe.parent.name}/{recipe.name}" in run_lines[0]
+    assert command in run_lines[0]
     load_job(kind, recipe)
 
 

@@ -183,21 +183,6 @@ def test_fresh_refuses_to_delete_a_folder_that_is_not_a_run(tmp_path):
     assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "keep me"
 
 
-def test_tags_survive_decoding_with_skip_special_tokens(tmp_path):
-    from rlkd.experiment import tags_as_text
-    from rlkd.models import build_tokenizer, load_tokenizer
-
-    text = "<think>\nx = 2\n</think>\n<answer>\n\\boxed{2}\n</answer>"
-    original = build_tokenizer(["x = 2"], 300)
-    plain = tags_as_text(original)
-    plain.save_pretrained(tmp_path)
-    reloaded = load_tokenizer(tmp_path)
-    ids = reloaded(text + "<|im_end|>", add_special_tokens=False)["input_ids"]
-    assert ids == original(text + "<|im_end|>", add_special_tokens=False)["input_ids"]  # same ids
-    assert reloaded.decode(ids, skip_special_tokens=True) == text  # tags kept, <|im_end|> dropped
-    assert reloaded.eos_token == "<|im_end|>" and reloaded.pad_token == "<|pad|>"
-
-
 def test_demo_recipe_spells_out_the_built_in_defaults():
     assert load_demo_job(REPO / "configs" / "demo" / "demo.yaml") == load_demo_job(None)
 
