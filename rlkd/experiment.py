@@ -7,7 +7,7 @@ paper's methods under one recipe (:class:`DemoJob`, a YAML file in ``configs/dem
    plus separate tasks whose teacher traces train the GSRM.
 2. **Models**: one BPE tokenizer built from the testbed's texts, tiny random Llama students (one
    initialisation per seed) and a tiny GSRM, all saved and reloaded through :mod:`rlkd.models`.
-3. **GSRM**: the GSRM is trained by ``rlkd train sft`` (:func:`rlkd.train.run_sft`) on (flat teacher
+3. **GSRM**: the GSRM is trained by ``rlkd train sft`` (:func:`rlkd.train.train_job`) on (flat teacher
    narrative -> ground-truth decomposition) pairs written in the exact prompt the structure reward's
    :class:`rlkd.gsrm.Decomposer` sends, then measured on held-out teacher traces of both splits against
    the ground truth, beside the exact rule-based decomposer (:func:`rlkd.testbed.rule_decompose`).
@@ -74,6 +74,7 @@ from rlkd.config import (
     option,
     section,
 )
+from rlkd.train import train_job
 
 log = logging.getLogger("rlkd.experiment")
 
@@ -391,26 +392,7 @@ def gsrm_sft_rows(tasks: Sequence[Any], wordings: int = 1, prompt: str = "math")
 
 
 # --------------------------------------------------------------------------------------------------
-# Training through rlkd.train
-
-
-def train_job(job: SFTJob | GRPOJob) -> dict[str, Any]:
-    """Run one ``rlkd train sft|grpo`` job from Python, the way the command does: validate, check the
-    inputs, record the launch, train, save. Returns TRL's training metrics."""
-    from rlkd import train as trainer
-    from rlkd.config import build_trl_config, check_trl_fields
-
-    job.validate()
-    check_trl_fields(job)
-    trl_config, _ = build_trl_config(job)
-    check = trainer.preflight(job)
-    if check.errors or check.missing:
-        raise CliError("inputs not ready:\n  " + "\n  ".join(check.errors + check.missing))
-    resume_from = trainer.resume_point(job)
-    kind = "grpo" if isinstance(job, GRPOJob) else "sft"
-    trainer.write_run_record(job, kind, resume_from, argv=["rlkd demo", kind, job.output_dir])
-    run = trainer.run_grpo if kind == "grpo" else trainer.run_sft
-    return run(job, trl_config, resume_from)
+# Training through rlkd.train (rlkd.train.train_job: the path rlkd train sft|grpo takes)
 
 
 def _training_for_device(training: Any, device: str) -> Any:
@@ -716,7 +698,7 @@ class Experiment:
             job.data.format = "chat"
         job.training = t
         log.info("%s: rlkd train sft (%s -> %s)", name, model, output)
-        train_job(job)
+        train_job(job, argv=["rlkd demo", "sft", job.output_dir])
 
     def stage_gsrm(self) -> None:
         out = self.path("gsrm")
@@ -798,7 +780,7 @@ class Experiment:
         job.data.system_prompt = self.job.system_prompt
         job.rewards.set = reward_set
         log.info("%s: rlkd train grpo with reward set '%s' (%s -> %s)", METHODS[method][0], reward_set, model, output)
-        train_job(job)
+        train_job(job, argv=["rlkd demo", "grpo", job.output_dir])
 
     def _evaluate(self, seed: int, method: str, out: Path) -> None:
         e = self.job.eval

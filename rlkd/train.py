@@ -501,36 +501,35 @@ def run_sft(job: SFTJob, trl_config: Any, resume_from: Path | None) -> dict[str,
     return dict(result.metrics)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """``rlkd train sft|grpo``: validate, check inputs, print the plan; then train unless ``--dry-run``."""
-    kind = args.train_command
-    cls = GRPOJob if kind == "grpo" else SFTJob
-    job = load_job(cls, args.config, args.set)
+def train_job(job: SFTJob | GRPOJob, argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run one training job (``rlkd train sft|grpo`` without ``--dry-run``); return TRL's training metrics.
+
+    The one path from a job to a trained model, for the command and for Python callers (``rlkd demo``):
+    validate the job, check the TRL fields and the inputs (:func:`preflight`; a missing or bad input is a
+    :class:`~rlkd.cli.CliError`), record the launch (``argv``, default ``sys.argv``), find the checkpoint to
+    resume from and drop what was logged after it, then train with :func:`run_grpo` or :func:`run_sft`. A
+    backend that failed too often (:class:`~rlkd.backends.TooManyFailures`) ends in a CliError that says
+    how to resume.
+    """
+    from rlkd.backends import TooManyFailures
+
+    job.validate()
+    kind = "grpo" if isinstance(job, GRPOJob) else "sft"
     check_trl_fields(job)
-    trl_config, notes = build_trl_config(job, preview=args.dry_run)
+    trl_config, _ = build_trl_config(job)
     check = preflight(job)
-    if args.dry_run:
-        print(render_plan(job, trl_config, notes, check))
-        problems = check.errors + (check.missing if args.strict else [])
-        if problems:
-            print(f"dry run: {len(problems)} problem(s):\n  " + "\n  ".join(problems), file=sys.stderr)
-            return 2
-        print(f"dry run: configuration valid ({len(check.missing)} input(s) not found here)", file=sys.stderr)
-        return 0
     if check.errors or check.missing:
         raise CliError("inputs not ready:\n  " + "\n  ".join(check.errors + check.missing))
     resume_from = resume_point(job)
     if is_main_process():
-        write_run_record(job, kind, resume_from)
+        write_run_record(job, kind, resume_from, argv)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         log.info("rlkd train %s: output in %s, %d process%s%s", kind, job.output_dir, world, "es" if world > 1 else "",
                  f", resuming from {resume_from}" if resume_from else "")
         if isinstance(job, GRPOJob):
             log.info("%s", reward_table(job).replace("\n", "; "))
-    if resume_from is not None and is_main_process():
-        drop_logs_after(job.output_dir, resume_from)
-    from rlkd.backends import TooManyFailures
-
+        if resume_from is not None:
+            drop_logs_after(job.output_dir, resume_from)
     try:
         metrics = run_grpo(job, trl_config, resume_from) if kind == "grpo" else run_sft(job, trl_config, resume_from)
     except TooManyFailures as exc:
@@ -539,6 +538,25 @@ def cmd_train(args: argparse.Namespace) -> int:
                        f"again to resume from {last or 'the start'}.") from None
     if is_main_process():
         log.info("done: %s", json.dumps(metrics))
+    return metrics
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``rlkd train sft|grpo``: validate, check inputs, print the plan (``--dry-run``) or train (:func:`train_job`)."""
+    cls = GRPOJob if args.train_command == "grpo" else SFTJob
+    job = load_job(cls, args.config, args.set)
+    if not args.dry_run:
+        train_job(job)
+        return 0
+    check_trl_fields(job)
+    trl_config, notes = build_trl_config(job, preview=True)
+    check = preflight(job)
+    print(render_plan(job, trl_config, notes, check))
+    problems = check.errors + (check.missing if args.strict else [])
+    if problems:
+        print(f"dry run: {len(problems)} problem(s):\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
+    print(f"dry run: configuration valid ({len(check.missing)} input(s) not found here)", file=sys.stderr)
     return 0
 
 

@@ -192,3 +192,37 @@ def test_a_dead_gsrm_stops_training_with_a_clear_error(tiny, tmp_path, capsys):
     assert "rlkd train: error: stopped before training on noise:" in err
     assert "run the same command again to resume from the start" in err
     assert not list(out.glob("checkpoint-*"))
+
+
+def test_train_job_refuses_missing_inputs_before_writing_anything(tmp_path):
+    from rlkd.cli import CliError
+    from rlkd.config import SFTJob
+    from rlkd.train import train_job
+
+    job = SFTJob(model=str(tmp_path / "no_model"), output_dir=str(tmp_path / "out"))
+    job.data.path = str(tmp_path / "no_data.jsonl")
+    job.training.bf16, job.training.use_cpu = False, True
+    with pytest.raises(CliError, match="inputs not ready") as caught:
+        train_job(job)
+    assert f"model = {tmp_path / 'no_model'}: no such folder here" in str(caught.value)
+    assert f"data.path = {tmp_path / 'no_data.jsonl'}: no such file here" in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_train_job_runs_a_job_built_in_python(tiny, tmp_path):
+    """What rlkd demo does: build the job in Python, train through train_job, get TRL's metrics back."""
+    from rlkd.config import SFTJob
+    from rlkd.train import train_job
+
+    out = tmp_path / "gsrm"
+    job = SFTJob(model=str(tiny["gsrm_base"]), output_dir=str(out))
+    job.data.path, job.data.format = str(tiny["gsrm_sft"]), "chat"
+    job.training.max_steps, job.training.per_device_train_batch_size = 1, 2
+    job.training.bf16, job.training.use_cpu = False, True
+    metrics = train_job(job, argv=["rlkd demo", "sft", str(out)])
+    assert metrics["train_loss"] > 0
+    assert (out / "model.safetensors").is_file()
+    record = check_run_record(out)
+    assert record["launches"][0]["command"] == ["rlkd demo", "sft", str(out)]
+    assert yaml.safe_load((out / "rlkd_config.yaml").read_text(encoding="utf-8"))["data"]["format"] == "chat"
