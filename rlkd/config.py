@@ -127,6 +127,9 @@ class StructureConfig:
 
     gsrm: BackendConfig = section(BackendConfig, "the GSRM backend (a server with base_url/model, or local_model)")
     domain: str = option("math", "domain named in the GSRM prompt", DOMAINS)
+    gsrm_prompt: str | None = option(None, "a GSRM prompt file (the format of rlkd/prompts/gsrm_math.txt) used "
+                                     "instead of domain's packaged prompt, e.g. the prompt a fine-tuned GSRM "
+                                     "was trained on; null: the packaged prompt of domain")
     gsrm_max_tokens: int = option(2048, "most tokens the GSRM may write per decomposition")
     gsrm_max_trace_chars: int = option(24000, "longer completions keep their first 2/3 and last 1/3 of this "
                                        "many characters before the GSRM sees them")
@@ -153,6 +156,27 @@ class StructureConfig:
     sample_log: bool = option(True, "append a few scored completions per step to <output_dir>/structure_samples.jsonl "
                               "(read it with rlkd inspect --pairs)")
     samples_per_step: int = option(2, "completions per step written to the sample log")
+
+    def prompt_source(self) -> str:
+        """The GSRM prompt as :class:`rlkd.gsrm.Decomposer` takes it: the absolute path of ``gsrm_prompt``
+        when set (never mistaken for a domain name), else ``domain``."""
+        return str(Path(self.gsrm_prompt).expanduser().resolve()) if self.gsrm_prompt else self.domain
+
+    def check_prompt(self, where: str = "structure") -> None:
+        """Raise ConfigError naming ``<where>.gsrm_prompt`` unless it is null or a readable prompt file."""
+        if self.gsrm_prompt is None:
+            return
+        field = f"{where}.gsrm_prompt"
+        if not self.gsrm_prompt.strip():
+            raise ConfigError(f"{field}: empty (null: the packaged prompt of {where}.domain)")
+        if not Path(self.gsrm_prompt).expanduser().is_file():
+            raise ConfigError(f"{field}: {self.gsrm_prompt}: no such file")
+        from rlkd.gsrm import load_prompt
+
+        try:
+            load_prompt(self.prompt_source())
+        except (ValueError, OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{field}: {exc}") from None
 
     def uses_llm_judge(self) -> bool:
         """Whether any field is judged by the LLM judge."""
@@ -284,6 +308,7 @@ class GRPOJob:
             if self.structure.uses_llm_judge():
                 self.structure.judge_backend.check("structure.judge_backend", "the llm judge")
             _positive(self.structure, "structure", "gsrm_max_tokens")
+            self.structure.check_prompt("structure")
         t = self.training
         _positive(t, "training", "num_generations", "max_completion_length", "max_prompt_length",
                   "per_device_train_batch_size", "gradient_accumulation_steps", "num_iterations")

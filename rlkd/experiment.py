@@ -41,8 +41,8 @@ How this departs from the paper (and why):
 5. The GSRM prompt is the testbed's short instruction (:func:`rlkd.testbed.gsrm_prompt`), written to the
    run folder as a prompt file that :class:`rlkd.gsrm.Decomposer` reads, in training and in the reward
    alike; the packaged ``math`` prompt (``gsrm_prompt: math``) is about 250 tokens longer, which more
-   than doubles the cost of training a tiny GSRM. The recipe format only names packaged domains in
-   ``structure.domain``, so the experiment sets the prompt file on the job it builds.
+   than doubles the cost of training a tiny GSRM. The GRPO jobs name that file in
+   ``structure.gsrm_prompt``.
 """
 
 from __future__ import annotations
@@ -217,6 +217,9 @@ class DemoJob:
         _positive(self.eval, "eval", "n", "max_tokens_id", "max_tokens_ood", "batch_size")
         if self.vocab_size < 300:
             raise ConfigError(f"vocab_size: must be >= 300 (byte alphabet plus special tokens), got {self.vocab_size}")
+        if self.structure.gsrm_prompt is not None:
+            raise ConfigError("structure.gsrm_prompt: set by the experiment from gsrm_prompt (the prompt the GSRM "
+                              "is trained on); leave it null")
         if self.rl.num_generations < 2:
             raise ConfigError("rl.num_generations: GRPO needs at least 2 completions per prompt")
         if self.rl.per_device_train_batch_size % self.rl.num_generations:
@@ -772,9 +775,13 @@ class Experiment:
         structure.gsrm = dataclasses.replace(structure.gsrm, local_model=str(self.path("gsrm")), base_url=None,
                                              local_batch_size=max(structure.gsrm.local_batch_size,
                                                                   t.per_device_train_batch_size))
-        # a prompt file where the recipe format only names domains: Decomposer takes either (see the
-        # module docstring); the structure section is built here, not read from YAML
-        structure.domain = self.gsrm_prompt()
+        from rlkd.gsrm import DOMAINS
+
+        prompt = self.gsrm_prompt()  # the prompt the GSRM was trained on: a packaged domain or a file
+        if prompt in DOMAINS:
+            structure.domain, structure.gsrm_prompt = prompt, None
+        else:
+            structure.gsrm_prompt = prompt
         job = GRPOJob(model=str(model), output_dir=str(output), resume="auto", structure=structure, training=t)
         job.data.path = str(data)
         job.data.system_prompt = self.job.system_prompt

@@ -213,6 +213,8 @@ def preflight(job: SFTJob | GRPOJob) -> Preflight:
         _check_data(check, "data.path", job.data.path, job.data.split, job.data.subset, need)
         if "structure" in job.reward_names():
             _check_backend(check, "structure.gsrm", job.structure.gsrm)
+            if job.structure.gsrm_prompt:
+                check.ok(f"structure.gsrm_prompt = {job.structure.gsrm_prompt}: prompt file read")
             if job.structure.uses_llm_judge():
                 _check_backend(check, "structure.judge_backend", job.structure.judge_backend)
     else:
@@ -410,7 +412,7 @@ def structure_reward(job: GRPOJob):
         gsrm_backend = backend_from_config(s.gsrm.as_backend_config(), where="structure.gsrm")
     except (ValueError, OSError) as exc:
         raise ConfigError(str(exc)) from None
-    decomposer = Decomposer(gsrm_backend, domain=s.domain, max_trace_chars=s.gsrm_max_trace_chars,
+    decomposer = Decomposer(gsrm_backend, domain=s.prompt_source(), max_trace_chars=s.gsrm_max_trace_chars,
                             max_tokens=s.gsrm_max_tokens, few_shot=s.gsrm_few_shot)
     llm = None
     if s.uses_llm_judge():

@@ -104,6 +104,22 @@ class TestValidation:
         with pytest.raises(ConfigError, match=r"^structure\.gsrm\.model: required with structure\.gsrm\.base_url"):
             build_job(GRPOJob, merge_overrides(MINIMAL_GRPO, ["rewards.set=rlkd", "structure.gsrm.base_url=http://h/v1"]))
 
+    def test_gsrm_prompt_file_must_exist_and_parse(self, tmp_path):
+        rlkd = ["rewards.set=rlkd", "structure.gsrm.local_model=g"]
+        absent = tmp_path / "absent.txt"
+        with pytest.raises(ConfigError, match=r"^structure\.gsrm_prompt: .*absent\.txt: no such file"):
+            build_job(GRPOJob, merge_overrides(MINIMAL_GRPO, [*rlkd, f"structure.gsrm_prompt={absent}"]))
+        bad = tmp_path / "bad.txt"
+        bad.write_text("=== user ===\nDecompose {problem}\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match=r"^structure\.gsrm_prompt: .*bad\.txt: the last section must be "
+                                              r"'=== user ===' and contain \{problem\} and \{reasoning\}"):
+            build_job(GRPOJob, merge_overrides(MINIMAL_GRPO, [*rlkd, f"structure.gsrm_prompt={bad}"]))
+        good = tmp_path / "good.txt"
+        good.write_text("=== user ===\nSplit up.\nProblem: {problem}\nReasoning: {reasoning}\n", encoding="utf-8")
+        job = build_job(GRPOJob, merge_overrides(MINIMAL_GRPO, [*rlkd, f"structure.gsrm_prompt={good}"]))
+        assert job.structure.prompt_source() == str(good.resolve())
+        assert build_job(GRPOJob, merge_overrides(MINIMAL_GRPO, rlkd)).structure.prompt_source() == "math"
+
     def test_llm_judge_needs_its_backend(self):
         with pytest.raises(ConfigError, match=r"^structure\.judge_backend: the llm judge needs a backend"):
             build_job(GRPOJob, merge_overrides(MINIMAL_GRPO, [

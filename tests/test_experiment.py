@@ -63,6 +63,7 @@ class TestRecipe:
         ("data.zero_fraction=0", "data.zero_fraction: must be in (0, 1]"),
         ("rl.per_device_train_batch_size=6", "must be a multiple of rl.num_generations"),
         ("data.trian=3", "data.trian: unknown field of DataSection (did you mean data.train?)"),
+        ("structure.gsrm_prompt=p.txt", "structure.gsrm_prompt: set by the experiment from gsrm_prompt"),
     ])
     def test_bad_recipes_name_the_field(self, override, message):
         with pytest.raises(ConfigError) as info:
