@@ -411,8 +411,8 @@ class DataGsrmJob:
     batch_size: int = option(64, "records sent per batch (and written per flush)")
     limit: int | None = option(None, "process only the first N records (null: all)")
     max_failure_share: float = option(0.2, "stop when more than this share of records failed (backend error or "
-                                      "unparsable output), once min_failures have failed")
-    min_failures: int = option(10, "failures tolerated before max_failure_share is checked")
+                                      "unparsable output), checked once min_failures records were sent")
+    min_failures: int = option(10, "records sent before max_failure_share is first checked")
 
     def validate(self) -> None:
         _require(self, "input", "output")
@@ -458,8 +458,8 @@ class DataRlkdJob:
     batch_size: int = option(64, "records sent per batch (and written per flush)")
     limit: int | None = option(None, "process only the first N records (null: all)")
     max_failure_share: float = option(0.2, "stop when more than this share of records failed (backend error or "
-                                      "unparsable output), once min_failures have failed")
-    min_failures: int = option(10, "failures tolerated before max_failure_share is checked")
+                                      "unparsable output), checked once min_failures records were sent")
+    min_failures: int = option(10, "records sent before max_failure_share is first checked")
 
     def validate(self) -> None:
         _require(self, "input", "output_dir")
