@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from rlkd.cli import CliError
+from rlkd.cli import CliError, iter_jsonl
 from rlkd.config import (
     ConfigError,
     GRPOJob,
@@ -467,8 +467,7 @@ def evaluate_model(model_dir: Path, tasks: Sequence[Any], benchmark: Path, outpu
     by_id = {t.id: t for t in tasks}
     keys = ("meta_prefix_share", "meta_match", "answer_match", "answers_found")
     rows = []
-    for line in (output / "samples.jsonl").read_text(encoding="utf-8").splitlines():
-        sample = json.loads(line)
+    for _, sample in iter_jsonl(output / "samples.jsonl"):
         text, task = sample["completion"], by_id[sample["id"]]
         steps = rule_decompose(text)
         a = alignment(steps, task.decomposition)
@@ -820,8 +819,7 @@ class Experiment:
             if todo:
                 by_id = {t.id: t for t in self.tasks["test_id"]}
                 items = []
-                for line in source.read_text(encoding="utf-8").splitlines():
-                    row = json.loads(line)
+                for _, row in iter_jsonl(source):
                     if row["sample"] == 0:  # the first completion of each problem
                         items.append((by_id[row["id"]].problem, row["completion"], rule_decompose(row["completion"])))
                     if len(items) >= count:
@@ -886,8 +884,7 @@ class Experiment:
             path = self.path("eval", f"seed{seed}", method, "id", "samples.jsonl")
             if not path.exists():
                 continue
-            samples = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            samples = [s for s in samples if s["sample"] == 0 and s["id"] in by_id]
+            samples = [s for _, s in iter_jsonl(path) if s["sample"] == 0 and s["id"] in by_id]
             if not samples:
                 continue
 
