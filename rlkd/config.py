@@ -125,6 +125,10 @@ class StructureConfig:
     """The structure reward: the GSRM that decomposes student completions and the judge that compares
     their steps with the teacher's (SPEC section 3)."""
 
+    decomposer: str = option("gsrm", "what decomposes the student's completions: gsrm (the GSRM behind the gsrm "
+                             "backend) or rule (rlkd.testbed.rule_decompose, the exact decomposer of the "
+                             "synthetic testbed's traces: an oracle GSRM for testbed data, no model calls)",
+                             ("gsrm", "rule"))
     gsrm: BackendConfig = section(BackendConfig, "the GSRM backend (a server with base_url/model, or local_model)")
     domain: str = option("math", "domain named in the GSRM prompt", DOMAINS)
     gsrm_prompt: str | None = option(None, "a GSRM prompt file (the format of rlkd/prompts/gsrm_math.txt) used "
@@ -349,7 +353,9 @@ class SFTData:
     format: str = option("traces", "traces: build chat examples from problem/teacher_reasoning/answer "
                          "columns (the SFT-distillation baseline); chat: the rows already have 'messages' "
                          "or 'prompt' and 'completion' message lists (GSRM training data from rlkd data "
-                         "gsrm)", ("traces", "chat"))
+                         "gsrm); text: plain language modelling on text_column (pretraining a base model)",
+                         ("traces", "chat", "text"))
+    text_column: str = option("text", "text: column holding each training text")
     problem_column: str = option("problem", "traces: column holding the problem text")
     reasoning_column: str = option("teacher_reasoning", "traces: column holding the teacher's reasoning "
                                    "(the text before </think>)")

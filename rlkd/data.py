@@ -218,13 +218,17 @@ def teacher_completion(reasoning: str, solution: str | None, answer: str) -> str
 
 
 def sft_rows(records: Records, data: Any, limit: int | None = None) -> list[dict[str, Any]]:
-    """SFT rows. ``format: chat`` keeps ``messages`` or ``prompt``/``completion`` as they are;
+    """SFT rows. ``format: text`` is plain language modelling on one text column (pretraining a base);
+    ``format: chat`` keeps ``messages`` or ``prompt``/``completion`` as they are;
     ``format: traces`` builds a chat ``prompt`` from the problem and a ``completion`` from the teacher's
     reasoning. ``data`` is a :class:`rlkd.config.SFTData`."""
     rows = []
     for index, obj, where in records:
         if limit is not None and index >= limit:
             break
+        if data.format == "text":
+            rows.append({"text": _text(obj.get(data.text_column), data.text_column, where)})
+            continue
         if data.format == "chat":
             if "messages" in obj:
                 rows.append({"messages": _messages(obj["messages"], "messages", where)})

@@ -275,6 +275,40 @@ class Decomposer:
         return results  # type: ignore[return-value]
 
 
+class RuleDecomposer:
+    """The synthetic testbed's exact rule-based decomposer (:func:`rlkd.testbed.rule_decompose`) behind
+    the :class:`Decomposer` interface: an oracle GSRM for testbed data (``structure.decomposer: rule``).
+
+    It reproduces the ground-truth decomposition of every oracle trace and reads a student's imitation
+    as well as rules can, with no model call, so a structure reward computed with it separates what the
+    method does from what a trained GSRM's errors do. Only meaningful on the testbed's traces.
+
+    >>> import asyncio
+    >>> [r] = asyncio.run(RuleDecomposer().decompose([("Find c.", "<think>We want c. c = 2 + 3 = 5.</think>")]))
+    >>> r.status, [(s.subproblem, s.answer) for s in r.decomposition.steps]
+    ('ok', [('What is c?', '5')])
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0  # traces decomposed
+        self.failures = 0  # always 0: the rules never fail a call
+        self.no_steps = 0  # traces with no steps
+
+    async def decompose(self, items: Sequence[tuple[str, str] | tuple[str, str, str | None]],
+                        domain: str | None = None) -> list[DecomposeResult]:
+        """Decompose ``(problem, reasoning)`` items; one result per item, in order; never raises."""
+        from rlkd.testbed import rule_decompose
+
+        results = []
+        for item in items:
+            self.calls += 1
+            decomposition = rule_decompose(item[1])
+            if not decomposition.steps:
+                self.no_steps += 1
+            results.append(DecomposeResult(decomposition, decomposition.render(), False, None, []))
+        return results
+
+
 # --------------------------------------------------------------------------------------------------
 # Resumable runs: the loop of rlkd decompose, rlkd data gsrm and rlkd data rlkd
 

@@ -212,7 +212,10 @@ def preflight(job: SFTJob | GRPOJob) -> Preflight:
             need.append(job.data.teacher_structure_column)
         _check_data(check, "data.path", job.data.path, job.data.split, job.data.subset, need)
         if "structure" in job.reward_names():
-            _check_backend(check, "structure.gsrm", job.structure.gsrm)
+            if job.structure.decomposer == "rule":
+                check.ok("structure.decomposer = rule: the testbed's exact rule decomposer (no GSRM)")
+            else:
+                _check_backend(check, "structure.gsrm", job.structure.gsrm)
             if job.structure.gsrm_prompt:
                 check.ok(f"structure.gsrm_prompt = {job.structure.gsrm_prompt}: prompt file read")
             if job.structure.uses_llm_judge():
@@ -222,6 +225,8 @@ def preflight(job: SFTJob | GRPOJob) -> Preflight:
         if d.format == "traces":
             _check_data(check, "data.path", d.path, d.split, d.subset,
                         [d.problem_column, d.reasoning_column, d.answer_column])
+        elif d.format == "text":
+            _check_data(check, "data.path", d.path, d.split, d.subset, [d.text_column])
         else:
             _check_data(check, "data.path", d.path, d.split, d.subset, [], [["messages"], ["prompt", "completion"]])
     point = resume_point(job)
@@ -403,17 +408,20 @@ def _quiet_progress(trainer) -> None:
 def structure_reward(job: GRPOJob):
     """The structure reward of a GRPO job: the GSRM backend, the decomposer and the judge."""
     from rlkd.backends import backend_from_config
-    from rlkd.gsrm import Decomposer
+    from rlkd.gsrm import Decomposer, RuleDecomposer
     from rlkd.judges import make_judge
     from rlkd.rewards import StructureReward
 
     s = job.structure
-    try:
-        gsrm_backend = backend_from_config(s.gsrm.as_backend_config(), where="structure.gsrm")
-    except (ValueError, OSError) as exc:
-        raise ConfigError(str(exc)) from None
-    decomposer = Decomposer(gsrm_backend, domain=s.prompt_source(), max_trace_chars=s.gsrm_max_trace_chars,
-                            max_tokens=s.gsrm_max_tokens, few_shot=s.gsrm_few_shot)
+    if s.decomposer == "rule":
+        decomposer: Any = RuleDecomposer()
+    else:
+        try:
+            gsrm_backend = backend_from_config(s.gsrm.as_backend_config(), where="structure.gsrm")
+        except (ValueError, OSError) as exc:
+            raise ConfigError(str(exc)) from None
+        decomposer = Decomposer(gsrm_backend, domain=s.prompt_source(), max_trace_chars=s.gsrm_max_trace_chars,
+                                max_tokens=s.gsrm_max_tokens, few_shot=s.gsrm_few_shot)
     llm = None
     if s.uses_llm_judge():
         from rlkd.llm_judge import LLMJudge
