@@ -264,7 +264,7 @@ def _comparisons(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             continue
         c = dict(c)
         metric = str(c.get("metric", "pass_at_1"))
-        shown = "pass@1" if metric == "pass_at_1" else f"pass@{c['k']}" if metric == "pass_at_k" else metric
+        shown = "pass@1" if metric == "pass_at_1" else f"pass@{c.get('k', 'k')}" if metric == "pass_at_k" else metric
         c["shown_metric"] = shown
         if not c.get("verdict"):
             c["verdict"] = verdict(_label(results, c.get("a", "A")), _label(results, c.get("b", "B")),
@@ -282,8 +282,8 @@ def _changes(results: Mapping[str, Any]) -> dict[str, dict[str, Mapping[str, Any
             if isinstance(change, Mapping) and isinstance(change.get("diff"), (int, float)):
                 out.setdefault(method, {})[split] = change
     for c in _comparisons(results):
-        if STARTING_POINTS.get(c.get("a")) == c.get("b") and c.get("metric", "pass_at_1") == "pass_at_1":
-            out.setdefault(c["a"], {}).setdefault(c["split"], c)
+        if c.get("a") in STARTING_POINTS and STARTING_POINTS[c["a"]] == c.get("b") and c.get("metric", "pass_at_1") == "pass_at_1":
+            out.setdefault(c["a"], {}).setdefault(c.get("split", "?"), c)
     return out
 
 
@@ -603,7 +603,7 @@ def findings(results: Mapping[str, Any]) -> list[str]:
     known = set()
     for a, b, question in COMPARISONS:
         known.add((a, b))
-        rows = sorted(by_pair.get((a, b), []), key=lambda c: SPLITS.index(c["split"]) if c["split"] in SPLITS else 9)
+        rows = sorted(by_pair.get((a, b), []), key=lambda c: SPLITS.index(c.get("split")) if c.get("split") in SPLITS else 9)
         if rows:
             text = f"{question}: " + "; ".join(c["verdict"] for c in rows) + "."
             out.append(f"**{text}**" if (a, b) == ("sft_rlkd", "sft_grpo") else text)
@@ -644,8 +644,8 @@ def targets(results: Mapping[str, Any]) -> list[str]:
     shares = [(m, d["zero_spread_share"]) for m, d in (results.get("diagnostics") or {}).items()
               if m in RLKD_METHODS and isinstance((d or {}).get("zero_spread_share"), (int, float))]
     if shares:
-        out.append(f"Target share of GRPO groups with zero reward spread ≤ {TARGET_ZERO_SPREAD_SHARE:.2f} for the RLKD "
-                   "arms: " + ", ".join(f"{_label(results, m)} {v:.3f} "
+        out.append(f"Target share of GRPO groups with zero reward spread ≤ {TARGET_ZERO_SPREAD_SHARE:.2f} for the "
+                   "RLKD arms: " + ", ".join(f"{_label(results, m)} {v:.3f} "
                                         f"({'met' if v <= TARGET_ZERO_SPREAD_SHARE else 'not met'})"
                                         for m, v in shares) + ".")
     return out

@@ -277,12 +277,15 @@ class TestDegradesGracefully:
         results["comparisons"] = [c for c in results["comparisons"] if c["a"] in results["methods"]
                                   and c["b"] in results["methods"]]
         del results["comparisons"][0]["verdict"]  # computed from the interval when missing
+        results["comparisons"] += ["not a comparison", {"a": "sft", "b": "sft_grpo", "diff": None},
+                                   {"a": "sft", "b": "sft_grpo", "diff": 0.1, "ci_low": 0.05, "ci_high": 0.2}]
         for key in ("diagnostics", "training", "gsrm", "example", "stages"):
             del results[key]
         del results["methods"]["sft_grpo"]["ood"]  # no interval: mean ± std over seeds instead
         paths = write_report(results, tmp_path)
         md = paths["markdown"].read_text(encoding="utf-8")
         assert RESULTS["comparisons"][0]["verdict"] in md
+        assert "- SFT beats SFT+GRPO on the ? split by +0.100 pass@1 (95% CI +0.050 to +0.200)." in md
         assert "RLKD-zero" not in md and "oracle GSRM" not in md
         assert "No RL diagnostics in these results." in md and "No GSRM measurements in these results." in md
         assert "training" not in paths and "first_mismatch" not in paths
