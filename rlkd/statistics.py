@@ -46,7 +46,8 @@ METHOD = "crossed two-level bootstrap (seeds and problems resampled with replace
 # Input checks
 
 
-def _table(data: Mapping[str, Mapping[str, Sequence[Any]]], what: str) -> tuple[list[str], list[str], list[list[list[Any]]], int]:
+def _table(data: Mapping[str, Mapping[str, Sequence[Any]]], what: str
+           ) -> tuple[list[str], list[str], list[list[list[Any]]], int]:
     """Seeds, problems (in the first seed's order), ``rows[seed][problem]`` samples and n; ValueError
     naming the seed and problem when seeds disagree on the problems or the number of samples."""
     if not isinstance(data, Mapping) or not data:
@@ -251,14 +252,15 @@ def verdict(label_a: str, label_b: str, split: str, diff: float, ci_low: float, 
     'SFT+RLKD beats SFT+GRPO on the id split by +0.123 pass@1 (95% CI +0.050 to +0.200)'
     >>> verdict("SFT+RLKD", "SFT+GRPO", "ood", -0.1, -0.15, -0.02)
     'SFT+GRPO beats SFT+RLKD on the ood split by +0.100 pass@1 (95% CI +0.020 to +0.150)'
-    >>> verdict("SFT+RLKD", "SFT+GRPO", "id", 0.01, -0.03, 0.05)
-    'no measurable difference between SFT+RLKD and SFT+GRPO on the id split: +0.010 pass@1 (95% CI -0.030 to +0.050 includes 0)'
+    >>> verdict("A", "B", "id", 0.01, -0.03, 0.05)
+    'no measurable difference between A and B on the id split: +0.010 pass@1 (95% CI -0.030 to +0.050 includes 0)'
     """
     pct = f"{100 * level:g}%"
     if any(not isinstance(x, (int, float)) or math.isnan(x) for x in (diff, ci_low, ci_high)):
         return f"no comparison between {label_a} and {label_b} on the {split} split (no numbers)"
     if ci_low > 0:
-        return f"{label_a} beats {label_b} on the {split} split by {diff:+.3f} {metric} ({pct} CI {ci_low:+.3f} to {ci_high:+.3f})"
+        return (f"{label_a} beats {label_b} on the {split} split by {diff:+.3f} {metric} "
+                f"({pct} CI {ci_low:+.3f} to {ci_high:+.3f})")
     if ci_high < 0:
         return (f"{label_b} beats {label_a} on the {split} split by {-diff:+.3f} {metric} "
                 f"({pct} CI {-ci_high:+.3f} to {-ci_low:+.3f})")
