@@ -447,36 +447,59 @@ def base_tasks(base: BaseSection) -> tuple[list[Any], list[Any]]:
 
 
 def probe_lookups(model_dir: str | Path, tasks: Sequence[Any], batch_size: int = 64) -> dict[str, float]:
-    """How well a model writes the computations of held-out problems (greedy, after ``problem + "\n"``,
-    the layout of :func:`rlkd.testbed.base_text`): ``lines_right`` is the share of computation sentences
-    written exactly (definition restated, input values looked up, result right) at their place,
-    ``values_right`` the share whose result alone is right, ``tasks_right`` the share of problems with
-    every sentence right. This is where copying shows: the inputs must be looked up in the problem."""
+    """How well a model writes the computations of held-out problems (greedy, after ``problem + "\\n"``,
+    the layout of :func:`rlkd.testbed.base_text`). Each written sentence ``x = <definition> = <input
+    values> = <result>`` is checked on its own against the task's graph, in any order (the problem does
+    not say which definition to compute first): ``lines_right`` is the share of the task's definitions
+    written exactly right (definition restated, input values looked up, result right), ``values_right``
+    the share whose result alone is right, ``tasks_right`` the share of problems with every definition
+    right. The look-ups are where copying shows: the definition and the values must be found in the
+    input."""
     import torch
 
     from rlkd.models import load_model, load_tokenizer
-    from rlkd.testbed import base_text
 
     tokenizer, model = load_tokenizer(model_dir), load_model(model_dir, device="cpu", dtype="float32")
-    lines = right = values = whole = 0
+    total = right = values = whole = 0
     for start in range(0, len(tasks), batch_size):
         chunk = tasks[start: start + batch_size]
         batch = tokenizer([t.problem + "\n" for t in chunk], return_tensors="pt", padding=True,
                           add_special_tokens=False)
         with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=160, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            out = model.generate(**batch, max_new_tokens=200, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=tokenizer.eos_token_id)
         for task, ids in zip(chunk, out[:, batch["input_ids"].shape[1]:]):
-            want = base_text(task).split("\n", 1)[1].split(". ")
-            got = tokenizer.decode(ids, skip_special_tokens=True).strip().split("\n")[0].split(". ")
-            ok = [g.rstrip(".") == w.rstrip(".") for g, w in zip(got, want)]
-            lines += len(want)
-            right += sum(ok)
-            values += sum(g.rstrip(".").rsplit("= ", 1)[-1] == w.rstrip(".").rsplit("= ", 1)[-1]
-                          for g, w in zip(got, want))
-            whole += all(ok) and len(got) >= len(want)
-    return {"lines_right": right / lines if lines else 0.0, "values_right": values / lines if lines else 0.0,
+            written = check_computations(task, tokenizer.decode(ids, skip_special_tokens=True).strip().split("\n")[0])
+            defined = [q.name for q in task.quantities if q.inputs]
+            total += len(defined)
+            right += sum(written.get(n, (False, False))[0] for n in defined)
+            values += sum(written.get(n, (False, False))[1] for n in defined)
+            whole += all(written.get(n, (False, False))[0] for n in defined)
+    return {"lines_right": right / total if total else 0.0, "values_right": values / total if total else 0.0,
             "tasks_right": whole / len(tasks) if tasks else 0.0, "tasks": float(len(tasks))}
+
+
+def check_computations(task: Any, text: str) -> dict[str, tuple[bool, bool]]:
+    """For each defined quantity a text computes (``x = <definition> = <input values> = <result>.``
+    sentences, the first one per quantity, in any order): (written exactly right, result right).
+
+    >>> from rlkd.testbed import base_text, generate_tasks
+    >>> task = generate_tasks(1, seed=0)[0]
+    >>> all(exact for exact, _ in check_computations(task, base_text(task).split("\\n")[1]).values())
+    True
+    >>> check_computations(task, "lev = zor + cod = 1 + 3 = 5.")
+    {'lev': (False, False)}
+    """
+    by_name = {q.name: q for q in task.quantities}
+    written: dict[str, tuple[bool, bool]] = {}
+    for sentence in text.split(". "):
+        parts = [p.strip() for p in sentence.rstrip(".").split("=")]
+        q = by_name.get(parts[0]) if len(parts) == 4 else None
+        if q is None or not q.inputs or q.name in written:
+            continue
+        numbers = " ".join(str(by_name[t].value) if t in by_name else t for t in q.symbolic().split())
+        written[q.name] = (parts[1:] == [q.symbolic(), numbers, str(q.value)], parts[3] == str(q.value))
+    return written
 
 
 def build_base(job: "DemoJob") -> dict[str, Any]:
@@ -1227,23 +1250,6 @@ def machine_info() -> dict[str, Any]:
 # rlkd demo
 
 
-def results_table(results: Mapping[str, Any]) -> str:
-    """The console table: per method and split, pass@1 and alignment as mean ± std over seeds."""
-    from rlkd.report import summarize
-
-    summary = summarize(results)
-    lines = [f"{'method':<10} {'split':<5} {'seeds':>5}  {'pass@1':>13}  {'pass@' + str(summary['kmax']):>13}  "
-             f"{'format':>13}  {'meta prefix':>13}"]
-    for method, splits in summary["methods"].items():
-        for split in SPLITS:
-            s = splits.get(split)
-            if not s:
-                continue
-            lines.append(f"{s['label']:<10} {split:<5} {s['seeds']:>5}  {_pm(s['pass@1']):>13}  "
-                         f"{_pm(s['pass@kmax']):>13}  {_pm(s['format']):>13}  {_pm(s['meta_prefix_share']):>13}")
-    return "\n".join(lines)
-
-
 def stage_times(stages: Mapping[str, Mapping[str, Any]]) -> str:
     """Measured seconds per kind of stage (summed over seeds), in the order the stages ran."""
     totals: dict[str, float] = {}
@@ -1256,10 +1262,6 @@ def stage_times(stages: Mapping[str, Mapping[str, Any]]) -> str:
         totals[kind] = totals.get(kind, 0.0) + float(record.get("seconds", 0.0))
     text = "stage times: " + ", ".join(f"{kind} {seconds:.0f} s" for kind, seconds in totals.items())
     return text + (f" ({skipped} stages done before, skipped)" if skipped else "")
-
-
-def _pm(stat: Mapping[str, float]) -> str:
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -1302,8 +1304,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                  ", ".join(job.methods))
         results = Experiment(job, fresh=args.fresh).run()
         paths = {"markdown": root / "report" / "report.md", "html": root / "report" / "report.html"}
+    from rlkd.report import comparisons_text, console_table
+
     print()
-    print(results_table(results))
+    print(console_table(results))
+    print()
+    print(comparisons_text(results))
     print()
     print(stage_times(results.get("stages", {})))
     print(f"wall time: {_clock(results.get('wall_time_s', 0))}")

@@ -229,3 +229,16 @@ def test_training_sections_follow_the_device():
     auto = _training_for_device(job.rl, "auto")
     assert auto.use_cpu is (not torch.cuda.is_available())
     assert job.rl.use_cpu is True  # the recipe's section itself is not changed
+
+
+def test_the_base_probe_checks_each_computation_in_any_order():
+    from rlkd.experiment import check_computations
+    from rlkd.testbed import base_text, generate_tasks
+
+    task = generate_tasks(1, seed=0)[0]
+    lines = base_text(task).split("\n")[1].split(". ")
+    shuffled = ". ".join(reversed([line.rstrip(".") for line in lines])) + "."
+    assert check_computations(task, shuffled) == {name: (True, True) for name in ("lev", "hov", "hub", "pot")}
+    # a wrong look-up with the right result, a wrong result, a name the problem does not define
+    assert check_computations(task, "lev = zor + cod = 2 + 2 = 4. hov = lev - dag = 4 - 2 = 3. cup = 1 + 1 = 2.") \
+        == {"lev": (False, True), "hov": (False, False)}
