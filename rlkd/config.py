@@ -356,6 +356,8 @@ class SFTData:
                          "gsrm); text: plain language modelling on text_column (pretraining a base model)",
                          ("traces", "chat", "text"))
     text_column: str = option("text", "text: column holding each training text")
+    prompt_column: str | None = option(None, "text: column holding a text that comes before each training text "
+                                       "and is not trained on (the loss is on text_column only); null: none")
     problem_column: str = option("problem", "traces: column holding the problem text")
     reasoning_column: str = option("teacher_reasoning", "traces: column holding the teacher's reasoning "
                                    "(the text before </think>)")

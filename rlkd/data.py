@@ -227,7 +227,12 @@ def sft_rows(records: Records, data: Any, limit: int | None = None) -> list[dict
         if limit is not None and index >= limit:
             break
         if data.format == "text":
-            rows.append({"text": _text(obj.get(data.text_column), data.text_column, where)})
+            text = _text(obj.get(data.text_column), data.text_column, where)
+            if data.prompt_column:  # TRL's prompt-completion form: the loss is on the completion only
+                rows.append({"prompt": _text(obj.get(data.prompt_column), data.prompt_column, where),
+                             "completion": text})
+            else:
+                rows.append({"text": text})
             continue
         if data.format == "chat":
             if "messages" in obj:

@@ -223,7 +223,7 @@ class DemoJob:
                               "example) or a prompt file")
     data: DataSection = section(DataSection, "testbed tasks")
     base: BaseSection = section(BaseSection, "the base student (pretrained once, shipped)")
-    pretraining: SFTTraining = option(_sft_defaults(max_steps=4000, per_device_train_batch_size=32,
+    pretraining: SFTTraining = option(_sft_defaults(max_steps=3000, per_device_train_batch_size=32,
                                                     warmup_steps=0.02, save_steps=250, logging_steps=50),
                                       "the base student's pretraining (rlkd train sft on text, resumable)")
     gsrm_training: SFTTraining = option(_sft_defaults(max_steps=150), "GSRM fine-tuning (TRL SFTConfig fields, "
@@ -507,7 +507,9 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
     the recipe, resuming after an interruption; return its card (also written as ``base_card.json``).
 
     1. Draw ``base.tasks`` tasks (their own seed, the id split's knobs) and write each one's
-       :func:`rlkd.testbed.base_text` to ``<path>-build/pretrain.jsonl``.
+       :func:`rlkd.testbed.base_text` to ``<path>-build/pretrain.jsonl``: the problem, and the
+       computations that follow it, on which alone the loss is taken (the problem's own tokens are
+       random names and values; training on them only slows the look-ups down).
     2. Train a BPE tokenizer that keeps every name and number one token (refused otherwise) and a random
        Llama of the recipe's size (``<path>-build/init``).
     3. Pretrain it with ``rlkd train sft`` (``data.format: text``) into ``<path>-build/train``, saving a
@@ -525,7 +527,8 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
     train, probe = base_tasks(b)
     data = work / "pretrain.jsonl"
     if not data.exists():
-        _write_jsonl(data, [{"id": t.id, "text": base_text(t)} for t in train])
+        _write_jsonl(data, [{"id": t.id, "problem": t.problem + "\n", "text": base_text(t).split("\n", 1)[1]}
+                            for t in train])
     init = work / "init"
     if not (init / "config.json").exists():
         texts = corpus(train[:2000]) + [c for _, c in load_prompt(str(write_gsrm_prompt(work / "gsrm_prompt.txt"))).turns]
@@ -540,6 +543,7 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
     training.seed = b.seed
     sft = SFTJob(model=str(init), output_dir=str(work / "train"), resume="auto")
     sft.data.path, sft.data.format, sft.training = str(data), "text", training
+    sft.data.prompt_column = "problem"  # the loss is on the computations: look-ups and arithmetic
     log.info("base student: pretraining %s on %d texts -> %s", init, len(train), sft.output_dir)
     metrics = train_job(sft, argv=["rlkd demo", "--build-base"])
     points = sorted(((int(p.name.split("-")[1]), p) for p in (work / "train").glob("checkpoint-*")

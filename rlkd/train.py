@@ -226,7 +226,8 @@ def preflight(job: SFTJob | GRPOJob) -> Preflight:
             _check_data(check, "data.path", d.path, d.split, d.subset,
                         [d.problem_column, d.reasoning_column, d.answer_column])
         elif d.format == "text":
-            _check_data(check, "data.path", d.path, d.split, d.subset, [d.text_column])
+            _check_data(check, "data.path", d.path, d.split, d.subset,
+                        [d.text_column] + ([d.prompt_column] if d.prompt_column else []))
         else:
             _check_data(check, "data.path", d.path, d.split, d.subset, [], [["messages"], ["prompt", "completion"]])
     point = resume_point(job)
