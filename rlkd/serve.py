@@ -250,8 +250,10 @@ class RewardScorer:
     :class:`RewardLog` of what was scored.
 
     ``stop_on_failures=False`` (the server) lets the structure reward keep going whatever share of GSRM
-    calls fail; ``True`` (in process, as in training) keeps the recipe's budget, so too many failures
-    raise :class:`rlkd.backends.TooManyFailures`.
+    calls fail; ``True`` (in process) keeps the recipe's job-wide budget (``structure.max_failure_share``
+    after ``min_failures``), so too many failures raise :class:`rlkd.backends.TooManyFailures`. The
+    per-batch share of training is not applied: these batches form by arrival (one completion, for a
+    caller that scores one at a time), not by training step.
     """
 
     def __init__(self, weights: Mapping[str, float], structure: Any, records: RecordIndex,
@@ -273,9 +275,12 @@ class RewardScorer:
         from rlkd.train import structure_reward
 
         weights = job.rewards.resolved()
-        if "structure" in weights and not stop_on_failures:
-            job.structure.max_failure_share = 1.0  # counted and answered with an error status instead
+        if "structure" in weights:
+            # batches here form by arrival, not by training step: no per-batch stop; the server does not
+            # stop at all (it counts failures and answers them with an error status)
             job.structure.max_batch_failure_share = 1.0
+            if not stop_on_failures:
+                job.structure.max_failure_share = 1.0
         structure = structure_reward(job) if "structure" in weights else None
         names = list(weights)
         out = Path(job.output_dir) if job.output_dir else None

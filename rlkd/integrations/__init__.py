@@ -158,3 +158,13 @@ def scorer_for(config: str | None = None, url: str | None = None, token: str | N
             _SCORERS[key] = (LocalScorer(str(config)) if config is not None
                              else RemoteScorer(str(url), token or os.environ.get(TOKEN_ENV) or None))
         return _SCORERS[key]
+
+
+def close_scorers() -> None:
+    """Close every shared scorer of this process (in-process ones finish their queue first)."""
+    with _LOCK:
+        scorers = list(_SCORERS.values())
+        _SCORERS.clear()
+    for scorer in scorers:
+        if hasattr(scorer, "close"):
+            scorer.close()
