@@ -783,7 +783,8 @@ def add_parser(subparsers) -> None:
         "its GSRM and judges) over HTTP: POST /get_reward speaks OpenRLHF's remote reward protocol, POST "
         "/v1/score is a JSON API (rlkd.integrations.verl uses it), GET /health reports counters. The recipe's "
         "model and training sections are not used; its output_dir receives metrics.jsonl and the structure "
-        "sample log. Stop with Ctrl-C or SIGTERM: requests in flight are answered first.",
+        "sample log. Stop with Ctrl-C or SIGTERM: requests in flight are answered first (up to "
+        "--shutdown-timeout), then the process ends by that signal.",
         epilog=fields_help(GRPOJob), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="RECIPE.yaml", required=True,
                    help="GRPO recipe (data, rewards, structure), e.g. configs/openrlhf/rlkd_reward.yaml")
