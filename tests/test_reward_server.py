@@ -118,7 +118,7 @@ def recipe(gsrm, tmp_path_factory) -> Path:
                                      "teacher_structure": TEACHER}) + "\n")
     recipe = {"output_dir": str(folder / "serve"), "data": {"path": str(folder / "rlkd_train.jsonl")},
               "rewards": {"set": "rlkd"},
-              "structure": {"gsrm": {"base_url": gsrm.base_url, "model": "gsrm", "max_retries": 1, "timeout": 10,
+              "structure": {"gsrm": {"base_url": gsrm.base_url, "model": "gsrm", "max_retries": 1, "timeout": 60,
                                      "concurrency": 16},
                             "judge": "hybrid", "meta_judge": "overlap", "subproblem_judge": "overlap",
                             "answer_judge": "math", "mode": "paper"}}
@@ -148,7 +148,7 @@ class Served:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "rlkd.cli", "serve", "--config", str(recipe), "--port", str(self.port),
                  "--log-every", "5", *extra], stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180
         while True:
             assert self.process.poll() is None, f"rlkd serve exited early:\n{self.log()}"
             try:
@@ -157,7 +157,7 @@ class Served:
                         return
             except OSError:
                 pass
-            assert time.monotonic() < deadline, f"rlkd serve did not start in 90 s:\n{self.log()}"
+            assert time.monotonic() < deadline, f"rlkd serve did not start in 180 s:\n{self.log()}"
             time.sleep(0.2)
 
     def log(self) -> str:
@@ -242,6 +242,42 @@ class TestPieces:
         assert failed.components["structure"] is None and failed.components["accuracy"] == 1.0
         assert unmatched.reward is None and not unmatched.retryable and unmatched.components == {}
         assert scorer.unscored == {"GSRM failure": 1, "no record": 1}
+
+
+class TestBatcher:
+    """The batching logic on its own, with a scoring function that records its batches (a fake, to test
+    our own queueing; the server tests above and below use the real scorer)."""
+
+    def test_concurrent_callers_share_batches_in_bounded_concurrency_and_overload_is_refused(self):
+        from rlkd.serve import Batcher, Overloaded, ScoredItem
+
+        batches, running, most_running = [], [0], [0]
+
+        async def score(requests):
+            running[0] += 1
+            most_running[0] = max(most_running[0], running[0])
+            await asyncio.sleep(0.2)
+            running[0] -= 1
+            batches.append([r.completion for r in requests])
+            return [ScoredItem(float(len(r.completion))) for r in requests]
+
+        async def main():
+            batcher = Batcher(score, max_batch=4, max_wait=0.05, concurrency=2, max_pending=10)
+            calls = [batcher.submit([RewardRequest("x" * n)]) for n in range(1, 11)]
+            tasks = [asyncio.ensure_future(c) for c in calls]
+            await asyncio.sleep(0.01)
+            with pytest.raises(Overloaded, match="10 completions already waiting"):
+                await batcher.submit([RewardRequest("one too many")])
+            results = await asyncio.gather(*tasks)
+            await batcher.close()
+            with pytest.raises(Overloaded, match="shutting down"):
+                await batcher.submit([RewardRequest("late")])
+            return results, batcher
+
+        results, batcher = asyncio.run(main())
+        assert [[item.reward for item in r] for r in results] == [[float(n)] for n in range(1, 11)]
+        assert sorted(len(b) for b in batches) == [2, 4, 4] and most_running[0] == 2
+        assert batcher.pending == 0 and batcher.largest_batch == 4
 
 
 # --------------------------------------------------------------------------------------------------
