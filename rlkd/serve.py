@@ -295,14 +295,15 @@ class RewardScorer:
             return
         judge = self.structure.judge
         judges = list(getattr(judge, "judges", {}).values()) or [judge]  # a hybrid judge holds one per field
-        backends = {id(b): b for b in [self.structure.decomposer.backend] + [getattr(j, "backend", None) for j in judges]
-                    if b is not None and hasattr(b, "aclose")}
+        candidates = [self.structure.decomposer.backend] + [getattr(j, "backend", None) for j in judges]
+        backends = {id(b): b for b in candidates if b is not None and hasattr(b, "aclose")}
         for backend in backends.values():
             await backend.aclose()
 
-    def _unscored(self, cause: str, reason: str, retryable: bool, record_id: str | None = None,
-                  components: dict[str, float | None] | None = None,
-                  structure: dict[str, Any] | None = None) -> ScoredItem:
+    def record_unscored(self, cause: str, reason: str, retryable: bool, record_id: str | None = None,
+                        components: dict[str, float | None] | None = None,
+                        structure: dict[str, Any] | None = None) -> ScoredItem:
+        """Count an unscored completion under ``cause``; its :class:`ScoredItem` with ``reward=None``."""
         self.unscored[cause] += 1
         return ScoredItem(None, components or {}, structure, reason, retryable, record_id)
 
@@ -319,11 +320,11 @@ class RewardScorer:
             try:
                 row, answer, record_id = self.records.resolve(request, need_record)
             except UnscorableRequest as exc:
-                out[i] = self._unscored("no record", str(exc), False, request.record_id)
+                out[i] = self.record_unscored("no record", str(exc), False, request.record_id)
                 continue
             if "accuracy" in self.weights and answer is None:
-                out[i] = self._unscored("no answer", "no reference answer (send it as the label, or the record id)",
-                                        False, record_id or None)
+                out[i] = self.record_unscored("no answer", "no reference answer (send it as the label, or the "
+                                              "record id)", False, record_id or None)
                 continue
             todo.append(i)
             problems.append(row["problem"] if row else (request.problem or request.prompt or ""))
@@ -379,8 +380,8 @@ class RewardScorer:
                 problems.append((cause, reason, False))
         if problems:
             cause = problems[0][0]
-            return self._unscored(cause, "; ".join(p[1] for p in problems), any(p[2] for p in problems), record_id,
-                                  components, structure)
+            return self.record_unscored(cause, "; ".join(p[1] for p in problems), any(p[2] for p in problems),
+                                        record_id, components, structure)
         total = sum(self.weights[name] * value for name, value in components.items())  # type: ignore[operator]
         return ScoredItem(total, components, structure, None, False, record_id)
 
@@ -658,7 +659,7 @@ def build_app(scorer: RewardScorer, options: ServeOptions | None = None):
     async def get_reward(request: Request) -> JSONResponse:
         body = await read_json(request)
         if not isinstance(body, Mapping) or not isinstance(body.get("query"), list):
-            raise UnscorableRequest("expected {\"query\": [prompt + response, ...], \"prompts\": [...], \"labels\": [...]}")
+            raise UnscorableRequest('expected {"query": [prompt + response, ...], "prompts": [...], "labels": [...]}')
         queries = body["query"]
         prompts, labels = body.get("prompts"), body.get("labels")
         for key, values in (("prompts", prompts), ("labels", labels)):
@@ -673,7 +674,7 @@ def build_app(scorer: RewardScorer, options: ServeOptions | None = None):
             try:
                 completion = completion_from_query(query, prompt, options.end_markers)
             except UnscorableRequest as exc:
-                items.append(scorer._unscored("no record", f"query {i}: {exc}", False))
+                items.append(scorer.record_unscored("no record", f"query {i}: {exc}", False))
                 continue
             items.append(RewardRequest(completion, label=None if label is None else str(label),
                                        prompt=prompt if prompt is not None else query))
@@ -694,7 +695,7 @@ def build_app(scorer: RewardScorer, options: ServeOptions | None = None):
     async def score(request: Request) -> JSONResponse:
         body = await read_json(request)
         if not isinstance(body, Mapping) or not isinstance(body.get("items"), list):
-            raise UnscorableRequest("expected {\"items\": [{\"completion\": ..., \"id\" | \"problem\" | \"label\": ...}]}")
+            raise UnscorableRequest('expected {"items": [{"completion": ..., "id" | "problem" | "label": ...}]}')
         requests = [RewardRequest.from_dict(obj, f"items[{i}]") for i, obj in enumerate(body["items"])]
         results = await batcher.submit(requests) if requests else []
         return JSONResponse({"results": [r.to_dict() for r in results], "weights": scorer.weights})

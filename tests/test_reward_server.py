@@ -29,7 +29,8 @@ import pytest
 import yaml
 from fault_server import Action, FaultServer
 
-from rlkd.serve import RecordIndex, RewardRequest, RewardScorer, UnscorableRequest, completion_from_query, load_serve_job
+from rlkd.serve import (RecordIndex, RewardRequest, RewardScorer, UnscorableRequest, completion_from_query,
+                        load_serve_job)
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = 20
@@ -38,11 +39,12 @@ TEACHER = {"steps": [
      "answer": "2, 2, 3"},
     {"meta_reasoning": "then add the prime factors together", "subproblem": "what is 2 + 2 + 3", "answer": "7"},
 ]}
-CHAT = "<|im_start|>system\nThink, then answer.<|im_end|>\n<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n"
+CHAT = ("<|im_start|>system\nThink, then answer.<|im_end|>\n<|im_start|>user\n{problem}<|im_end|>\n"
+        "<|im_start|>assistant\n")
 
 
 def problem(i: int) -> str:
-    return f"Problem {i}: add the prime factors of {12 + 0 * i}, counted with multiplicity."
+    return f"Problem {i}: add the prime factors of 12, counted with multiplicity."
 
 
 def decomposition(steps) -> str:
@@ -219,7 +221,8 @@ class TestPieces:
         index = RecordIndex.from_job(load_serve_job(recipe))
         row, answer, record_id = index.resolve(RewardRequest("c", label="r3"), True)
         assert (row["problem"], answer, record_id) == (problem(3), "7", "r3")
-        row, answer, record_id = index.resolve(RewardRequest("c", label="12", prompt=CHAT.format(problem=problem(5))), True)
+        chat = CHAT.format(problem=problem(5))
+        row, answer, record_id = index.resolve(RewardRequest("c", label="12", prompt=chat), True)
         assert (record_id, answer) == ("r5", "12")  # a label that is no id is the answer
         row, _, record_id = index.resolve(RewardRequest("c", problem=problem(11)), True)
         assert record_id == "r11"
@@ -289,6 +292,8 @@ class TestBatcher:
 def test_openrlhf_protocol_under_concurrent_load_matches_in_process_scoring(server, recipe, gsrm, capsys):
     total, concurrency = 200, 32
     bodies = [rollout(n) for n in range(total)]
+    warm_up = post(f"{server.url}/get_reward", rollout(0)[0])  # the first batch pays for imports (math-verify)
+    assert warm_up[0] == 200
     faults_before = gsrm.faults
     started = time.monotonic()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -300,8 +305,12 @@ def test_openrlhf_protocol_under_concurrent_load_matches_in_process_scoring(serv
     scorer = RewardScorer.from_job(load_serve_job(recipe))
     requests = [RewardRequest(completion_from_query(b["query"][0], b["prompts"][0]), label=b["labels"][0],
                               prompt=b["prompts"][0]) for b, _, _ in bodies]
-    local_started = time.monotonic()
-    local = asyncio.run(scorer.score(requests))
+    async def local_scoring():
+        await scorer.score(requests[:1])  # warm up as the server was
+        started = time.monotonic()
+        return await scorer.score(requests), started
+
+    local, local_started = asyncio.run(local_scoring())
     local_seconds = time.monotonic() - local_started
 
     equal = errors = 0
@@ -333,8 +342,8 @@ def test_openrlhf_protocol_under_concurrent_load_matches_in_process_scoring(serv
               f"{injected} ({errors} requests with a persistent fault -> 503, the rest retried by the backend); "
               f"answers equal to in-process {equal} of {total - errors}; batches {health['batches']}, largest "
               f"{health['largest_batch']}; latency ms p50 {pct(0.5):.0f} p90 {pct(0.9):.0f} p99 {pct(0.99):.0f} "
-              f"max {latencies[-1] * 1000:.0f}; mean {statistics.fmean(latencies) * 1000:.0f}; the same 200 "
-              f"scored in process in one batch: {local_seconds:.2f} s")
+              f"max {latencies[-1] * 1000:.0f}; mean {statistics.fmean(latencies) * 1000:.0f} (after one warm-up "
+              f"request of {warm_up[2]:.2f} s); the same 200 scored in process in one batch: {local_seconds:.2f} s")
 
     # bad input: a clear error status, never a reward of 0
     status, reply, _ = post(f"{server.url}/get_reward", {"query": ["unknown prompt: <think>x</think>"],

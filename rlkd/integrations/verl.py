@@ -71,8 +71,9 @@ def verl_result(item: ScoredItem, weights: Mapping[str, float]) -> dict[str, flo
     return out
 
 
-async def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: Mapping[str, Any] | None = None,
-                        *, rlkd_config: str | None = None, rlkd_url: str | None = None, **kwargs: Any) -> dict[str, float]:
+async def compute_score(data_source: str, solution_str: str, ground_truth: Any,
+                        extra_info: Mapping[str, Any] | None = None, *, rlkd_config: str | None = None,
+                        rlkd_url: str | None = None, **kwargs: Any) -> dict[str, float]:
     """The RLKD reward of one verl response, awaited on verl's reward loop (concurrent calls are batched).
 
     Other keyword arguments verl passes (``reward_router_address``, ``reward_model_tokenizer``, ...) are
@@ -83,8 +84,9 @@ async def compute_score(data_source: str, solution_str: str, ground_truth: Any, 
     return verl_result(item, scorer.weights)
 
 
-def compute_score_sync(data_source: str, solution_str: str, ground_truth: Any, extra_info: Mapping[str, Any] | None = None,
-                       *, rlkd_config: str | None = None, rlkd_url: str | None = None, **kwargs: Any) -> dict[str, float]:
+def compute_score_sync(data_source: str, solution_str: str, ground_truth: Any,
+                       extra_info: Mapping[str, Any] | None = None, *, rlkd_config: str | None = None,
+                       rlkd_url: str | None = None, **kwargs: Any) -> dict[str, float]:
     """:func:`compute_score` for verl's synchronous reward managers (calls from several threads are
     batched in process too)."""
     scorer = scorer_for(rlkd_config, rlkd_url)
