@@ -15,9 +15,13 @@ http://127.0.0.1:5000/get_reward`` against ``rlkd serve``, needs no file: see
 The label (``--data.label_key``) is the record id of the RLKD dataset or the reference answer. The
 return value is ``{"rewards": tensor, "scores": tensor, "extra_logs": {component: tensor}}``.
 
-How this departs from a plain reward function: a query that cannot be scored in full (no matching
-record, a GSRM call that failed) raises ``RuntimeError`` with the reason instead of returning 0;
-OpenRLHF logs it and leaves that rollout without a reward.
+How this departs from a plain reward function (and from the authors' code):
+
+1. A query that cannot be scored in full (no matching record, a GSRM call that failed) raises
+   ``RuntimeError`` with the reason instead of returning 0; OpenRLHF logs it and leaves that rollout
+   without a reward.
+2. The response is the query after its prompt with trailing end-of-sequence markers removed
+   (:func:`rlkd.serve.completion_from_query`), so the format rewards see what the student wrote.
 """
 
 from __future__ import annotations
