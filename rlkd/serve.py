@@ -803,7 +803,8 @@ def add_parser(subparsers) -> None:
                    help="how long a batch waits for more completions after its first (default %(default)s)")
     p.add_argument("--concurrency", type=int, default=4,
                    help="batches scored at once (default %(default)s); the GSRM backend's own concurrency "
-                        "(structure.gsrm.concurrency) bounds its requests in flight")
+                        "(structure.gsrm.concurrency) bounds its requests in flight. With a structure.gsrm."
+                        "local_model, 1 avoids two generate calls sharing the CPU/GPU")
     p.add_argument("--max-pending", type=int, default=4096,
                    help="completions waiting or being scored beyond which requests get HTTP 503 with "
                         "Retry-After (default %(default)s)")
