@@ -349,10 +349,11 @@ def order_metrics(logs: dict[str, Any], reward_keys: Sequence[str]) -> dict[str,
     return ordered
 
 
-def format_log_line(step: int, max_steps: int, logs: dict[str, Any], reward_keys: Sequence[str],
+def format_log_line(step: int, max_steps: int | None, logs: dict[str, Any], reward_keys: Sequence[str],
                     weights: Sequence[float]) -> str:
-    """One console line per logging step, leading with the reward components."""
-    parts = [f"step {step}/{max_steps}"]
+    """One console line per logging step, leading with the reward components (``max_steps=None``: no
+    known end, as in ``rlkd serve``)."""
+    parts = [f"step {step}/{max_steps}" if max_steps is not None else f"step {step}"]
     if "reward" in logs:
         parts.append(f"reward {logs['reward']:.3f} ± {logs.get('reward_std', 0.0):.3f}")
     components = [f"{name} {logs[f'rewards/{name}/mean']:.3f}×{w:g}"
