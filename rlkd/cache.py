@@ -21,9 +21,10 @@ the shared :class:`~rlkd.backends.BackendStats` (the wrapper and the inner backe
    with ``INSERT OR IGNORE`` (the first answer stored for a key stays), and a lock serialises the threads
    of one process on its connection, so several threads and several processes can share one file.
    Answers are stored after each ``generate`` batch returns: a job killed mid-batch loses that batch only.
-6. A corrupt file (a bad header, garbage in its pages) is detected when it is opened or read, reported
-   on one line, moved aside to ``<file>.corrupt-<time>`` and replaced by an empty cache, so the job goes
-   on and asks again for what the cache held. An entry that cannot be read back whole (texts that are not
+6. A corrupt cache (an SQLite file with garbage in its pages or schema) is detected when it is opened
+   or read, reported on one line, moved aside to ``<file>.corrupt-<time>-<pid>`` and replaced by an
+   empty cache, so the job goes on and asks again for what the cache held. A file that is not an SQLite
+   database at all (notes, a JSON file), or another program's database, is refused and left alone. An entry that cannot be read back whole (texts that are not
    a list of strings, fewer texts than the request's ``n``, bad token counts) is never served: it is a
    miss, and the fresh answer is asked for.
 """
@@ -47,6 +48,7 @@ from rlkd.backends import Backend, Completion, GenerationRequest
 log = logging.getLogger("rlkd.cache")
 
 SCHEMA_VERSION = 1
+_SQLITE_HEADER = b"SQLite format 3\x00"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS completions (
     key TEXT PRIMARY KEY,
@@ -97,6 +99,12 @@ class RequestCache:
         self._retrying(self._open)
 
     def _open(self, recovering: bool = False) -> None:
+        with open(self.path, "a+b") as handle:  # creates an empty file; reads the header of an existing one
+            handle.seek(0)
+            header = handle.read(16)
+        if header and header != _SQLITE_HEADER:  # not a database at all: the user's file, never moved
+            raise OSError(f"{self.path}: not a request cache (not an SQLite file); refusing to touch it: give "
+                          "another cache file")
         try:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
                                    check_same_thread=False)
@@ -108,6 +116,11 @@ class RequestCache:
             if str(mode).lower() != "wal":
                 log.warning("%s: SQLite refused WAL mode (%s); concurrent writers will wait longer", self.path, mode)
             conn.execute("PRAGMA synchronous = NORMAL")
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "completions" not in tables:
+                conn.close()
+                raise OSError(f"{self.path}: an SQLite database but not a request cache (tables "
+                              f"{', '.join(sorted(tables)[:5])}); refusing to change it: give another cache file")
             conn.execute(_SCHEMA)
             conn.execute("SELECT COUNT(*) FROM completions WHERE key = ''").fetchone()
         except sqlite3.DatabaseError as exc:

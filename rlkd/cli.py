@@ -211,11 +211,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         return 0
 
     to_file = bool(args.output) and args.output != "-"
-    lock = OutputLock(args.output) if to_file else None
+    lock = None
     if to_file:  # before any paid call: a path that cannot be written, or a file that is not ours
         check_output_path(args.output, "--output", same_as=[args.pairs])
         refuse_foreign_jsonl(args.output, ("reward", "steps"), "rlkd score")
-        lock.acquire()
+        lock = OutputLock(args.output).acquire()
     try:
         rows = list(iter_jsonl(args.pairs))  # validate the whole file before scoring anything
         pairs, ids = [], []

@@ -158,6 +158,8 @@ class OutputLock:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        if not self.path.name or self.path.is_dir():
+            raise OutputRefused(f"{self.path}: is a folder; give a file name")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._handle = None
 

@@ -643,10 +643,13 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     print(f"{args.output}: {counts['ok']} traces with steps, {counts['no_steps']} without (see 'reason'), "
           f"{counts['truncated']} truncated, {counts['skipped']} already done, {counts['error']} backend "
           "failures (not written; run again to retry them)", file=sys.stderr)
-    if counts["records_in_output"] and not counts["ok_in_output"] and not counts["error"]:
-        raise CliError(f"{args.output}: none of its {counts['records_in_output']} records has steps (see their "
-                       "'reason'); running the same command again does not ask again for lines already written: fix "
-                       "the prompt or the GSRM, then run again with --retry-no-steps")
+    records, without = counts["records_in_output"], counts["records_in_output"] - counts["ok_in_output"]
+    if records and without / records > args.max_failure_share and not counts["error"]:
+        # the budget over the whole output: a rerun that had nothing left to send must not look like success
+        raise CliError(f"{args.output}: {without} of its {records} records have no steps ({without / records:.1%} > "
+                       f"{args.max_failure_share:.1%} allowed; see their 'reason'); running the same command again "
+                       "does not ask again for lines already written: fix the prompt or the GSRM, then run again "
+                       "with --retry-no-steps")
     return 1 if counts["error"] else 0
 
 
