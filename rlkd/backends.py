@@ -25,11 +25,15 @@ How this departs from the authors' code (SPEC section 4):
 1. No client, server address or tokenizer is created at import time; every address, model name and key
    variable comes from the command line or a config.
 2. The API key is read from the environment variable *named* by ``api_key_env``; it never goes in a
-   file, a cache key, a log line or a ``repr``.
+   file, a cache key, a log line or a ``repr``. A key holding anything but printable ASCII (a carriage
+   return from a Windows key file) is refused without being quoted, an ``api_key_env`` that looks like a
+   key is warned about and masked, and every failure reason is scrubbed of the key.
 3. An API failure is never retried forever: each request has a timeout and a bounded number of retries
    with exponential backoff and jitter, only on transient errors (timeouts, connection errors, HTTP 408,
    429 honouring ``Retry-After`` up to a cap, 5xx, unreadable bodies). Other 4xx fail at once. Every
-   retry and every final failure is logged with its reason and counted in :attr:`Backend.stats`.
+   retry and every final failure is logged with its reason and counted in :attr:`Backend.stats`. The
+   timeout, retries and concurrency are finite and bounded (:data:`BACKEND_LIMITS`), so no setting can
+   switch the timeout off or make the retry loop endless.
 4. Requests of one batch run concurrently, up to a concurrency limit, instead of one after another.
 """
 
