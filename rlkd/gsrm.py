@@ -467,9 +467,14 @@ def decompose_resumably(decomposer: Decomposer, items: Iterable[WorkItem],
         bar.close()
 
 
-def rerun_advice(failed: int, no_steps: int, unsent: int, retry_no_steps: str = "remove their lines to ask again") -> str:
+def rerun_advice(failed: int, no_steps: int, unsent: int,
+                 retry_no_steps: str = "remove their lines to ask again") -> str:
     """What running the same command again will do, truthfully: it retries the failed calls and sends what
-    was not sent; it does not ask again for traces whose reply had no steps (they were written)."""
+    was not reached; it does not ask again for traces whose reply had no steps (they were written).
+
+    >>> rerun_advice(2, 0, 5)
+    '2 traces whose call failed were not written: fix the cause, then the same command again retries them; a rerun continues with the 5 input records not reached yet'
+    """
     parts = []
     if failed:
         parts.append(f"{failed} trace{'s' if failed != 1 else ''} whose call failed {'were' if failed != 1 else 'was'} "
@@ -479,7 +484,7 @@ def rerun_advice(failed: int, no_steps: int, unsent: int, retry_no_steps: str = 
                      f"reason and a rerun does not ask again for them (see 'reason'; fix the prompt or the GSRM, then "
                      f"{retry_no_steps})")
     if unsent:
-        parts.append(f"{unsent} not yet sent {'are' if unsent != 1 else 'is'} sent by a rerun")
+        parts.append(f"a rerun continues with the {unsent} input record{'s' if unsent != 1 else ''} not reached yet")
     return "; ".join(parts) or "nothing is left for a rerun to do"
 
 
