@@ -202,9 +202,33 @@ def resume_point(job: SFTJob | GRPOJob) -> Path | None:
     return Path(job.resume)
 
 
+RUN_MARKERS = (CONFIG_FILE, RUN_FILE, METRICS_FILE)  # files that show a folder is an rlkd training run
+
+
+def foreign_output_dir(output_dir: str | Path) -> str | None:
+    """Why ``output_dir`` must not receive a training run (None when it may): the filesystem root or the
+    home folder, a file, or an existing non-empty folder holding no rlkd run (no rlkd_config.yaml,
+    rlkd_run.json, metrics.jsonl or checkpoint-N), whose files a run could overwrite."""
+    folder = Path(output_dir).expanduser()
+    resolved = folder.resolve()
+    if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
+        return f"{output_dir} is {'the filesystem root' if resolved == Path(resolved.anchor) else 'the home folder'}"
+    if folder.exists() and not folder.is_dir():
+        return f"{output_dir} is a file, not a folder"
+    if not folder.is_dir():
+        return None
+    names = [child.name for child in folder.iterdir()]
+    if not names or any(n in RUN_MARKERS or n.startswith("checkpoint-") for n in names):
+        return None
+    return f"{output_dir} already holds {len(names)} entries that are not an rlkd run (e.g. {sorted(names)[0]})"
+
+
 def preflight(job: SFTJob | GRPOJob) -> Preflight:
     """Check the inputs of a training job without loading weights."""
     check = Preflight()
+    problem = foreign_output_dir(job.output_dir)
+    if problem:
+        check.error(f"output_dir = {job.output_dir}: {problem}; choose a new or empty folder")
     _check_model(check, "model", job.model)
     if isinstance(job, GRPOJob):
         need = [job.data.problem_column, job.data.answer_column]
