@@ -43,6 +43,8 @@ when they are marked (parentheses, brackets, bold, boxed), because "a" is also a
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
+import functools
 import json
 import logging
 import os
@@ -54,7 +56,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -304,15 +306,16 @@ class _Worker:
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line
 
-    def ask(self, gold: str, answer: str, timeout_s: float) -> tuple[bool | None, str] | None:
-        """The worker's verdict, or None when it took longer than ``timeout_s`` (then kill the worker)."""
-        self.proc.stdin.write(json.dumps({"gold": gold, "answer": answer}).encode() + b"\n")  # type: ignore[union-attr]
+    def ask(self, request: dict[str, str], timeout_s: float) -> tuple[bool | None, str | None, str] | None:
+        """The worker's (correct, extracted answer, reason), or None when it took longer than ``timeout_s``
+        (then the caller kills the worker)."""
+        self.proc.stdin.write(json.dumps(request).encode() + b"\n")  # type: ignore[union-attr]
         self.proc.stdin.flush()  # type: ignore[union-attr]
         line = self._readline(time.monotonic() + timeout_s)
         if line is None:
             return None
         reply = json.loads(line)
-        return reply["correct"], reply["reason"]
+        return reply["correct"], reply["answer"], reply["reason"]
 
     def kill(self) -> None:
         try:
@@ -360,10 +363,10 @@ class _WorkerPool:
                 self._idle.append(worker)
             self._cond.notify()
 
-    def compare(self, gold: str, answer: str, timeout_s: float) -> tuple[bool | None, str] | None:
+    def compare(self, request: dict[str, str], timeout_s: float) -> tuple[bool | None, str | None, str] | None:
         worker = self._acquire()
         try:
-            outcome = worker.ask(gold, answer, timeout_s)
+            outcome = worker.ask(request, timeout_s)
         except BaseException:
             worker.kill()
             self._release(None)
@@ -386,8 +389,17 @@ class _WorkerPool:
 _POOL = _WorkerPool(size=max(1, min(4, os.cpu_count() or 1)))
 atexit.register(_POOL.close)
 
-_CACHE: OrderedDict[tuple[str, str], tuple[bool | None, str]] = OrderedDict()
+_CACHE: OrderedDict[tuple[str, ...], tuple[bool | None, str | None, str]] = OrderedDict()
 _CACHE_SIZE = 8192
+
+
+def _serve(request: dict[str, str]) -> tuple[bool | None, str | None, str]:
+    """One grading request, as the worker answers it: ``pair`` compares an extracted answer with the gold
+    (the ``reward`` protocol), ``lighteval`` reads the whole completion and the gold as lighteval does."""
+    if request["op"] == "lighteval":
+        return _grade_lighteval(request["gold"], request["completion"])
+    same, reason = _compare(request["gold"], request["answer"])
+    return same, request["answer"], reason
 
 
 def _worker_main() -> None:
@@ -402,26 +414,48 @@ def _worker_main() -> None:
     for line in sys.stdin.buffer:
         request = json.loads(line)
         try:
-            same, reason = _compare(request["gold"], request["answer"])
+            same, answer, reason = _serve(request)
         except Exception as exc:  # math-verify / sympy raise on odd inputs: a failed grade, not a crash
-            same, reason = False, f"math-verify error: {type(exc).__name__}: {str(exc)[:200]}"
-        protocol.write(json.dumps({"correct": same, "reason": reason}).encode() + b"\n")
+            same, answer, reason = False, None, f"math-verify error: {type(exc).__name__}: {str(exc)[:200]}"
+        protocol.write(json.dumps({"correct": same, "answer": answer, "reason": reason}).encode() + b"\n")
         protocol.flush()
 
 
-def _compare_bounded(gold: str, answer: str, timeout_s: float) -> tuple[bool | None, str] | None:
-    """:func:`_compare` in a grading subprocess, cached; None if it took longer than ``timeout_s``."""
-    key = (gold, answer)
+def _compare_bounded(request: dict[str, str], timeout_s: float) -> tuple[bool | None, str | None, str] | None:
+    """:func:`_serve` in a grading subprocess, cached; None if it took longer than ``timeout_s``."""
+    key = tuple(request[k] for k in sorted(request))
     with _stats_lock:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    outcome = _POOL.compare(gold, answer, timeout_s)
+    outcome = _POOL.compare(request, timeout_s)
     with _stats_lock:
-        _CACHE[key] = outcome if outcome is not None else (False, f"math-verify took longer than {timeout_s}s")
+        _CACHE[key] = outcome if outcome is not None else (False, None, f"math-verify took longer than {timeout_s}s")
         if len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return outcome
+
+
+def _bounded_grade(request: dict[str, str], timeout_s: float, shown: str | None) -> Grade:
+    """Run ``request`` time-bounded and turn the outcome into a counted :class:`Grade`; never raises."""
+    try:
+        outcome = _compare_bounded(request, timeout_s)
+    except Exception as exc:  # the grading process could not start or died: a counted, failed grade
+        _count("errors")
+        log.warning("grading failed: %s", exc)
+        return Grade(False, shown, f"grading error: {type(exc).__name__}: {exc}")
+    if outcome is None:
+        _count("timeouts")
+        log.warning("math-verify took longer than %.1fs (gold %r); graded wrong", timeout_s, request["gold"][:80])
+        return Grade(False, shown, f"math-verify took longer than {timeout_s}s")
+    same, answer, reason = outcome
+    if reason.startswith("math-verify error"):
+        _count("errors")
+    if same is None or reason.startswith(_GOLD_UNREADABLE):
+        _count("gold_unparsable")
+    else:
+        _count("graded")
+    return Grade(same, answer if answer is not None else shown, reason)
 
 
 def gold_answer(gold: Any) -> str:
@@ -443,34 +477,97 @@ def math_equal(gold: Any, answer: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) 
     if not gold_text.strip():
         _count("gold_unparsable")
         return Grade(None, answer, "the gold answer is empty")
-    try:
-        outcome = _compare_bounded(gold_text, answer, timeout_s)
-    except Exception as exc:  # the grading process could not start or died: a counted, failed grade
-        _count("errors")
-        log.warning("grading failed: %s", exc)
-        return Grade(False, answer, f"grading error: {type(exc).__name__}: {exc}")
-    if outcome is None:
-        _count("timeouts")
-        log.warning("math-verify took longer than %.1fs comparing %r with gold %r; graded wrong",
-                    timeout_s, answer[:80], gold_text[:80])
-        return Grade(False, answer, f"math-verify took longer than {timeout_s}s")
-    same, reason = outcome
-    if reason.startswith("math-verify error"):
-        _count("errors")
-    if same is None:
-        _count("gold_unparsable")
-    else:
-        _count("graded")
-    return Grade(same, answer, reason)
+    return _bounded_grade({"op": "pair", "gold": gold_text, "answer": answer}, timeout_s, answer)
 
 
-def grade_math_detail(completion_text: str, gold: Any, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Grade:
-    """Extract the answer of ``completion_text`` (:func:`extract_answer`) and compare it with ``gold``.
+# --------------------------------------------------------------------------------------------------
+# lighteval 0.9.0's math protocol (AIME24, MATH-500), through math-verify
+
+_GOLD_UNREADABLE = "the gold answer cannot be read"
+
+
+@functools.lru_cache(maxsize=1)
+def _lighteval_config() -> tuple[Any, ...]:
+    """The extraction targets lighteval 0.9.0's ``math_pass@1`` metrics give to both reply and gold.
+
+    LaTeX (boxed at priority 55, i.e. after the "final answer is" anchors at 0 and 50; plain LaTeX
+    without any anchor at 300) before plain expressions and numbers. Normalisation as lighteval 0.9.0
+    sets it, except ``equations``, which latex2sympy2_extended 1.11 handles in its parser (the flag only
+    warns there).
+    """
+    from latex2sympy2_extended.latex2sympy2 import NormalizationConfig
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    normalization = NormalizationConfig(basic_latex=True, units=True, malformed_operators=True, nits=True,
+                                        boxed="all", equations=False)
+    return (LatexExtractionConfig(try_extract_without_anchor=True, boxed_match_priority=55,
+                                  normalization_config=normalization),
+            ExprExtractionConfig(try_extract_without_anchor=True))
+
+
+def _lighteval_parse(text: str) -> list[Any]:
+    """math-verify's parse with lighteval's targets, "any_match" extraction and no string fallback."""
+    from math_verify import parse
+
+    return parse(text.strip(), _lighteval_config(), fallback_mode="no_fallback", extraction_mode="any_match",
+                 parsing_timeout=None)
+
+
+def _lighteval_gold_text(gold: str) -> str:
+    """A worked solution or delimited LaTeX is read as it is (lighteval reads MATH-500's ``solution``);
+    a bare answer (``2\\sqrt{3}``, ``204``) is read inside ``\\boxed{}``, so that it is read whole."""
+    text = gold.strip()
+    if any(mark in text for mark in ("\\boxed", "\\fbox", "$", "\\(", "\\[")):
+        return text
+    return "\\boxed{" + text + "}"
+
+
+def _grade_lighteval(gold: str, completion: str) -> tuple[bool | None, str | None, str]:
+    from math_verify import verify
+
+    gold_parsed = _lighteval_parse(_lighteval_gold_text(gold))
+    if not gold_parsed:
+        return False, None, f"{_GOLD_UNREADABLE} ({gold[:80]!r}); lighteval scores such a problem 0"
+    pred_parsed = _lighteval_parse(completion)
+    if not pred_parsed:
+        return False, None, "no answer found (lighteval rules: no anchor, LaTeX or number could be read)"
+    answer = str(pred_parsed[0])[:MAX_ANSWER_CHARS]
+    same = bool(verify(gold_parsed, pred_parsed, float_rounding=6, timeout_seconds=None))
+    return same, answer, "math-verify: equal" if same else "math-verify: different"
+
+
+# --------------------------------------------------------------------------------------------------
+# Grading one completion, by protocol
+
+PROTOCOLS = ("lighteval", "reward")
+DEFAULT_EVAL_PROTOCOL = "lighteval"
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown grading protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+
+
+def grade_math_detail(completion_text: str, gold: Any, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                      protocol: str = "reward") -> Grade:
+    """Grade ``completion_text`` against ``gold`` by math-verify, under ``protocol`` (see the module
+    docstring): ``reward`` extracts the answer with :func:`extract_answer` and compares it with the gold;
+    ``lighteval`` reads the whole completion and the gold as lighteval 0.9.0 does. Never raises.
 
     >>> grade_math_detail(r"... so $x = \\boxed{\\dfrac{1}{2}}$", "0.5").correct
     True
+    >>> grade_math_detail("so the result is 7", "7", protocol="lighteval").correct
+    True
     """
+    _check_protocol(protocol)
     try:
+        if protocol == "lighteval":
+            gold_text = gold if isinstance(gold, str) else str(gold)
+            if not gold_text.strip():
+                _count("gold_unparsable")
+                return Grade(False, None, f"{_GOLD_UNREADABLE} (empty); lighteval scores such a problem 0")
+            text = completion_text if isinstance(completion_text, str) else ""
+            return _bounded_grade({"op": "lighteval", "gold": gold_text, "completion": text}, timeout_s, None)
         answer = extract_answer(completion_text)
         grade = math_equal(gold, answer or "", timeout_s=timeout_s)  # reads the gold even with no answer
         if answer is None and grade.correct is not None:
@@ -481,15 +578,17 @@ def grade_math_detail(completion_text: str, gold: Any, *, timeout_s: float = DEF
         return Grade(False, None, f"grading error: {type(exc).__name__}: {exc}")
 
 
-def grade_math(completion_text: str, gold: Any, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool | None:
+def grade_math(completion_text: str, gold: Any, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+               protocol: str = "reward") -> bool | None:
     """True if the completion's final answer equals ``gold`` by math-verify, False if not (or if no
-    answer was found, or the check timed out), None if the gold answer cannot be read. Never raises;
-    safe in threads and async code.
+    answer was found, or the check timed out), None if the gold answer cannot be read (``reward``
+    protocol; ``lighteval`` counts such a gold wrong, as lighteval does). Never raises; safe in threads
+    and async code.
 
     >>> grade_math(r"The answer is \\boxed{1/2}", r"\\frac{1}{2}")
     True
     """
-    return grade_math_detail(completion_text, gold, timeout_s=timeout_s).correct
+    return grade_math_detail(completion_text, gold, timeout_s=timeout_s, protocol=protocol).correct
 
 
 # --------------------------------------------------------------------------------------------------
@@ -554,13 +653,62 @@ def extract_choice(text: str, letters: str = "ABCD") -> str | None:
     return weak
 
 
-def grade_choice_detail(completion_text: str, gold_letter: str, letters: str = "ABCD") -> Grade:
-    """Extract the letter (:func:`extract_choice`) and compare it with ``gold_letter``. Never raises."""
+# lighteval 0.9.0's letter rules (GPQA-Diamond): tried in order of priority; within one rule the match
+# that ends right-most wins. Upper-case letters only; "answer" in any case; the blank is a plain space.
+def _lighteval_letter_rules(letters: str) -> list[re.Pattern[str]]:
+    letter = "(?P<letter>[" + re.escape(letters) + "])"
+    before, after = r"(?:^| )(?:\*\*)?", r"(?:\*\*)?(?:[.,: ]|$)"
+    return [re.compile(p) for p in (
+        rf"(?i:final answer is):?\s*{letter}\.?\s?I hope",  # 0: "The final answer is C. I hope it is correct"
+        rf"(?i:final answer.{{0,100}}?)\s+is:?\s*{letter}",  # 50: "final answer to this is B"
+        rf"(?i:answer):.{{0,50}}?{before}{letter}{after}",  # 100: "Answer: D", "answer: it is **B**."
+        rf"(?i:answer).{{0,50}}?{before}{letter}{after}",  # 150: "The answer is for sure D, ..."
+        rf"^(?:\*\*)?{letter}{after}",  # 200: the reply starts with the letter ("D. it can't be A")
+        rf"{before}{letter}{after}",  # 250: a letter standing alone ("therefore I think it's B")
+        letter,  # 300: any such letter at all ('Answer: "C"')
+    )]
+
+
+_LETTER_RULES: dict[str, list[re.Pattern[str]]] = {}
+
+
+def extract_choice_lighteval(text: str, letters: str = "ABCD") -> str | None:
+    """The letter lighteval 0.9.0's GPQA metric extracts from ``text`` (its ``IndicesExtractionConfig``
+    with letters and extraction without an anchor, which is on), or None when ``text`` holds none of
+    the letters. Since the last rule takes any upper-case letter of the set anywhere, a reply almost
+    always yields one.
+
+    >>> extract_choice_lighteval("The answer is for sure D, it can't be A or B")
+    'D'
+    >>> extract_choice_lighteval("Let's see. It's not A, therefore I think it's B")
+    'B'
+    """
+    if not isinstance(text, str) or not text:
+        return None
+    rules = _LETTER_RULES.get(letters)
+    if rules is None:
+        rules = _LETTER_RULES.setdefault(letters, _lighteval_letter_rules(letters))
+    for rule in rules:
+        best = max(rule.finditer(text), key=lambda m: (m.end(), -m.start()), default=None)
+        if best is not None:
+            return best.group("letter")
+    return None
+
+
+def grade_choice_detail(completion_text: str, gold_letter: str, letters: str = "ABCD", *,
+                        protocol: str = "reward") -> Grade:
+    """Extract the letter (:func:`extract_choice_lighteval` under the ``lighteval`` protocol,
+    :func:`extract_choice` under ``reward``) and compare it with ``gold_letter`` (case-insensitive).
+    Never raises."""
+    _check_protocol(protocol)
     try:
         gold = (gold_letter or "").strip().upper()
         if len(gold) != 1 or gold not in letters.upper():
             return Grade(None, None, f"the gold letter {gold_letter!r} is not one of {letters}")
-        letter = extract_choice(completion_text, letters)
+        if protocol == "lighteval":
+            letter = extract_choice_lighteval(completion_text, letters.upper())
+        else:
+            letter = extract_choice(completion_text, letters)
         if letter is None:
             return Grade(False, None, "no answer letter found")
         return Grade(letter == gold, letter, "letter matches" if letter == gold else "letter differs")
@@ -568,10 +716,40 @@ def grade_choice_detail(completion_text: str, gold_letter: str, letters: str = "
         return Grade(False, None, f"grading error: {type(exc).__name__}: {exc}")
 
 
-def grade_choice(completion_text: str, gold_letter: str, letters: str = "ABCD") -> bool:
+def grade_choice(completion_text: str, gold_letter: str, letters: str = "ABCD", *, protocol: str = "reward") -> bool:
     """True if the letter the reply settles on is ``gold_letter`` (case-insensitive); never raises.
 
     >>> grade_choice("**Answer: (c)**", "C")
     True
     """
-    return bool(grade_choice_detail(completion_text, gold_letter, letters).correct)
+    return bool(grade_choice_detail(completion_text, gold_letter, letters, protocol=protocol).correct)
+
+
+# --------------------------------------------------------------------------------------------------
+# Many completions
+
+
+def grade(completion_text: str, gold: Any, *, kind: str, protocol: str = DEFAULT_EVAL_PROTOCOL,
+          timeout_s: float = DEFAULT_TIMEOUT_S, letters: str = "ABCD") -> Grade:
+    """Grade one completion of a ``math`` or ``choice`` (four-option, GPQA-style) problem."""
+    if kind == "choice":
+        return grade_choice_detail(completion_text, str(gold), letters, protocol=protocol)
+    if kind != "math":
+        raise ValueError(f"unknown problem kind {kind!r}; expected math or choice")
+    return grade_math_detail(completion_text, gold, timeout_s=timeout_s, protocol=protocol)
+
+
+def grade_all(items: Sequence[tuple[str, Any]], *, kind: str, protocol: str = DEFAULT_EVAL_PROTOCOL,
+              timeout_s: float = DEFAULT_TIMEOUT_S, progress: str | None = None) -> list[Grade]:
+    """:func:`grade` for each (completion, gold) in ``items``, in order, a few at a time (math-verify
+    runs in the grading processes, so a few threads keep several of them busy). ``progress`` names a
+    progress bar (none when None)."""
+    _check_protocol(protocol)
+    with concurrent.futures.ThreadPoolExecutor(_POOL.size) as pool:
+        results = pool.map(lambda item: grade(item[0], item[1], kind=kind, protocol=protocol, timeout_s=timeout_s),
+                           items)
+        if progress is not None:
+            from tqdm.auto import tqdm
+
+            results = tqdm(results, total=len(items), desc=progress, unit="sample", dynamic_ncols=True)
+        return list(results)
