@@ -409,6 +409,11 @@ def _worker_main() -> None:
     os.dup2(2, 1)  # anything printed by sympy goes to stderr, never into the protocol
     import math_verify  # noqa: F401  (import before saying ready: startup is not part of any timeout)
 
+    # sympy imports much of itself on the first symbolic comparison (over a second on a busy machine):
+    # do that here too, so that it never counts against the first real request's time limit
+    _compare("2\\sqrt{3}", "3\\sqrt{2}")
+    _grade_lighteval("\\frac{1}{2}", "so $x = 0.5$")
+
     protocol.write(b"ready\n")
     protocol.flush()
     for line in sys.stdin.buffer:

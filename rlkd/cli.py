@@ -25,6 +25,7 @@ MODULE_COMMANDS = [
     ("rlkd.data", "data"),
     ("rlkd.train", "train"),
     ("rlkd.evaluate", "eval"),
+    ("rlkd.grade", "grade"),
     ("rlkd.inspector", "inspect"),
     ("rlkd.experiment", "demo"),
 ]
