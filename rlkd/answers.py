@@ -510,12 +510,17 @@ def _lighteval_config() -> tuple[Any, ...]:
             ExprExtractionConfig(try_extract_without_anchor=True))
 
 
-def _lighteval_parse(text: str) -> list[Any]:
-    """math-verify's parse with lighteval's targets, "any_match" extraction and no string fallback."""
+def _lighteval_parse(text: str) -> tuple[list[Any], str | None]:
+    """math-verify's parse with lighteval's targets and "any_match" extraction: the objects it read (no
+    string fallback is graded, as lighteval's ``math_pass@1`` passes ``no_fallback``), and the normalised
+    text of the first match it tried, to show as the extracted answer."""
     from math_verify import parse
 
-    return parse(text.strip(), _lighteval_config(), fallback_mode="no_fallback", extraction_mode="any_match",
-                 parsing_timeout=None)
+    parsed = parse(text.strip(), _lighteval_config(), fallback_mode="first_match", extraction_mode="any_match",
+                   parsing_timeout=None)
+    objects = [x for x in parsed if not isinstance(x, str)]
+    shown = next((x for x in parsed if isinstance(x, str)), None)
+    return objects, shown
 
 
 def _lighteval_gold_text(gold: str) -> str:
@@ -530,13 +535,13 @@ def _lighteval_gold_text(gold: str) -> str:
 def _grade_lighteval(gold: str, completion: str) -> tuple[bool | None, str | None, str]:
     from math_verify import verify
 
-    gold_parsed = _lighteval_parse(_lighteval_gold_text(gold))
+    gold_parsed, _ = _lighteval_parse(_lighteval_gold_text(gold))
     if not gold_parsed:
         return False, None, f"{_GOLD_UNREADABLE} ({gold[:80]!r}); lighteval scores such a problem 0"
-    pred_parsed = _lighteval_parse(completion)
+    pred_parsed, shown = _lighteval_parse(completion)
     if not pred_parsed:
-        return False, None, "no answer found (lighteval rules: no anchor, LaTeX or number could be read)"
-    answer = str(pred_parsed[0])[:MAX_ANSWER_CHARS]
+        return False, shown, "no answer found (lighteval rules: no anchor, LaTeX or number could be read)"
+    answer = (shown if shown is not None else str(pred_parsed[0]))[:MAX_ANSWER_CHARS]
     same = bool(verify(gold_parsed, pred_parsed, float_rounding=6, timeout_seconds=None))
     return same, answer, "math-verify: equal" if same else "math-verify: different"
 

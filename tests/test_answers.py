@@ -220,14 +220,14 @@ class TestLightevalMath:
             ("no anchor at all: the right-most LaTeX or number of the whole reply (priority 300)",
              "Adding them up gives 7.", "7", "7"),
             ("boxes joined by 'and' or ',' are read together, as a set (boxed, priority 55)",
-             r"The roots are \boxed{2} and \boxed{1}", r"$\boxed{1}$ and $\boxed{2}$", "{1, 2}"),
+             r"The roots are \boxed{2} and \boxed{1}", r"$\boxed{1}$ and $\boxed{2}$", "2,1"),
             ("'Answer:' then, within 50 characters, the first LaTeX (priority 100)",
              "Final Answer: The largest $n$ is 34.", "34", "34"),
             ("'final answer is $X$. I hope' (priority 0) beats an earlier box (priority 55)",
-             r"First \boxed{255}. The final answer is $10,455$. I hope it is correct.", "10455", "10455"),
+             r"First \boxed{255}. The final answer is $10,455$. I hope it is correct.", "10455", "10,455"),
             ("a space as thousands separator (expression rule)", "The total is 1 000", "1000", "1000"),
             ("a worked solution as gold is read to its box",
-             "so it is $2\\sqrt{3}$", r"Thus $\sqrt{12} = \boxed{2\sqrt{3}}$.", "2*sqrt(3)"),
+             "so it is $2\\sqrt{3}$", r"Thus $\sqrt{12} = \boxed{2\sqrt{3}}$.", r"2\sqrt{3}"),
         ],
     )
     def test_equal(self, rule, completion, gold, answer):
