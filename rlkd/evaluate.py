@@ -689,8 +689,8 @@ def add_grading_argument(parser) -> None:
                              "protocol, as the authors and open-r1 evaluated (math: math-verify reads the whole "
                              "reply and the gold with lighteval's extraction rules; GPQA: lighteval's letter "
                              "rules). reward: the training accuracy reward's grader (right-most \\boxed{}, then "
-                             "an <answer> block, then an 'answer is' phrase; GPQA: a letter cue, decisive ones first). "
-                             "See rlkd/answers.py for every difference")
+                             "an <answer> block, then an 'answer is' phrase; GPQA: a letter cue, decisive ones "
+                             "first). See rlkd/answers.py for every difference")
 
 
 def add_parser(subparsers) -> None:
