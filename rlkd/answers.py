@@ -119,8 +119,9 @@ def _count(key: str) -> None:
 class Grade:
     """The outcome of grading one completion.
 
-    ``correct`` is ``None`` when the completion cannot be graded (the gold answer is unreadable);
-    ``answer`` is what was extracted from the completion (``None`` when nothing was found).
+    ``correct`` is ``None`` when the completion cannot be graded (the gold answer is unreadable, under
+    the ``reward`` protocol; ``lighteval`` counts that wrong); ``answer`` is what was extracted from the
+    completion (``None`` when nothing was found); ``reason`` says why.
     """
 
     correct: bool | None
@@ -582,7 +583,8 @@ def _grade_lighteval(gold: str, completion: str) -> tuple[bool | None, str | Non
         return False, None, f"{_GOLD_UNREADABLE} ({gold[:80]!r}); lighteval scores such a problem 0"
     pred_parsed, shown = _lighteval_parse(completion)
     if not pred_parsed:
-        return False, shown, "no answer found (lighteval rules: no anchor, LaTeX or number could be read)"
+        unread = f"; {shown[:80]!r} did not parse" if shown else ""
+        return False, None, f"no answer found (lighteval rules: no anchor, LaTeX or number could be read{unread})"
     answer = (shown if shown is not None else str(pred_parsed[0]))[:MAX_ANSWER_CHARS]
     # lighteval 0.9.0's PassAtK calls its comparison as (prediction, gold): math-verify's asymmetric rules
     # (an assignment's right-hand side, an equation against a set) then apply with the roles it gives them
