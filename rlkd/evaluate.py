@@ -433,19 +433,14 @@ def grade_samples(problems: list[Problem], cache: dict[tuple[str, int], dict[str
 
     todo = [(p, s, cache[(p.id, s)]) for p in problems for s in range(n)
             if (p.id, s) in cache and cache[(p.id, s)].get("prompt_hash") == p.prompt_hash]
-    records = []
-    for kind in ("math", "choice"):
-        items = [item for item in todo if (item[0].kind == "choice") == (kind == "choice")]
-        if not items:
-            continue
-        grades = grade_all([(gen["completion"], p.gold) for p, _, gen in items], kind=kind, protocol=protocol,
-                           timeout_s=timeout_s, progress="grading")
-        records += [{"id": p.id, "sample": s, "gold": p.gold, "answer": g.answer, "correct": g.correct,
-                     "reason": g.reason, "completion_tokens": gen.get("completion_tokens"),
-                     "truncated": gen.get("truncated"), "completion": gen["completion"]}
-                    for (p, s, gen), g in zip(items, grades)]
-    order = {(p.id, s): i for i, (p, s, _) in enumerate(todo)}
-    return sorted(records, key=lambda r: order[(r["id"], r["sample"])])
+    if not todo:
+        return []
+    kind = problems[0].kind  # load_problems gives every problem of a run the same kind
+    grades = grade_all([(gen["completion"], p.gold) for p, _, gen in todo], kind=kind, protocol=protocol,
+                       timeout_s=timeout_s, progress="grading")
+    return [{"id": p.id, "sample": s, "gold": p.gold, "answer": g.answer, "correct": g.correct, "reason": g.reason,
+             "completion_tokens": gen.get("completion_tokens"), "truncated": gen.get("truncated"),
+             "completion": gen["completion"]} for (p, s, gen), g in zip(todo, grades)]
 
 
 def summarize(problems: list[Problem], records: list[dict[str, Any]]) -> dict[str, Any]:
