@@ -11,7 +11,9 @@ case that differs.
   Math-Verify's tests call ``parse``/``verify`` with per-test settings (``boxed_match_priority=0``,
   expression-only or LaTeX-only targets, ``strict=False``, other precisions); rlkd applies the benchmark
   protocol to every case, so the cases written for other settings are where the counts differ.
-- Letter cases (``--lighteval-letter-tests``): as lighteval's test does, the letter is extracted from
+- Letter cases (``--lighteval-letter-tests``): lighteval's source distribution carries no metric tests,
+  so copy ``test_extraction_abc`` of its repository's ``tests/metrics/test_extractive_match.py`` into a
+  file of your own (its other math cases repeat Math-Verify's ``test_all.py``). As lighteval's test does, the letter is extracted from
   the gold and from the prediction with the same rules (:func:`rlkd.answers.extract_choice_lighteval`,
   or :func:`rlkd.answers.extract_choice` for ``reward``) and compared.
 
@@ -27,7 +29,8 @@ Get the files with the package registry (the source distribution carries the tes
     pip download --no-deps --no-binary :all: math-verify==0.9.0 -d /tmp/mv && tar xzf /tmp/mv/*.tar.gz -C /tmp/mv
     pip download --no-deps lighteval==0.9.0 -d /tmp/le && unzip -q /tmp/le/*.whl -d /tmp/le/wheel
     python benchmarks/grading_agreement.py --math-verify-tests /tmp/mv/math_verify-0.9.0/tests \\
-        --lighteval-letter-tests /tmp/lighteval_tests/test_extractive_match_abc.py --lighteval-wheel /tmp/le/wheel
+        --lighteval-letter-tests /tmp/lighteval_tests/test_extractive_match_abc.py --lighteval-wheel /tmp/le/wheel \\
+        --random-letter-texts 5000
 """
 
 from __future__ import annotations
@@ -160,6 +163,30 @@ class LightevalReference:
         return any(self.compare(gg, pp, 6) for gg in g for pp in p)
 
 
+_FRAGMENTS = ("Answer", "answer", "answer:", "Final answer is", "final answer", " is ", " I hope", "A", "B", "C",
+              "D", "a", "(B)", "**C**", "**", ".", ",", ":", " ", " ", " ", "\n", "Because", "Dog", "the", "option",
+              '"C"', "Therefore", "think", "it's", "$", "\\boxed{D}", "x" * 60)
+
+
+def random_letter_texts(reference: LightevalReference, count: int, seed: int = 1) -> None:
+    """rlkd's letter extraction against lighteval 0.9.0's on random texts glued from answer-like pieces."""
+    import random
+
+    from rlkd.answers import extract_choice_lighteval
+
+    rng = random.Random(seed)
+    differ = []
+    for _ in range(count):
+        text = "".join(rng.choice(_FRAGMENTS) for _ in range(rng.randint(1, 25)))
+        theirs = reference.emu.extract_target_from_pred(text, reference.letter_res, "first_match")
+        if (theirs[0] if theirs else None) != extract_choice_lighteval(text):
+            differ.append((text, theirs))
+    print(f"\n## random letter texts: rlkd and lighteval 0.9.0's code extract the same letter in "
+          f"{count - len(differ)} of {count}")
+    for text, theirs in differ[:20]:
+        print(f"  - {text!r}: lighteval 0.9.0 {theirs}, rlkd {extract_choice_lighteval(text)}")
+
+
 def compare_with_lighteval(title: str, results: list[tuple[Case, bool | None, str | None, str]],
                            verdict: Any) -> None:
     """rlkd's verdict against lighteval 0.9.0's own, case by case."""
@@ -205,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per case for math-verify")
     parser.add_argument("--lighteval-wheel", type=Path, help="unpacked lighteval 0.9.0 wheel: also grade every "
                                                              "case with lighteval's own code and compare")
+    parser.add_argument("--random-letter-texts", type=int, default=0, metavar="N",
+                        help="with --lighteval-wheel: also compare letter extraction on N random texts")
     args = parser.parse_args(argv)
     protocols = ["lighteval", "reward"] if args.protocol == "both" else [args.protocol]
     reference = LightevalReference(args.lighteval_wheel) if args.lighteval_wheel else None
@@ -228,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             report(f"lighteval letter cases ({path.name}), rlkd grading '{protocol}'", results)
             if reference is not None and protocol == "lighteval":
                 compare_with_lighteval(f"lighteval letter cases ({path.name})", results, reference.letter)
+    if reference is not None and args.random_letter_texts:
+        random_letter_texts(reference, args.random_letter_texts)
     return 0
 
 
