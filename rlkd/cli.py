@@ -26,6 +26,7 @@ MODULE_COMMANDS = [
     ("rlkd.data", "data"),
     ("rlkd.train", "train"),
     ("rlkd.evaluate", "eval"),
+    ("rlkd.grade", "grade"),
     ("rlkd.inspector", "inspect"),
     ("rlkd.experiment", "demo"),
     ("rlkd.serve", "serve"),
