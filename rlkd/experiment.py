@@ -610,7 +610,10 @@ def eval_arguments(model_dir: Path, benchmark: Path, output: Path, *, n: int, ma
                    top_p: float, seed: int, batch_size: int, system_prompt: str | None) -> argparse.Namespace:
     """The ``rlkd eval`` options for one model on one testbed split, parsed by ``rlkd eval``'s own parser.
 
-    The user message is the bare problem (the prompt template is ``{problem}``), as in training.
+    The user message is the bare problem (the prompt template is ``{problem}``), as in training. Grading
+    is the training ``accuracy`` reward's (``--grading reward``: the answer in ``\\boxed{}`` of the answer
+    block), so that a student is scored by the rule it was trained on; lighteval's whole-reply fallback
+    would also credit a trace that only states the value in passing.
     """
     from rlkd.evaluate import add_parser as add_eval_parser
 
@@ -622,7 +625,7 @@ def eval_arguments(model_dir: Path, benchmark: Path, output: Path, *, n: int, ma
     argv = ["eval", "--model", str(model_dir), "--benchmark", str(benchmark), "--output", str(output),
             "--id-column", "id", "--kind", "math", "--n", str(n), "--max-new-tokens", str(max_tokens),
             "--temperature", str(temperature), "--top-p", str(top_p), "--seed", str(seed),
-            "--batch-size", str(batch_size), "--prompt-template", str(template)]
+            "--batch-size", str(batch_size), "--prompt-template", str(template), "--grading", "reward"]
     if system_prompt:
         argv += ["--system-prompt", system_prompt]
     return parser.parse_args(argv)
