@@ -479,6 +479,45 @@ def probe_lookups(model_dir: str | Path, tasks: Sequence[Any], batch_size: int =
             "tasks_right": whole / len(tasks) if tasks else 0.0, "tasks": float(len(tasks))}
 
 
+# the roles of the 11 tokens of a computation sentence ``x = a + b = 1 + 3 = 4`` (the period aside)
+_ROLES = ("choice", None, "copy_definition", "copy_operator", "copy_definition", None, "look_up_value",
+          "copy_operator", "look_up_value", None, "arithmetic")
+
+
+def probe_positions(model_dir: str | Path, tasks: Sequence[Any]) -> dict[str, float]:
+    """Teacher-forced next-token accuracy on the computations of held-out problems, by the role of the
+    token: ``choice`` (which quantity is computed next; the problem does not say, so this stays low),
+    ``copy_definition`` (an input name of its definition, copied from the problem), ``copy_operator``,
+    ``look_up_value`` (an input's value, found in the problem or an earlier computation) and
+    ``arithmetic`` (the result, given the values). Copying has formed when ``copy_definition`` and
+    ``look_up_value`` climb towards 1; greedy generation (:func:`probe_lookups`) needs all of them."""
+    import torch
+
+    from rlkd.models import load_model, load_tokenizer
+    from rlkd.testbed import base_text
+
+    tokenizer, model = load_tokenizer(model_dir), load_model(model_dir, device="cpu", dtype="float32")
+    hits: dict[str, list[int]] = {role: [0, 0] for role in _ROLES if role}
+    for task in tasks:
+        ids = tokenizer.encode(base_text(task), add_special_tokens=False)
+        start = len(tokenizer.encode(task.problem + "\n", add_special_tokens=False))
+        with torch.no_grad():
+            predicted = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        i = start
+        while i < len(ids):
+            j = i
+            while j < len(ids) and pieces[j] != ".":
+                j += 1
+            if j - i == len(_ROLES):
+                for k, role in enumerate(_ROLES):
+                    if role:
+                        hits[role][1] += 1
+                        hits[role][0] += int(predicted[i + k - 1] == ids[i + k])
+            i = j + 1
+    return {role: right / seen if seen else 0.0 for role, (right, seen) in hits.items()}
+
+
 def check_computations(task: Any, text: str) -> dict[str, tuple[bool, bool]]:
     """For each defined quantity a text computes (``x = <definition> = <input values> = <result>.``
     sentences, the first one per quantity, in any order): (written exactly right, result right).
@@ -514,7 +553,8 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
        Llama of the recipe's size (``<path>-build/init``).
     3. Pretrain it with ``rlkd train sft`` (``data.format: text``) into ``<path>-build/train``, saving a
        checkpoint every ``pretraining.save_steps``; a re-run resumes from the last one.
-    4. Probe every checkpoint's look-ups on held-out problems (:func:`probe_lookups`): when copying forms.
+    4. Probe every checkpoint on held-out problems: greedy computations (:func:`probe_lookups`) and
+       teacher-forced accuracy by token role (:func:`probe_positions`): when copying forms.
     5. Copy the final model and tokenizer to ``path`` with the card: recipe, loss curve, probes, times.
     """
     from rlkd.gsrm import load_prompt
@@ -552,7 +592,8 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
     probes = []
     for step, folder in points:
         result = probe_lookups(folder, probe)
-        probes.append({"step": step, "wall_s": round(folder.stat().st_mtime - t0, 1), **result})
+        probes.append({"step": step, "wall_s": round(folder.stat().st_mtime - t0, 1), **result,
+                       "teacher_forced": probe_positions(folder, probe)})
         log.info("base student probe at step %d: %s", step, json.dumps(result))
     final.mkdir(parents=True, exist_ok=True)
     for name in BASE_FILES:
@@ -1294,9 +1335,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"{_clock(card['build_wall_s'])}); held-out look-ups: {last['lines_right']:.1%} of computation "
               f"sentences right, {last['tasks_right']:.1%} of problems all right")
         for row in card["probes"]:
+            forced = "  ".join(f"{k} {v:.0%}" for k, v in row["teacher_forced"].items())
             print(f"  step {row['step']:>5}  wall {_clock(row['wall_s']):>7}  sentences right "
-                  f"{row['lines_right']:.1%}  results right {row['values_right']:.1%}  problems right "
-                  f"{row['tasks_right']:.1%}")
+                  f"{row['lines_right']:.1%}  problems right {row['tasks_right']:.1%}  teacher-forced: {forced}")
         return 0
     if args.report_only:
         path = root / RESULTS_FILE

@@ -122,6 +122,8 @@ def test_micro_run_end_to_end_and_resume(tmp_path, capsys):
     assert "step     2" in capsys.readouterr().out
     card = json.loads((base / "base_card.json").read_text())
     assert [p["step"] for p in card["probes"]] == [1, 2] and 0 <= card["final_probe"]["lines_right"] <= 1
+    assert set(card["probes"][0]["teacher_forced"]) == {"choice", "copy_definition", "copy_operator",
+                                                         "look_up_value", "arithmetic"}
     assert (base / "model.safetensors").is_file() and (base / "tokenizer.json").is_file()
     assert card["recipe"]["base"]["tasks"] == 40 and card["parameters"] > 0
 
