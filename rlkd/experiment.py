@@ -132,16 +132,17 @@ class DataSection:
 
     seed: int = option(0, "seed of the task generator (all splits derive from it)")
     train: int = option(200, "training tasks (SFT traces and RL prompts)")
-    test_id: int = option(24, "in-distribution test tasks (same knobs as training, disjoint structures)")
-    test_ood: int = option(24, "out-of-distribution test tasks (deeper chains, more distractors)")
+    test_id: int = option(16, "in-distribution test tasks (same knobs as training, disjoint structures)")
+    test_ood: int = option(12, "out-of-distribution test tasks (deeper chains, more distractors)")
     gsrm_train: int = option(300, "tasks whose teacher traces train the GSRM (disjoint from the test sets)")
     gsrm_test: int = option(24, "held-out teacher traces per split on which the GSRM's accuracy is measured")
     zero_fraction: float = option(0.1, "RLKD-zero: share of the training tasks it is primed and trained on")
     id_knobs: dict[str, Any] = option({"depth": [2, 3], "distractors": [1, 2]},
                                       "testbed knobs of the training and in-distribution test tasks "
                                       "(overrides of rlkd.testbed.SPLITS['id'])")
-    ood_knobs: dict[str, Any] = option({}, "testbed knobs of the out-of-distribution tasks (overrides of "
-                                       "rlkd.testbed.SPLITS['ood'])")
+    ood_knobs: dict[str, Any] = option({"depth": [4, 5], "distractors": [2, 3]},
+                                       "testbed knobs of the out-of-distribution tasks (overrides of "
+                                       "rlkd.testbed.SPLITS['ood']; deeper than id_knobs, so disjoint)")
 
 
 @dataclass
@@ -172,10 +173,10 @@ class EvalSection:
                     "for k = 1, 2, 4, ... n, as rlkd eval does)")
     temperature: float = option(0.6, "sampling temperature")
     top_p: float = option(0.95, "nucleus sampling")
-    max_tokens_id: int = option(192, "most new tokens per completion on the in-distribution split")
-    max_tokens_ood: int = option(384, "most new tokens per completion on the out-of-distribution split")
-    batch_size: int = option(384, "sequences per generate batch (one batch for all samples of a split is "
-                             "fastest on a CPU: the per-token overhead of generate is paid once)")
+    max_tokens_id: int = option(128, "most new tokens per completion on the in-distribution split")
+    max_tokens_ood: int = option(192, "most new tokens per completion on the out-of-distribution split")
+    batch_size: int = option(128, "sequences per generate batch (a batch stops when its longest completion "
+                             "does)")
     gsrm_student_check: int = option(16, "student completions (SFT model, first seed, id split) decomposed by "
                                      "the GSRM and compared with the rule decomposer (0: skip)")
     bootstrap: int = option(2000, "bootstrap resamples (over seeds and problems) behind every 95% interval")

@@ -84,7 +84,7 @@ class TestData:
             for b in names[i + 1:]:
                 assert not keys[a] & keys[b], (a, b)
         assert all(t.knobs["depth"] <= 3 for t in tasks["train"])  # the demo's shallow id knobs
-        assert all(t.knobs["depth"] >= 5 for t in tasks["test_ood"])
+        assert all(t.knobs["depth"] >= 4 for t in tasks["test_ood"])  # the demo's ood knobs: depth 4-5
         assert [t.id for t in make_tasks(data)["test_id"]] == [t.id for t in tasks["test_id"]]
 
     def test_gsrm_rows_are_what_the_structure_reward_sends(self, tmp_path):
