@@ -112,4 +112,4 @@ class TestIncrementalParser:
         p.feed("[Meta-reasoning 1]: a\n[Sub-problem 1]: b\n")
         p.reset()
         p.feed("[Meta-reasoning 1]: z\n")
-        assert p.text == "[Meta-reasoning 1]: z\n" and p.steps[0].meta_reasoning == "z"
+        assert p.text == "[Meta-reasoning 1]: z\n" and p.finish().steps[0].meta_reasoning == "z"
