@@ -196,6 +196,7 @@ class DecomposeResult:
     notes: list[str] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    stopped: bool = False  # the caller stopped the GSRM early (early exit): ``raw`` is a prefix
 
     @property
     def status(self) -> str:
@@ -272,6 +273,50 @@ class Decomposer:
                 self.no_steps += 1
             results[i] = DecomposeResult(decomposition, raw, truncated, None, notes,
                                          completion.prompt_tokens, completion.completion_tokens)
+        return results  # type: ignore[return-value]
+
+
+    async def decompose_stream(self, items: Sequence[tuple[str, str] | tuple[str, str, str | None]],
+                               sinks: Sequence[Any], domain: str | None = None) -> list[DecomposeResult]:
+        """:meth:`decompose`, streaming each GSRM reply into its sink (``rlkd.backends.StreamSink``) so a
+        consumer can read the steps as they come and stop the generation once it has what it needs.
+
+        A result whose generation was stopped has ``stopped`` set; its ``raw`` is the text generated
+        until then and its ``decomposition`` the parse of that prefix. An item with nothing to decompose
+        makes no call: its sink is finished at once with an empty completion (and, when the sink has a
+        ``student`` attribute, the no-steps decomposition in it).
+        """
+        from rlkd.backends import Completion
+
+        results: list[DecomposeResult | None] = [None] * len(items)
+        prepared, positions = [], []
+        for i, item in enumerate(items):
+            if not split_reasoning(item[1])[0]:
+                self.no_steps += 1
+                results[i] = DecomposeResult(Decomposition(reason="empty reasoning: nothing to decompose"))
+                if hasattr(sinks[i], "student"):
+                    sinks[i].student = results[i].decomposition
+                sinks[i].finish(Completion(texts=[""]))
+                continue
+            item_domain = item[2] if len(item) > 2 and item[2] else domain  # type: ignore[misc]
+            prepared.append(self.request(item[0], item[1], item_domain))
+            positions.append(i)
+        completions = await self.backend.generate_stream([p[0] for p in prepared], [sinks[i] for i in positions]) \
+            if prepared else []
+        for i, (_, truncated, notes), completion in zip(positions, prepared, completions):
+            self.calls += 1
+            if completion.error is not None:
+                self.failures += 1
+                results[i] = DecomposeResult(Decomposition(reason=f"GSRM call failed: {completion.error}"),
+                                             "", truncated, completion.error, notes,
+                                             completion_tokens=completion.completion_tokens)
+                continue
+            decomposition = parse_decomposition(completion.text)
+            if not decomposition.steps and not completion.stopped:
+                self.no_steps += 1
+            results[i] = DecomposeResult(decomposition, completion.text, truncated, None, notes,
+                                         completion.prompt_tokens, completion.completion_tokens,
+                                         stopped=completion.stopped)
         return results  # type: ignore[return-value]
 
 

@@ -454,6 +454,9 @@ class StructureResult:
     parse_failure: str | None = None
     judge_failures: int = 0
     verdicts_used: int = 0
+    # True when the GSRM was stopped once the reward was decided (SPEC section 8): the reward and the
+    # verdicts are the full computation's, but ``student_steps`` counts only the steps read until then
+    gsrm_stopped: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -464,7 +467,8 @@ class StructureResult:
         kwargs = {k: data[k] for k in ("reward", "mode", "teacher_steps", "student_steps", "matched_prefix")}
         return cls(steps=steps, parse_failure=data.get("parse_failure"),
                    judge_failures=int(data.get("judge_failures", 0)),
-                   verdicts_used=int(data.get("verdicts_used", 0)), **kwargs)
+                   verdicts_used=int(data.get("verdicts_used", 0)),
+                   gsrm_stopped=bool(data.get("gsrm_stopped", False)), **kwargs)
 
     def metrics(self) -> dict[str, float]:
         """Components as flat training metrics (match rates over the steps that were judged)."""

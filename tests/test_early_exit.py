@@ -113,3 +113,163 @@ class TestIncrementalParser:
         p.reset()
         p.feed("[Meta-reasoning 1]: z\n")
         assert p.text == "[Meta-reasoning 1]: z\n" and p.finish().steps[0].meta_reasoning == "z"
+
+
+# --------------------------------------------------------------------------------------------------
+# The gate-aware reward against the full computation
+
+import asyncio  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+
+import pytest  # noqa: E402
+
+from rlkd.backends import GenerationRequest, ScriptedBackend  # noqa: E402
+from rlkd.judges import (  # noqa: E402
+    EarlyExitSink,
+    Judge,
+    JudgeRequest,
+    make_judge,
+    score_structure,
+    score_structure_streaming,
+)
+from rlkd.llm_judge import LLMJudge  # noqa: E402
+from rlkd.structure import MODES, Decomposition, Step, Verdict  # noqa: E402
+
+VOCAB = ["x is 2", "x is 3", "find x", "find y", "1/2", "0.5", "2", "3", "", "why y next"]
+
+
+class FlakyJudge(Judge):
+    """Text equality, failing (verdict None) on a fixed share of pairs chosen by a hash of the pair."""
+
+    name = "flaky"
+
+    def judge_one(self, request: JudgeRequest) -> Verdict:
+        digest = hashlib.sha256(f"{request.field}|{request.teacher}|{request.student}".encode()).digest()
+        if digest[0] % 5 == 0:
+            return Verdict(None, self.name, "flaky judge failed")
+        return Verdict(request.teacher.strip() == request.student.strip(), self.name)
+
+
+def _llm_reply(request: GenerationRequest) -> str:
+    """A deterministic judge LLM: yes when the two passages are equal; unreadable on some pairs."""
+    m = re.search(r"A:\n(.*)\n\n\S+(?: \S+)? B:\n(.*)\n\n", request.last_user_message, re.DOTALL)
+    if m is None:
+        return "???"
+    a, b = m.group(1), m.group(2)
+    if hashlib.sha256((a + "|" + b).encode()).digest()[0] % 7 == 0:
+        return "maybe"  # a failed verdict
+    return "yes" if a == b else "no"
+
+
+_PAIR = re.compile(r"Pair (\d+) \([^)\n]*\)\nA: (.*?)\nB: (.*?)(?=\n\nPair \d+ \(|\n\nReply with a JSON object)", re.DOTALL)
+
+
+def _batched_reply(request: GenerationRequest) -> str:
+    """A batched judge LLM whose verdict on a pair does not depend on the other pairs in the request
+    (exactness needs that: early exit sends the pairs in other batches than the full computation)."""
+    verdicts = {n: "yes" if a == b else "no" for n, a, b in _PAIR.findall(request.last_user_message)}
+    return json.dumps(verdicts)
+
+
+JUDGES = {
+    "text": lambda: make_judge("text"),
+    "overlap": lambda: make_judge("overlap"),
+    "math": lambda: make_judge("math"),
+    "hybrid": lambda: make_judge("hybrid"),
+    "llm": lambda: LLMJudge(ScriptedBackend(_llm_reply)),
+    "llm-batched": lambda: LLMJudge(ScriptedBackend(_batched_reply), batched=True),
+    "flaky": lambda: FlakyJudge(),
+}
+
+
+def _random_case(rng: random.Random) -> tuple[Decomposition, str]:
+    """A teacher decomposition and a GSRM text for the student that copies it for a while, then drifts."""
+    k = rng.choice([0, 1, 2, 3, 4, 5, 6])
+    teacher = Decomposition([Step(rng.choice(VOCAB[:4] + VOCAB[9:]), rng.choice(VOCAB), rng.choice(VOCAB[4:8]))
+                             for _ in range(k)], reason=None if k else "no steps")
+    n = rng.choice([0, 1, 2, 3, 4, 5, 6, 7])
+    copy = rng.random()
+    lines = []
+    for i in range(n):
+        fields = []
+        for f in ("meta", "subproblem", "answer"):
+            if i < k and rng.random() < copy:
+                fields.append(teacher.steps[i].get(f))
+            else:
+                fields.append(rng.choice(VOCAB))
+        shape = rng.choice(SHAPES)
+        for kind, word, text in zip(("meta", "sub", "answer"), (rng.choice(META), rng.choice(SUB), "Answer"), fields):
+            if rng.random() < 0.05:
+                continue  # a missing field
+            lines.append(shape.format(w=word, n=i + 1, t=text))
+            if rng.random() < 0.1:
+                lines.append(rng.choice(WORDS))  # a continuation line
+    if rng.random() < 0.2:
+        lines.append("[Final answer]: 2")
+    text = rng.choice(["\n", "\r\n"]).join(lines) if lines else rng.choice(["", "no structure here"])
+    return teacher, text
+
+
+async def _full(teacher, text, judge, mode, lazy, fail_at):
+    words = re.findall(r"\s+|\S+\s*", text)
+    if fail_at is not None and fail_at < len(words):
+        return None  # the full computation's GSRM call fails
+    return await score_structure(teacher, parse_decomposition(text), judge, mode, lazy)
+
+
+async def _early(teacher, text, judge, mode, fail_at):
+    backend = ScriptedBackend(lambda request: text, stream_fail_after=lambda request: fail_at)
+    sink = EarlyExitSink()
+    request = GenerationRequest.chat([("user", "decompose")], max_tokens=4096)
+    score = asyncio.create_task(score_structure_streaming(teacher, judge, sink, mode))
+    [completion] = await backend.generate_stream([request], [sink])
+    return await score, completion
+
+
+@pytest.mark.parametrize("judge_name", sorted(JUDGES))
+def test_early_exit_gives_the_full_computation_result(judge_name):
+    """>= 1,000 random cases over all judges (7 x 160), every mode, GSRM failures mid-stream included."""
+    rng = random.Random(f"early-exit:{judge_name}")
+    cases = []
+    for _ in range(160):
+        teacher, text = _random_case(rng)
+        mode = rng.choice(MODES)
+        fail_at = rng.choice([None, None, None, 0, 3, 12, 40])
+        cases.append((teacher, text, mode, rng.random() < 0.5, fail_at))
+    judge = JUDGES[judge_name]()
+
+    async def run():
+        full = await asyncio.gather(*(_full(t, x, judge, m, lazy, f) for t, x, m, lazy, f in cases))
+        clean = await asyncio.gather(*(_full(t, x, judge, m, lazy, None) for t, x, m, lazy, f in cases))
+        early = await asyncio.gather(*(_early(t, x, judge, m, f) for t, x, m, lazy, f in cases))
+        return full, clean, early
+
+    full, clean, early = asyncio.run(run())
+    stats = {"stopped": 0, "failed": 0, "scored past a failure point": 0, "saved": 0, "total": 0}
+    for (teacher, text, mode, _, fail_at), f, c, (e, completion) in zip(cases, full, clean, early):
+        words = len(re.findall(r"\s+|\S+\s*", text))
+        if completion.error is not None:  # a failure the generation reached: counted exactly as today
+            assert e is None and f is None
+            stats["failed"] += 1
+            continue
+        assert e is not None
+        if f is None:
+            stats["scored past a failure point"] += 1  # stopped before the GSRM reached its failure
+        assert (e.reward, e.matched_prefix, e.teacher_steps, e.judge_failures, e.verdicts_used, e.parse_failure,
+                e.mode) == (c.reward, c.matched_prefix, c.teacher_steps, c.judge_failures, c.verdicts_used,
+                            c.parse_failure, c.mode), (teacher, text, mode)
+        assert e.steps == c.steps[: len(e.steps)]
+        assert all(s.gated or s.meta is False and mode.startswith("ungated") or s.score == 0 and not s.judges
+                   for s in c.steps[len(e.steps):])
+        if e.gsrm_stopped:
+            stats["stopped"] += 1
+            assert completion.completion_tokens < words
+        else:
+            assert e.student_steps == c.student_steps and completion.completion_tokens == words
+        stats["saved"] += words - completion.completion_tokens
+        stats["total"] += words
+    # the cases exercise what they claim to: stops, failures seen and failures avoided
+    assert stats["stopped"] > 20 and stats["failed"] > 10 and stats["scored past a failure point"] > 3, stats
