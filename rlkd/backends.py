@@ -578,6 +578,8 @@ class OpenAIBackend(Backend):
                                     if piece:
                                         pieces.append(piece)
                                         sink.feed(piece)
+                                # let the consumer run (a read from a full buffer never yields), then check
+                                await asyncio.sleep(0)
                                 if sink.stop_requested:
                                     stopped = True
                                     break
