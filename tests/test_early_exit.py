@@ -273,3 +273,76 @@ def test_early_exit_gives_the_full_computation_result(judge_name):
         stats["total"] += words
     # the cases exercise what they claim to: stops, failures seen and failures avoided
     assert stats["stopped"] > 20 and stats["failed"] > 10 and stats["scored past a failure point"] > 3, stats
+
+
+# --------------------------------------------------------------------------------------------------
+# rlkd score --completions: against a real HTTP server that streams (the benchmarks' latency server)
+
+
+@pytest.fixture()
+def streaming_server():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from latency_server import LatencyServer
+
+    with LatencyServer(latency_ms=0, per_token_ms=1) as server:
+        yield server
+
+
+def _completions_file(path):
+    from rlkd.testbed import generate_tasks, rule_decompose, teacher_trace
+
+    lines = []
+    for n, task in enumerate(generate_tasks(3, split="ood", seed=5, depth=(4, 5))):
+        teacher = rule_decompose(task.trace).to_dict()
+        for g, completion in enumerate([task.trace, teacher_trace(task, seed=task.trace_seed + 7)]):
+            lines.append({"id": f"{n}-{g}", "problem": task.problem, "teacher_structure": teacher,
+                          "completion": completion})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return lines
+
+
+def _score(*args):
+    from rlkd.cli import main
+
+    return main(["score", "--judge", "text", "--api-key-env", "RLKD_TEST_NO_KEY", *map(str, args)])
+
+
+def test_score_completions_early_exit_matches_the_full_run_and_resumes(streaming_server, tmp_path, capsys):
+    source = tmp_path / "completions.jsonl"
+    _completions_file(source)
+    server = ["--base-url", streaming_server.base_url, "--model", "latency-server"]
+    early, full = tmp_path / "early.jsonl", tmp_path / "full.jsonl"
+    assert _score("--completions", source, "--output", early, *server) == 0
+    assert _score("--completions", source, "--output", full, "--no-early-exit", *server) == 0
+    read = lambda path: [json.loads(line) for line in path.read_text().splitlines()]
+    early_rows, full_rows = read(early), read(full)
+    assert [r["id"] for r in early_rows] == [r["id"] for r in full_rows] == ["0-0", "0-1", "1-0", "1-1", "2-0", "2-1"]
+    assert [r["reward"] for r in early_rows] == [r["reward"] for r in full_rows]
+    assert len({r["reward"] for r in full_rows}) > 1  # copies score high, rewordings low
+    assert any(r["gsrm_stopped"] for r in early_rows) and not any(r["gsrm_stopped"] for r in full_rows)
+    assert sum(r["gsrm_completion_tokens"] for r in early_rows) < sum(r["gsrm_completion_tokens"] for r in full_rows)
+    assert "generations stopped early" in capsys.readouterr().err
+
+    # resumable: a second run writes nothing new; a lost line is redone, alone
+    assert _score("--completions", source, "--output", early, *server) == 0
+    assert "6 already done" in capsys.readouterr().err and len(read(early)) == 6
+    early.write_text("".join(line + "\n" for line in early.read_text().splitlines()[:-1]))
+    assert _score("--completions", source, "--output", early, *server) == 0
+    assert [r["id"] for r in read(early)][-1] == "2-1" and len(read(early)) == 6
+    assert read(early)[-1]["reward"] == full_rows[-1]["reward"]
+
+
+def test_score_completions_bad_line_is_named_and_nothing_is_lost(streaming_server, tmp_path, capsys):
+    source = tmp_path / "completions.jsonl"
+    lines = _completions_file(source)
+    del lines[3]["completion"]
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    output = tmp_path / "out.jsonl"
+    server = ["--base-url", streaming_server.base_url, "--model", "latency-server"]
+    assert _score("--completions", source, "--output", output, "--batch-size", 2, *server) == 2
+    assert f"{source}:4: missing column 'completion'" in capsys.readouterr().err
+    assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == ["0-0", "0-1"]
+    assert _score("--completions", source, "--pairs", source, "--output", output, *server) == 2
