@@ -346,3 +346,89 @@ def test_score_completions_bad_line_is_named_and_nothing_is_lost(streaming_serve
     assert f"{source}:4: missing column 'completion'" in capsys.readouterr().err
     assert [json.loads(line)["id"] for line in output.read_text().splitlines()] == ["0-0", "0-1"]
     assert _score("--completions", source, "--pairs", source, "--output", output, *server) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# The cache and the training reward
+
+
+class _StopAfterWords:
+    def __init__(self, limit):
+        self.limit, self.pieces, self.stop_requested, self.completion = limit, [], False, None
+
+    def feed(self, piece):
+        self.pieces.append(piece)
+        self.stop_requested = self.limit is not None and len(self.pieces) >= self.limit
+
+    def restart(self):
+        self.pieces = []
+
+    def finish(self, completion):
+        self.completion = completion
+
+
+def test_cache_stores_only_complete_streams(tmp_path):
+    from rlkd.cache import CachedBackend
+
+    inner = ScriptedBackend(lambda request: "one two three four five")
+    backend = CachedBackend(inner, tmp_path / "cache.sqlite")
+    request = GenerationRequest.chat([("user", "count")])
+
+    def stream(limit):
+        sink = _StopAfterWords(limit)
+        [completion] = asyncio.run(backend.generate_stream([request], [sink]))
+        return completion, sink
+
+    stopped, _ = stream(2)
+    assert stopped.stopped and stopped.text == "one two " and len(backend.cache) == 0  # a prefix is never stored
+    whole, _ = stream(None)
+    assert not whole.stopped and whole.text == "one two three four five" and len(backend.cache) == 1
+    again, sink = stream(None)
+    assert again.cached and "".join(sink.pieces) == whole.text and sink.completion is again
+    assert inner.stats.calls == 2 and inner.stats.cache_hits == 1 and inner.stats.stopped == 1
+
+
+def _reward_inputs():
+    teacher = {"steps": [{"meta_reasoning": "find x", "subproblem": "x?", "answer": "2"},
+                         {"meta_reasoning": "find y", "subproblem": "y?", "answer": "3"},
+                         {"meta_reasoning": "add", "subproblem": "x+y?", "answer": "5"}]}
+    replies = {
+        "copy": "[Meta-reasoning 1]: find x\n[Sub-problem 1]: x?\n[Answer 1]: 2\n[Meta-reasoning 2]: find y\n"
+                "[Sub-problem 2]: y?\n[Answer 2]: 3\n[Meta-reasoning 3]: add\n[Sub-problem 3]: x+y?\n[Answer 3]: 5\n"
+                "[Meta-reasoning 4]: check it\n[Sub-problem 4]: is 5 right?\n[Answer 4]: yes",
+        "off": "[Meta-reasoning 1]: guess\n[Sub-problem 1]: z?\n[Answer 1]: 9\n[Meta-reasoning 2]: find x\n"
+               "[Sub-problem 2]: x?\n[Answer 2]: 2",
+        "second": "[Meta-reasoning 1]: find x\n[Sub-problem 1]: x?\n[Answer 1]: 3\n[Meta-reasoning 2]: find z\n"
+                  "[Sub-problem 2]: z?\n[Answer 2]: 1\n[Meta-reasoning 3]: add\n[Sub-problem 3]: x+y?\n[Answer 3]: 5",
+    }
+    return teacher, replies
+
+
+def test_structure_reward_early_exit_same_rewards_fewer_tokens_and_logged():
+    from rlkd.gsrm import Decomposer
+    from rlkd.judges import TextJudge
+    from rlkd.rewards import StructureReward
+
+    teacher, replies = _reward_inputs()
+    names = list(replies)
+    completions = [f"<think>case-{name}</think><answer>1</answer>" for name in names]
+
+    def script(request):
+        return next(replies[n] for n in names if f"case-{n}" in request.last_user_message)
+
+    def run(early_exit):
+        backend = ScriptedBackend(script)
+        reward = StructureReward(Decomposer(backend), TextJudge(), early_exit=early_exit)
+        logged = {}
+        rewards = asyncio.run(reward(["p"] * 3, completions, teacher_structure=[teacher] * 3,
+                                     log_metric=lambda name, value: logged.__setitem__(name, value)))
+        return rewards, backend.stats, logged
+
+    full, full_stats, _ = run(False)
+    early, early_stats, logged = run(True)
+    assert early == full == [3.0, 0.0, 0.5]
+    assert early_stats.completion_tokens < full_stats.completion_tokens and early_stats.stopped == 3
+    assert logged["structure/gsrm_tokens"] == early_stats.completion_tokens / 3
+    assert logged["structure/gsrm_stopped"] == 1.0
+    assert (logged["structure/first_mismatch_step_1"], logged["structure/first_mismatch_step_2"],
+            logged["structure/first_mismatch_step_none"]) == (1 / 3, 1 / 3, 1 / 3)
