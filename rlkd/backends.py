@@ -31,6 +31,12 @@ How this departs from the authors' code (SPEC section 4):
    429 honouring ``Retry-After`` up to a cap, 5xx, unreadable bodies). Other 4xx fail at once. Every
    retry and every final failure is logged with its reason and counted in :attr:`Backend.stats`.
 4. Requests of one batch run concurrently, up to a concurrency limit, instead of one after another.
+5. Streaming with early stop (:meth:`Backend.generate_stream`, :class:`StreamSink`): the text reaches
+   the caller as it is generated, and the caller can end a generation once it has read enough (early
+   exit of the structure reward, SPEC section 8). The OpenAI backend closes the stream (vLLM and
+   ``transformers serve`` then abort the request), the local backend stops that sequence with a
+   stopping criterion. Tokens are counted as generated; retries, timeouts and failure counting are
+   those of whole requests; the request cache stores only streams that ran to their end.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The ``rlkd`` command line.
 
 ``parse`` and ``score`` (this file) check decompositions and the structure reward by hand, JSON in and
-out. The other commands live beside the code they drive: each of those modules has an ``add_parser``
+out; ``score --completions`` decomposes raw student completions with a GSRM and scores them on the path
+training uses (:func:`rlkd.train.build_structure_reward`). The other commands live beside the code they drive: each of those modules has an ``add_parser``
 that registers its sub-command, and keeps its heavy imports (torch, transformers) inside functions so
 that ``rlkd --help`` stays fast.
 """

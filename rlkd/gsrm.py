@@ -33,6 +33,8 @@ How this departs from the authors' code:
 3. Long traces are cut by the documented rule above instead of failing at the server.
 4. A backend failure is an ``error`` on that item (counted; the CLI stops when failures pass a share)
    instead of an endless retry or a silent empty structure.
+5. :meth:`Decomposer.decompose_stream` streams the reply, so the structure reward can stop the GSRM
+   once the reward is decided (early exit); the result then says ``stopped`` and holds the prefix.
 """
 
 from __future__ import annotations

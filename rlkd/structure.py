@@ -20,6 +20,9 @@ This module holds the three pieces every other part of rlkd builds on:
 3. :func:`structure_reward`, the authors' algorithm (SPEC section 3) as one pure function over two
    decompositions and a verdict look-up. Everything slow (judge calls, batching, retries) lives in
    :mod:`rlkd.judges`, which gathers the verdicts and then calls this function.
+4. :class:`IncrementalParser`, the same parser fed piece by piece as a GSRM streams its reply: it says
+   which fields are complete, and those equal the full parse's (prefix stability, SPEC section 8). Both
+   parsers share the label matcher and the rule that assembles steps, so they cannot drift apart.
 
 How this departs from the authors' code:
 
@@ -28,6 +31,8 @@ How this departs from the authors' code:
 2. A failed parse is reported with its reason instead of becoming a silent zero.
 3. ``mode="paper"`` is their exact algorithm; ``normalized`` (divide by the teacher's step count),
    ``ungated`` (no prefix gate) and ``ungated-normalized`` sit beside it as named options.
+4. The reward can be computed while the GSRM writes, and the GSRM stopped once it is decided (see
+   :func:`rlkd.judges.score_structure_streaming`); the result is the same.
 """
 
 from __future__ import annotations
