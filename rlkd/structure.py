@@ -320,14 +320,16 @@ class IncrementalParser:
 
     Feed it pieces of text with :meth:`feed`; :meth:`final` says whether a field of a step can no longer
     change, and :attr:`steps` holds the steps seen so far. A field is complete when the next label line
-    has been read whole (or the text ended, :meth:`finish`). Prefix stability: a field reported complete
+    has begun (its label and the first character after it have arrived), or the text ended
+    (:meth:`finish`). Prefix stability: a field reported complete
     in any prefix of a text equals that field in ``parse_decomposition`` of the whole text. It holds by
     construction: both parsers read the same lines with the same label matcher and assemble steps with
     the same rule (a line is read only once its line break has arrived, exactly as
-    ``str.splitlines`` would cut it).
+    ``str.splitlines`` would cut it; a begun label line only closes the field before it, and the
+    property tests check that the start of a line settles whether it is a label).
 
     >>> p = IncrementalParser()
-    >>> p.feed("[Meta-reasoning 1]: start with x\n[Sub-problem 1]: x")
+    >>> p.feed("[Meta-reasoning 1]: start with x\\n[Sub-problem 1]: x")
     >>> p.final(0, "meta"), p.final(0, "subproblem")
     (True, False)
     >>> p.finish().steps[0].subproblem
@@ -370,6 +372,12 @@ class IncrementalParser:
             self._pending = ""
         for line in lines:
             self._line(line.rstrip(_LINE_ENDS) if not line.endswith("\r\n") else line[:-2])
+        # The open field is complete as soon as the next label line has begun: a line whose start reads as
+        # a label and already has text after the label cannot turn out not to be one.
+        if self._block is not None and self._pending:
+            label = _match_label(self._pending)
+            if label is not None and label.rest.strip():
+                self._close_block()
 
     def _line(self, line: str) -> None:
         label = _match_label(line)

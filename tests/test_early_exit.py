@@ -17,7 +17,10 @@ ANSWER = ["Answer", "answer", "ANSWER"]
 FINAL = ["Final answer", "final-answer", "FINAL ANSWER"]
 SHAPES = ["[{w} {n}]: {t}", "[{w} {n}] - {t}", "[{w} {n}] {t}", "**[{w} {n}]:** {t}", "**[{w} {n}]**: {t}",
           "**{w} {n}:** {t}", "### {w} {n}: {t}", "- [{w} {n}]: {t}", "{w} {n}: {t}", "__[{w} {n}]__: {t}",
-          "[{w}]: {t}", "[{w} {n}]:\n{t}", "({w} {n}): {t}"]
+          "[{w}]: {t}", "[{w} {n}]:\n{t}", "({w} {n}): {t}",
+          # near-labels whose start reads like a label: what follows decides (a begun line must not mislead)
+          "{w} {n} -{t}", "{w} {n} - {t}", "**{w} {n}**{t}", "**{w} {n}** {t}", "*{w} {n}*: {t}", "{w} {n}.{t}",
+          "{w} {n}. {t}", "[{w} {n}{t}", "### {w} {n}{t}", "_{w} {n}_ {t}", "**[{w} {n}]:**{t}"]
 WORDS = ["x", "y = 2", "Answer the question", "then", "we", "[Answer", "**", "3/4", "Meta-reasoning", "-", "é", ":"]
 
 
@@ -72,9 +75,10 @@ def test_every_cut_point_agrees_with_the_full_parse(text, pieces):
     _check_every_cut(text, pieces)  # and pieces of several characters, as a server streams them
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(list("[]*:-#_ \n\r1aq") + ["\r\n", "**", "Answer", "Query", "Meta-reasoning",
-                                                             "Final answer", "\u2028"]), max_size=40).map("".join))
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(st.sampled_from(list("[]*:-#_ .()\t\n\r1aq") + ["\r\n", "**", "Answer", "Query", "Meta-reasoning",
+                                                                    "Final answer", "\u2028", "\uff1a", "\u2013"]),
+                max_size=40).map("".join))
 def test_prefix_stability_on_label_soup(text):
     _check_every_cut(text, [1])
 
@@ -237,7 +241,7 @@ def test_early_exit_gives_the_full_computation_result(judge_name):
     for _ in range(160):
         teacher, text = _random_case(rng)
         mode = rng.choice(MODES)
-        fail_at = rng.choice([None, None, None, 0, 3, 12, 40])
+        fail_at = rng.choice([None, None, None, 0, 3, 12, 40, 60, 90])
         cases.append((teacher, text, mode, rng.random() < 0.5, fail_at))
     judge = JUDGES[judge_name]()
 
