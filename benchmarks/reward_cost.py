@@ -24,6 +24,17 @@ Schemes, all through one OpenAI-compatible server, timed side by side in one run
 - ``ours batched``: ``LLMJudge(batched=True)``: one judge request per completion for all its pairs.
 - ``ours hybrid``: meta-reasoning and sub-problems by the batched LLM judge, answers by math-verify
   (``rlkd.judges.MathJudge``), no LLM call for answers.
+- ``ours per-pair-early``, ``ours hybrid-early``: the per-pair and hybrid judges with early exit
+  (``StructureReward(early_exit=True)``, the library default): each GSRM reply is streamed, each field
+  judged as soon as it is complete, and the generation stopped once the reward is decided.
+- ``ours local-early``: early exit with ``rlkd.judges.TextJudge``, the latency server's own verdict rule
+  run in process (no judge call, so no judge round trip delays the stop): what early exit costs when
+  the judge is local (SPEC section 3's non-LLM judges). Only meaningful with the latency server.
+
+``--batch rl`` replaces the edits batch by one whose first meta-reasoning mismatches follow those of the
+demo's RL runs (133 of 192 at step 1, 180 of 192 by step 2): what the structure reward sees in training.
+With early exit the server's token counts are reported (a stopped stream's usage never reaches the
+client); the benchmark checks that they cover what the client received.
 
 The same GSRM prompt (``rlkd/prompts/gsrm_math.txt``) and per-pair judge prompts serve every scheme, so
 the schemes differ only in what they ask and how they schedule it. With the latency server
@@ -81,7 +92,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from rlkd.structure import Decomposition  # noqa: E402
 
-VARIANTS = ("per-pair", "per-pair-lazy", "batched", "hybrid", "per-pair-early", "hybrid-early")
+VARIANTS = ("per-pair", "per-pair-lazy", "batched", "hybrid", "per-pair-early", "hybrid-early", "local-early")
 BATCHES = ("edits", "rl")
 # The first meta-reasoning mismatch measured in the demo's RL runs: of 192 sampled student
 # decompositions, 133 mismatched the teacher at step 1 and 180 by step 2.
@@ -317,9 +328,11 @@ def run_ours(variant: str, batch: Batch, teacher_structures: list[dict[str, Any]
     judge_backend = _backend(base_url, model, concurrency, timeout)
     decomposer = _timed_decomposer(gsrm_backend, gsrm_max_tokens)
     early = variant.endswith("-early")
-    if variant.startswith("hybrid"):
-        judge: Any = make_judge("hybrid", fields={"meta": "llm", "subproblem": "llm", "answer": "math"},
-                                llm=LLMJudge(judge_backend, batched=True))
+    if variant == "local-early":  # the server's own verdict rule, in process: no judge call at all
+        judge: Any = make_judge("text")
+    elif variant.startswith("hybrid"):
+        judge = make_judge("hybrid", fields={"meta": "llm", "subproblem": "llm", "answer": "math"},
+                           llm=LLMJudge(judge_backend, batched=True))
     else:
         judge = LLMJudge(judge_backend, batched=variant == "batched")
     reward = StructureReward(decomposer, judge, lazy=variant == "per-pair-lazy", early_exit=early,
