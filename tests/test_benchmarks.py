@@ -140,9 +140,9 @@ def test_reward_cost_smoke_run_prints_identical_rewards_and_ratio_lines():
     assert "rewards identical: yes (4 completions" in out
     assert "server counts match client counts: yes" in out
     ratio_lines = [line for line in out.splitlines() if line.startswith("ratio ")]
-    assert [line.split(":")[0] for line in ratio_lines] == [
-        "ratio ours per-pair / authors", "ratio ours batched / authors", "ratio ours per-pair-early / authors",
-        "ratio ours per-pair-early + offline teacher pass / authors"]
+    assert [line.split(":")[0] for line in ratio_lines[:3]] == [
+        "ratio ours per-pair / authors", "ratio ours batched / authors", "ratio ours per-pair-early / authors"]
+    assert ratio_lines[3].split(":")[0].endswith(" + offline teacher pass / authors")  # the cheapest scheme
     assert "| authors (baseline) | " in out and "goal >= 10x fewer LLM tokens:" in out
     assert "early exit: goal >= 10x fewer generated tokens:" in out
 
