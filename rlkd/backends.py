@@ -728,11 +728,23 @@ class TransformersBackend(Backend):
         if any(r.n != 1 for r in requests):  # several samples per request do not stream
             return await super().generate_stream(requests, sinks)
         loop = asyncio.get_running_loop()
-        completions = await asyncio.to_thread(self._generate_blocking, list(requests), (list(sinks), loop))
-        for completion, sink in zip(completions, sinks):
+        fed = [StreamSink() for _ in sinks]  # what each sink was fed (the feeds run on this loop, in order)
+
+        def tee(sink: StreamSink, record: StreamSink) -> Callable[[str], None]:
+            def feed(piece: str) -> None:
+                record.feed(piece)
+                sink.feed(piece)
+            return feed
+
+        watched = [_Tee(sink, tee(sink, record)) for sink, record in zip(sinks, fed)]
+        completions = await asyncio.to_thread(self._generate_blocking, list(requests), (watched, loop))
+        for completion, sink, record in zip(completions, sinks, fed):
             self.stats.add(completion)
             if completion.error:
                 log.warning("local generation with %s failed: %s", self.model, completion.error)
+            sent = "".join(record.pieces)
+            if completion.ok and len(completion.text) > len(sent) and completion.text.startswith(sent):
+                sink.feed(completion.text[len(sent):])  # e.g. a last character held back as incomplete
             sink.finish(completion)
         return completions
 
@@ -838,6 +850,18 @@ class TransformersBackend(Backend):
             text = tok.decode(row[:length], skip_special_tokens=True)
             results.append((text, int(sum(mask)), length))
         return results
+
+
+class _Tee:
+    """A sink's stop flag, read from the generation thread, with its feeds going through ``feed``."""
+
+    def __init__(self, sink: StreamSink, feed: Callable[[str], None]) -> None:
+        self.sink = sink
+        self.feed = feed
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.sink.stop_requested
 
 
 class _StreamRows:
