@@ -1,48 +1,92 @@
-"""Answer extraction and grading: the one place that decides whether a completion got the answer right.
+"""Answer extraction and grading: the one module that decides whether a completion got the answer right.
 
-The training ``accuracy`` reward and ``rlkd eval`` both call :func:`grade_math` / :func:`grade_choice`
-(or their ``*_detail`` forms, which also return what was extracted and why), so the training signal and
-the reported metric cannot drift apart.
+The training ``accuracy`` reward and ``rlkd eval`` / ``rlkd grade`` all grade here, through the same
+math-verify worker processes, time limits and cache. Two protocols, named by ``protocol=``:
 
-Math answers. :func:`extract_answer` takes, in order:
+- ``lighteval`` (the default of ``rlkd eval`` and ``rlkd grade``): lighteval 0.9.0's grading, as the
+  authors and open-r1 report AIME24, MATH-500 and GPQA-Diamond. Math: math-verify ``parse`` reads the
+  whole reply and the gold with the targets lighteval 0.9.0's ``math_pass@1`` gives both (LaTeX, boxed
+  at priority 55 after the "final answer is" anchors at 0 and 50, then "answer:" anchors at 100 and
+  200, then LaTeX or a number anywhere at 300; plain expressions and numbers likewise; right-most match
+  first within a priority; "any_match" extraction; no string fallback), and ``verify`` compares them.
+  GPQA: :func:`extract_choice_lighteval`, lighteval 0.9.0's letter rules (``IndicesExtractionConfig``).
+- ``reward`` (the training ``accuracy`` reward, :func:`grade_math`'s default; ``--grading reward`` in
+  ``rlkd eval``): :func:`extract_answer` takes, in order, the content of the right-most ``\\boxed{...}``
+  (or ``\\fbox{...}``); else, inside the last ``<answer>...</answer>`` block, its right-most "final answer
+  is X" / "answer: X" phrase, or the whole block; else the right-most such phrase anywhere; else nothing
+  (graded wrong). math-verify then compares that string, wrapped in ``\\boxed{}``, with the gold's last
+  ``\\boxed{}`` (or the whole gold). GPQA: :func:`extract_choice` (decisive cues, then weak ones).
 
-1. the content of the right-most ``\\boxed{...}`` (or ``\\fbox{...}``) anywhere in the text;
-2. else, inside the last ``<answer>...</answer>`` block, the right-most "final answer is X" / "answer: X"
-   phrase, or the whole block when it holds no phrase;
-3. else the right-most such phrase anywhere in the text;
-4. else nothing (graded wrong).
+Where the training grader (``reward``) and the evaluation grader (``lighteval``) differ, and why:
 
-:func:`grade_math` then compares that string with the gold answer by math-verify (both are wrapped in
-``\\boxed{}`` so that plain numbers, ``1/2`` and LaTeX all read the same way).
+1. Anchors. ``lighteval`` reads a reply with no ``\\boxed{}`` and no anchor ("so we get 7" gives 7: the
+   right-most number or LaTeX); ``reward`` finds no answer there. A reward must not pay a chain of
+   thought for the last number it happened to write, and a benchmark must score as the published
+   numbers were scored.
+2. Priority. ``lighteval`` puts "The final answer is $X$. I hope" (and "final answer ... is X") before
+   any box, and "Answer: ..." after it; ``reward`` takes the right-most box before any phrase. So
+   ``\\boxed{255} ... The final answer is $10,455$. I hope it is correct.`` is 10455 in ``lighteval``,
+   255 in ``reward``. The reward follows the training prompt, which asks for the answer in a box.
+3. Several boxes. ``lighteval`` joins boxes written one after another with "and" or "," into one set
+   (``\\boxed{1} and \\boxed{2}`` is {1, 2}), on the reply and on the gold; ``reward`` takes the last box.
+4. The ``<answer>`` tag of the training format is read by ``reward``; ``lighteval`` ignores tags.
+5. A gold that math-verify cannot read gives ``None`` ("cannot grade") under ``reward``, so TRL skips
+   the sample; ``lighteval`` counts it wrong, as lighteval 0.9.0 does (a problem scored 0), with the
+   reason, and counts it in :data:`STATS` (``gold_unparsable``).
+6. GPQA letters: ``lighteval`` reads upper-case letters only and, failing every cue, takes the
+   right-most A-D anywhere (``Answer: "C"`` is C, "therefore I think it's B" is B, and
+   ``**Answer: (d)**`` is A, the A of "Answer"); ``reward`` needs a cue, and reads marked lower case.
 
-How this departs from the authors' evaluation (lighteval 0.9 with math-verify on the whole completion):
+Where ``reward`` departs from the authors' accuracy reward (open-r1's, in xsc1234/RLKD: the gold parsed
+with math-verify's defaults, the completion with LaTeX only, boxed first, no anchorless extraction,
+"first_match", malformed-operator and nits repairs off), and why:
 
-1. Extraction is ours and explicit (the list above), and math-verify only compares the extracted string
-   with the gold. lighteval's math-verify extraction also looks for ``\\boxed{}`` and "final answer is"
-   phrases and takes the right-most match, so the two agree on answers written that way. It differs in
-   two fallbacks we do not have: when the right-most box cannot be parsed it tries the box before it,
-   and when there is no anchor at all it takes the last bare number or LaTeX expression of the text. So
-   a chain of thought cut off mid-way is graded wrong here rather than credited with whatever number it
-   ended on.
-2. The ``<answer>`` tag of the training format is read (step 2); lighteval ignores tags.
-3. Time is bounded by us, not by math-verify's signal-based timeouts (which only work in the main thread
-   and cannot interrupt a long C call either): math-verify runs in a few reusable grading subprocesses,
-   and one that takes longer than ``timeout_s`` is killed (the grade is then ``False`` with the reason,
-   and the event counted in :data:`STATS`). Inputs are cut at ``MAX_ANSWER_CHARS`` and verdicts are
-   cached per (gold, answer), timeouts included. So every function here is safe in threads and in TRL
-   reward functions, and none of them raises; they block while math-verify works, so async code calls
-   them through ``asyncio.to_thread``.
-4. A gold answer that math-verify cannot read gives ``None`` ("cannot grade"), never a silent ``False``.
+1. A plain-text phrase is an answer ("The answer is 42."): theirs needs LaTeX delimiters
+   ("The answer is $42$"). Small students write plain numbers, and a phrase is not a guess.
+2. The ``<answer>`` block is read without a box: the training format asks for the tags.
+3. Malformed LaTeX is repaired on the completion (``\\boxed{\\frac12}`` equals 1/2): theirs turns
+   those repairs off, so such a box scores 0. A reward for notation, not for the answer, would be noise.
+4. Several boxes: the right-most box alone is the answer; theirs joins adjacent boxes into a set.
+5. The gold is its last ``\\boxed{}`` or the whole string read as LaTeX; theirs parses the gold with
+   math-verify's defaults and "first_match", which reads a boxed solution the same way but a bare
+   ``2\\sqrt{3}`` as its first number, 2 (their data carries boxed solutions).
+6. Time is bounded (below), so a comparison that hangs is a counted 0, not a stalled step.
 
-Multiple choice (GPQA). :func:`extract_choice` takes the right-most *decisive* letter (a boxed letter,
-"answer is (C)", "Answer: C", "the correct option is A"); when there is none, the right-most weaker cue
-(a bold ``**C**``, a parenthesised ``(c)``, a line holding only a letter). Lower-case letters count only
-when they are marked (parentheses, brackets, bold, boxed), because "a" is also a word.
+Where ``lighteval`` still departs from lighteval 0.9.0 itself, and why (``benchmarks/grading_agreement.py``
+measures each case against lighteval 0.9.0's own code):
+
+1. Extraction and comparison are math-verify 0.9's, the maintained form of the code lighteval 0.9.0
+   carried inside itself (with latex2sympy2_extended 1.0.6). Later fixes differ: numbers such as
+   ``0,111`` are read as a decimal, not a thousands-separated 111; equations, intervals and percentages
+   compare more completely; some false matches of 0.9.0 (``n=1, 2, 3`` equal to ``n=2, 3, 4``) are gone.
+2. Floats are compared to 6 decimals, the precision the metric declares. lighteval 0.9.0's ``PassAtK``
+   calls its scoring function as (prediction, gold, doc), so the doc lands where the precision goes
+   and every comparison that rounds a float fails: a plain decimal (``0.5``, ``1000.0``) never equals
+   a fraction or an integer there. That is a crash caught as "not equal", not a rule, and it cannot be
+   reproduced through math-verify without passing it an invalid argument.
+3. A bare gold answer (no ``\\boxed{}``, no ``$``) is read inside ``\\boxed{}``, so ``2\\sqrt{3}`` is
+   read whole (lighteval's number rule would take the 2). lighteval reads MATH-500's gold from the
+   worked ``solution``, AIME24's from a bare integer: both read the same either way; ``rlkd eval``
+   reads MATH-500's ``answer`` column, which is that solution's box.
+4. ``equations=True`` of lighteval's normalisation is left off: latex2sympy2_extended 1.11 handles
+   equations in its parser and only warns about the flag.
+5. Time is bounded per completion (``timeout_s``, default 5 s, for extraction and comparison
+   together) instead of per parse attempt (5 s) and per comparison (3 s).
+
+Time is bounded by us, not by math-verify's signal-based timeouts (which only work in the main thread
+and cannot interrupt a long C call either): math-verify runs in a few reusable grading subprocesses, and
+one that takes longer than ``timeout_s`` is killed (the grade is then ``False`` with the reason, and the
+event counted in :data:`STATS`). Extracted answers and gold answers of the ``reward`` protocol are cut
+at ``MAX_ANSWER_CHARS``, and verdicts are cached, timeouts included. So every function here is safe in
+threads and in TRL reward functions, and none of them raises on bad text; they block while math-verify
+works, so async code calls them through ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
+import functools
 import json
 import logging
 import os
@@ -54,7 +98,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +119,9 @@ def _count(key: str) -> None:
 class Grade:
     """The outcome of grading one completion.
 
-    ``correct`` is ``None`` when the completion cannot be graded (the gold answer is unreadable);
-    ``answer`` is what was extracted from the completion (``None`` when nothing was found).
+    ``correct`` is ``None`` when the completion cannot be graded (the gold answer is unreadable, under
+    the ``reward`` protocol; ``lighteval`` counts that wrong); ``answer`` is what was extracted from the
+    completion (``None`` when nothing was found); ``reason`` says why.
     """
 
     correct: bool | None
@@ -304,15 +349,16 @@ class _Worker:
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line
 
-    def ask(self, gold: str, answer: str, timeout_s: float) -> tuple[bool | None, str] | None:
-        """The worker's verdict, or None when it took longer than ``timeout_s`` (then kill the worker)."""
-        self.proc.stdin.write(json.dumps({"gold": gold, "answer": answer}).encode() + b"\n")  # type: ignore[union-attr]
+    def ask(self, request: dict[str, str], timeout_s: float) -> tuple[bool | None, str | None, str] | None:
+        """The worker's (correct, extracted answer, reason), or None when it took longer than ``timeout_s``
+        (then the caller kills the worker)."""
+        self.proc.stdin.write(json.dumps(request).encode() + b"\n")  # type: ignore[union-attr]
         self.proc.stdin.flush()  # type: ignore[union-attr]
         line = self._readline(time.monotonic() + timeout_s)
         if line is None:
             return None
         reply = json.loads(line)
-        return reply["correct"], reply["reason"]
+        return reply["correct"], reply["answer"], reply["reason"]
 
     def kill(self) -> None:
         try:
@@ -360,10 +406,10 @@ class _WorkerPool:
                 self._idle.append(worker)
             self._cond.notify()
 
-    def compare(self, gold: str, answer: str, timeout_s: float) -> tuple[bool | None, str] | None:
+    def compare(self, request: dict[str, str], timeout_s: float) -> tuple[bool | None, str | None, str] | None:
         worker = self._acquire()
         try:
-            outcome = worker.ask(gold, answer, timeout_s)
+            outcome = worker.ask(request, timeout_s)
         except BaseException:
             worker.kill()
             self._release(None)
@@ -386,8 +432,17 @@ class _WorkerPool:
 _POOL = _WorkerPool(size=max(1, min(4, os.cpu_count() or 1)))
 atexit.register(_POOL.close)
 
-_CACHE: OrderedDict[tuple[str, str], tuple[bool | None, str]] = OrderedDict()
+_CACHE: OrderedDict[tuple[str, ...], tuple[bool | None, str | None, str]] = OrderedDict()
 _CACHE_SIZE = 8192
+
+
+def _serve(request: dict[str, str]) -> tuple[bool | None, str | None, str]:
+    """One grading request, as the worker answers it: ``pair`` compares an extracted answer with the gold
+    (the ``reward`` protocol), ``lighteval`` reads the whole completion and the gold as lighteval does."""
+    if request["op"] == "lighteval":
+        return _grade_lighteval(request["gold"], request["completion"])
+    same, reason = _compare(request["gold"], request["answer"])
+    return same, request["answer"], reason
 
 
 def _worker_main() -> None:
@@ -397,31 +452,58 @@ def _worker_main() -> None:
     os.dup2(2, 1)  # anything printed by sympy goes to stderr, never into the protocol
     import math_verify  # noqa: F401  (import before saying ready: startup is not part of any timeout)
 
+    # sympy imports much of itself on the first symbolic comparison (over a second on a busy machine):
+    # do that here too, so that it never counts against the first real request's time limit
+    _compare("2\\sqrt{3}", "3\\sqrt{2}")
+    _grade_lighteval("\\frac{1}{2}", "so $x = 0.5$")
+
     protocol.write(b"ready\n")
     protocol.flush()
     for line in sys.stdin.buffer:
         request = json.loads(line)
         try:
-            same, reason = _compare(request["gold"], request["answer"])
+            same, answer, reason = _serve(request)
         except Exception as exc:  # math-verify / sympy raise on odd inputs: a failed grade, not a crash
-            same, reason = False, f"math-verify error: {type(exc).__name__}: {str(exc)[:200]}"
-        protocol.write(json.dumps({"correct": same, "reason": reason}).encode() + b"\n")
+            same, answer, reason = False, None, f"math-verify error: {type(exc).__name__}: {str(exc)[:200]}"
+        protocol.write(json.dumps({"correct": same, "answer": answer, "reason": reason}).encode() + b"\n")
         protocol.flush()
 
 
-def _compare_bounded(gold: str, answer: str, timeout_s: float) -> tuple[bool | None, str] | None:
-    """:func:`_compare` in a grading subprocess, cached; None if it took longer than ``timeout_s``."""
-    key = (gold, answer)
+def _compare_bounded(request: dict[str, str], timeout_s: float) -> tuple[bool | None, str | None, str] | None:
+    """:func:`_serve` in a grading subprocess, cached; None if it took longer than ``timeout_s``."""
+    key = tuple(request[k] for k in sorted(request))
     with _stats_lock:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    outcome = _POOL.compare(gold, answer, timeout_s)
+    outcome = _POOL.compare(request, timeout_s)
     with _stats_lock:
-        _CACHE[key] = outcome if outcome is not None else (False, f"math-verify took longer than {timeout_s}s")
+        _CACHE[key] = outcome if outcome is not None else (False, None, f"math-verify took longer than {timeout_s}s")
         if len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
     return outcome
+
+
+def _bounded_grade(request: dict[str, str], timeout_s: float, shown: str | None) -> Grade:
+    """Run ``request`` time-bounded and turn the outcome into a counted :class:`Grade`; never raises."""
+    try:
+        outcome = _compare_bounded(request, timeout_s)
+    except Exception as exc:  # the grading process could not start or died: a counted, failed grade
+        _count("errors")
+        log.warning("grading failed: %s", exc)
+        return Grade(False, shown, f"grading error: {type(exc).__name__}: {exc}")
+    if outcome is None:
+        _count("timeouts")
+        log.warning("math-verify took longer than %.1fs (gold %r); graded wrong", timeout_s, request["gold"][:80])
+        return Grade(False, shown, f"math-verify took longer than {timeout_s}s")
+    same, answer, reason = outcome
+    if reason.startswith("math-verify error"):
+        _count("errors")
+    if same is None or reason.startswith(_GOLD_UNREADABLE):
+        _count("gold_unparsable")
+    else:
+        _count("graded")
+    return Grade(same, answer if answer is not None else shown, reason)
 
 
 def gold_answer(gold: Any) -> str:
@@ -443,34 +525,105 @@ def math_equal(gold: Any, answer: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) 
     if not gold_text.strip():
         _count("gold_unparsable")
         return Grade(None, answer, "the gold answer is empty")
-    try:
-        outcome = _compare_bounded(gold_text, answer, timeout_s)
-    except Exception as exc:  # the grading process could not start or died: a counted, failed grade
-        _count("errors")
-        log.warning("grading failed: %s", exc)
-        return Grade(False, answer, f"grading error: {type(exc).__name__}: {exc}")
-    if outcome is None:
-        _count("timeouts")
-        log.warning("math-verify took longer than %.1fs comparing %r with gold %r; graded wrong",
-                    timeout_s, answer[:80], gold_text[:80])
-        return Grade(False, answer, f"math-verify took longer than {timeout_s}s")
-    same, reason = outcome
-    if reason.startswith("math-verify error"):
-        _count("errors")
-    if same is None:
-        _count("gold_unparsable")
-    else:
-        _count("graded")
-    return Grade(same, answer, reason)
+    return _bounded_grade({"op": "pair", "gold": gold_text, "answer": answer}, timeout_s, answer)
 
 
-def grade_math_detail(completion_text: str, gold: Any, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Grade:
-    """Extract the answer of ``completion_text`` (:func:`extract_answer`) and compare it with ``gold``.
+# --------------------------------------------------------------------------------------------------
+# lighteval 0.9.0's math protocol (AIME24, MATH-500), through math-verify
+
+_GOLD_UNREADABLE = "the gold answer cannot be read"
+
+
+@functools.lru_cache(maxsize=1)
+def _lighteval_config() -> tuple[Any, ...]:
+    """The extraction targets lighteval 0.9.0's ``math_pass@1`` metrics give to both reply and gold.
+
+    LaTeX (boxed at priority 55, i.e. after the "final answer is" anchors at 0 and 50; plain LaTeX
+    without any anchor at 300) before plain expressions and numbers. Normalisation as lighteval 0.9.0
+    sets it, except ``equations``, which latex2sympy2_extended 1.11 handles in its parser (the flag only
+    warns there).
+    """
+    from latex2sympy2_extended.latex2sympy2 import NormalizationConfig
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    normalization = NormalizationConfig(basic_latex=True, units=True, malformed_operators=True, nits=True,
+                                        boxed="all", equations=False)
+    return (LatexExtractionConfig(try_extract_without_anchor=True, boxed_match_priority=55,
+                                  normalization_config=normalization),
+            ExprExtractionConfig(try_extract_without_anchor=True))
+
+
+def _lighteval_parse(text: str) -> tuple[list[Any], str | None]:
+    """math-verify's parse with lighteval's targets and "any_match" extraction: the objects it read (no
+    string fallback is graded, as lighteval's ``math_pass@1`` passes ``no_fallback``), and the normalised
+    text of the first match it tried, to show as the extracted answer."""
+    from math_verify import parse
+
+    parsed = parse(text.strip(), _lighteval_config(), fallback_mode="first_match", extraction_mode="any_match",
+                   parsing_timeout=None)
+    objects = [x for x in parsed if not isinstance(x, str)]
+    shown = next((x for x in parsed if isinstance(x, str)), None)
+    return objects, shown
+
+
+def _lighteval_gold_text(gold: str) -> str:
+    """A worked solution or delimited LaTeX is read as it is (lighteval reads MATH-500's ``solution``);
+    a bare answer (``2\\sqrt{3}``, ``204``) is read inside ``\\boxed{}``, so that it is read whole."""
+    text = gold.strip()
+    if any(mark in text for mark in ("\\boxed", "\\fbox", "$", "\\(", "\\[")):
+        return text
+    return "\\boxed{" + text + "}"
+
+
+def _grade_lighteval(gold: str, completion: str) -> tuple[bool | None, str | None, str]:
+    from math_verify import verify
+
+    gold_parsed, _ = _lighteval_parse(_lighteval_gold_text(gold))
+    if not gold_parsed:
+        return False, None, f"{_GOLD_UNREADABLE} ({gold[:80]!r}); lighteval scores such a problem 0"
+    pred_parsed, shown = _lighteval_parse(completion)
+    if not pred_parsed:
+        unread = f"; {shown[:80]!r} did not parse" if shown else ""
+        return False, None, f"no answer found (lighteval rules: no anchor, LaTeX or number could be read{unread})"
+    answer = (shown if shown is not None else str(pred_parsed[0]))[:MAX_ANSWER_CHARS]
+    # lighteval 0.9.0's PassAtK calls its comparison as (prediction, gold): math-verify's asymmetric rules
+    # (an assignment's right-hand side, an equation against a set) then apply with the roles it gives them
+    same = bool(verify(pred_parsed, gold_parsed, float_rounding=6, timeout_seconds=None))
+    return same, answer, "math-verify: equal" if same else "math-verify: different"
+
+
+# --------------------------------------------------------------------------------------------------
+# Grading one completion, by protocol
+
+PROTOCOLS = ("lighteval", "reward")
+DEFAULT_EVAL_PROTOCOL = "lighteval"
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown grading protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+
+
+def grade_math_detail(completion_text: str, gold: Any, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                      protocol: str = "reward") -> Grade:
+    """Grade ``completion_text`` against ``gold`` by math-verify, under ``protocol`` (see the module
+    docstring): ``reward`` extracts the answer with :func:`extract_answer` and compares it with the gold;
+    ``lighteval`` reads the whole completion and the gold as lighteval 0.9.0 does. Never raises.
 
     >>> grade_math_detail(r"... so $x = \\boxed{\\dfrac{1}{2}}$", "0.5").correct
     True
+    >>> grade_math_detail("so the result is 7", "7", protocol="lighteval").correct
+    True
     """
+    _check_protocol(protocol)
     try:
+        if protocol == "lighteval":
+            gold_text = gold if isinstance(gold, str) else str(gold)
+            if not gold_text.strip():
+                _count("gold_unparsable")
+                return Grade(False, None, f"{_GOLD_UNREADABLE} (empty); lighteval scores such a problem 0")
+            text = completion_text if isinstance(completion_text, str) else ""
+            return _bounded_grade({"op": "lighteval", "gold": gold_text, "completion": text}, timeout_s, None)
         answer = extract_answer(completion_text)
         grade = math_equal(gold, answer or "", timeout_s=timeout_s)  # reads the gold even with no answer
         if answer is None and grade.correct is not None:
@@ -481,15 +634,17 @@ def grade_math_detail(completion_text: str, gold: Any, *, timeout_s: float = DEF
         return Grade(False, None, f"grading error: {type(exc).__name__}: {exc}")
 
 
-def grade_math(completion_text: str, gold: Any, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool | None:
+def grade_math(completion_text: str, gold: Any, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+               protocol: str = "reward") -> bool | None:
     """True if the completion's final answer equals ``gold`` by math-verify, False if not (or if no
-    answer was found, or the check timed out), None if the gold answer cannot be read. Never raises;
-    safe in threads and async code.
+    answer was found, or the check timed out), None if the gold answer cannot be read (``reward``
+    protocol; ``lighteval`` counts such a gold wrong, as lighteval does). Never raises; safe in threads
+    and async code.
 
     >>> grade_math(r"The answer is \\boxed{1/2}", r"\\frac{1}{2}")
     True
     """
-    return grade_math_detail(completion_text, gold, timeout_s=timeout_s).correct
+    return grade_math_detail(completion_text, gold, timeout_s=timeout_s, protocol=protocol).correct
 
 
 # --------------------------------------------------------------------------------------------------
@@ -554,13 +709,62 @@ def extract_choice(text: str, letters: str = "ABCD") -> str | None:
     return weak
 
 
-def grade_choice_detail(completion_text: str, gold_letter: str, letters: str = "ABCD") -> Grade:
-    """Extract the letter (:func:`extract_choice`) and compare it with ``gold_letter``. Never raises."""
+# lighteval 0.9.0's letter rules (GPQA-Diamond): tried in order of priority; within one rule the match
+# that ends right-most wins. Upper-case letters only; "answer" in any case; the blank is a plain space.
+def _lighteval_letter_rules(letters: str) -> list[re.Pattern[str]]:
+    letter = "(?P<letter>[" + re.escape(letters) + "])"
+    before, after = r"(?:^| )(?:\*\*)?", r"(?:\*\*)?(?:[.,: ]|$)"
+    return [re.compile(p) for p in (
+        rf"(?i:final answer is):?\s*{letter}\.?\s?I hope",  # 0: "The final answer is C. I hope it is correct"
+        rf"(?i:final answer.{{0,100}}?)\s+is:?\s*{letter}",  # 50: "final answer to this is B"
+        rf"(?i:answer):.{{0,50}}?{before}{letter}{after}",  # 100: "Answer: D", "answer: it is **B**."
+        rf"(?i:answer).{{0,50}}?{before}{letter}{after}",  # 150: "The answer is for sure D, ..."
+        rf"^(?:\*\*)?{letter}{after}",  # 200: the reply starts with the letter ("D. it can't be A")
+        rf"{before}{letter}{after}",  # 250: a letter standing alone ("therefore I think it's B")
+        letter,  # 300: any such letter at all ('Answer: "C"')
+    )]
+
+
+_LETTER_RULES: dict[str, list[re.Pattern[str]]] = {}
+
+
+def extract_choice_lighteval(text: str, letters: str = "ABCD") -> str | None:
+    """The letter lighteval 0.9.0's GPQA metric extracts from ``text`` (its ``IndicesExtractionConfig``
+    with letters and extraction without an anchor, which is on), or None when ``text`` holds none of
+    the letters. Since the last rule takes any upper-case letter of the set anywhere, a reply almost
+    always yields one.
+
+    >>> extract_choice_lighteval("The answer is for sure D, it can't be A or B")
+    'D'
+    >>> extract_choice_lighteval("Let's see. It's not A, therefore I think it's B")
+    'B'
+    """
+    if not isinstance(text, str) or not text:
+        return None
+    rules = _LETTER_RULES.get(letters)
+    if rules is None:
+        rules = _LETTER_RULES.setdefault(letters, _lighteval_letter_rules(letters))
+    for rule in rules:
+        best = max(rule.finditer(text), key=lambda m: (m.end(), -m.start()), default=None)
+        if best is not None:
+            return best.group("letter")
+    return None
+
+
+def grade_choice_detail(completion_text: str, gold_letter: str, letters: str = "ABCD", *,
+                        protocol: str = "reward") -> Grade:
+    """Extract the letter (:func:`extract_choice_lighteval` under the ``lighteval`` protocol,
+    :func:`extract_choice` under ``reward``) and compare it with ``gold_letter`` (case-insensitive).
+    Never raises."""
+    _check_protocol(protocol)
     try:
         gold = (gold_letter or "").strip().upper()
         if len(gold) != 1 or gold not in letters.upper():
             return Grade(None, None, f"the gold letter {gold_letter!r} is not one of {letters}")
-        letter = extract_choice(completion_text, letters)
+        if protocol == "lighteval":
+            letter = extract_choice_lighteval(completion_text, letters.upper())
+        else:
+            letter = extract_choice(completion_text, letters)
         if letter is None:
             return Grade(False, None, "no answer letter found")
         return Grade(letter == gold, letter, "letter matches" if letter == gold else "letter differs")
@@ -568,10 +772,40 @@ def grade_choice_detail(completion_text: str, gold_letter: str, letters: str = "
         return Grade(False, None, f"grading error: {type(exc).__name__}: {exc}")
 
 
-def grade_choice(completion_text: str, gold_letter: str, letters: str = "ABCD") -> bool:
+def grade_choice(completion_text: str, gold_letter: str, letters: str = "ABCD", *, protocol: str = "reward") -> bool:
     """True if the letter the reply settles on is ``gold_letter`` (case-insensitive); never raises.
 
     >>> grade_choice("**Answer: (c)**", "C")
     True
     """
-    return bool(grade_choice_detail(completion_text, gold_letter, letters).correct)
+    return bool(grade_choice_detail(completion_text, gold_letter, letters, protocol=protocol).correct)
+
+
+# --------------------------------------------------------------------------------------------------
+# Many completions
+
+
+def grade(completion_text: str, gold: Any, *, kind: str, protocol: str = DEFAULT_EVAL_PROTOCOL,
+          timeout_s: float = DEFAULT_TIMEOUT_S, letters: str = "ABCD") -> Grade:
+    """Grade one completion of a ``math`` or ``choice`` (four-option, GPQA-style) problem."""
+    if kind == "choice":
+        return grade_choice_detail(completion_text, str(gold), letters, protocol=protocol)
+    if kind != "math":
+        raise ValueError(f"unknown problem kind {kind!r}; expected math or choice")
+    return grade_math_detail(completion_text, gold, timeout_s=timeout_s, protocol=protocol)
+
+
+def grade_all(items: Sequence[tuple[str, Any]], *, kind: str, protocol: str = DEFAULT_EVAL_PROTOCOL,
+              timeout_s: float = DEFAULT_TIMEOUT_S, progress: str | None = None) -> list[Grade]:
+    """:func:`grade` for each (completion, gold) in ``items``, in order, a few at a time (math-verify
+    runs in the grading processes, so a few threads keep several of them busy). ``progress`` names a
+    progress bar (none when None)."""
+    _check_protocol(protocol)
+    with concurrent.futures.ThreadPoolExecutor(_POOL.size) as pool:
+        results = pool.map(lambda item: grade(item[0], item[1], kind=kind, protocol=protocol, timeout_s=timeout_s),
+                           items)
+        if progress is not None:
+            from tqdm.auto import tqdm
+
+            results = tqdm(results, total=len(items), desc=progress, unit="sample", dynamic_ncols=True)
+        return list(results)

@@ -25,11 +25,15 @@ How this departs from the authors' code (SPEC section 4):
 1. No client, server address or tokenizer is created at import time; every address, model name and key
    variable comes from the command line or a config.
 2. The API key is read from the environment variable *named* by ``api_key_env``; it never goes in a
-   file, a cache key, a log line or a ``repr``.
+   file, a cache key, a log line or a ``repr``. A key holding anything but printable ASCII (a carriage
+   return from a Windows key file) is refused without being quoted, an ``api_key_env`` that looks like a
+   key is warned about and masked, and every failure reason is scrubbed of the key.
 3. An API failure is never retried forever: each request has a timeout and a bounded number of retries
    with exponential backoff and jitter, only on transient errors (timeouts, connection errors, HTTP 408,
    429 honouring ``Retry-After`` up to a cap, 5xx, unreadable bodies). Other 4xx fail at once. Every
-   retry and every final failure is logged with its reason and counted in :attr:`Backend.stats`.
+   retry and every final failure is logged with its reason and counted in :attr:`Backend.stats`. The
+   timeout, retries and concurrency are finite and bounded (:data:`BACKEND_LIMITS`), so no setting can
+   switch the timeout off or make the retry loop endless.
 4. Requests of one batch run concurrently, up to a concurrency limit, instead of one after another.
 5. Streaming with early stop (:meth:`Backend.generate_stream`, :class:`StreamSink`): the text reaches
    the caller as it is generated, and the caller can end a generation once it has read enough (early
@@ -270,6 +274,17 @@ class FailureBudget:
         if self.seen >= self.min_count:
             self._check()
 
+    def record_many(self, outcomes: Sequence[tuple[bool, str]]) -> None:
+        """Count a whole batch of ``(ok, reason)`` outcomes, then check once, so the error counts every
+        item of the batch that was already done rather than stopping the count part-way."""
+        for ok, reason in outcomes:
+            self.seen += 1
+            if not ok:
+                self.failures += 1
+                self.reasons.append(reason or "no reason given")
+        if self.seen >= self.min_count:
+            self._check()
+
     def record_completion(self, completion: Completion) -> None:
         """Count a :class:`Completion` (failed when its ``error`` is set)."""
         self.record(completion.ok, completion.error or "")
@@ -288,11 +303,82 @@ class FailureBudget:
         if self.failures and self.share > self.max_share:
             raise TooManyFailures(
                 f"{self.failures} of {self.seen} {self.what} failed ({self.share:.1%} > {self.max_share:.1%} "
-                f"allowed); last reasons: {'; '.join(self.reasons)}"
+                f"allowed); last reasons: {'; '.join(dict.fromkeys(self.reasons))}"
             )
 
     def __repr__(self) -> str:
         return f"FailureBudget({self.failures}/{self.seen} {self.what} failed, max_share={self.max_share})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Checked settings: numbers in range, keys that can be sent
+
+# field -> (lowest, highest, lowest excluded): every backend setting is finite and bounded, so no option
+# can switch the timeout off or make a retry loop endless
+BACKEND_LIMITS: dict[str, tuple[float, float, bool]] = {
+    "concurrency": (1, 4096, False),
+    "timeout": (0, 86_400, True),  # seconds per request, at most a day
+    "max_retries": (0, 50, False),
+    "local_batch_size": (1, 4096, False),
+}
+
+
+def check_backend_numbers(values: Mapping[str, Any], name: Callable[[str], str] = str) -> None:
+    """Raise ValueError, naming the field as ``name(field)`` gives it, for a value outside BACKEND_LIMITS
+    (NaN and infinities included). Fields that are absent or None are skipped.
+
+    >>> check_backend_numbers({"timeout": float("inf")}, lambda f: "--" + f)
+    Traceback (most recent call last):
+    ...
+    ValueError: --timeout: must be a finite number in (0, 86400], got inf
+    """
+    for field_name, value in values.items():
+        if value is None or field_name not in BACKEND_LIMITS:
+            continue
+        low, high, open_low = BACKEND_LIMITS[field_name]
+        bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value > high or (value <= low if open_low else value < low)
+        if bad:
+            kind = "a finite number" if field_name == "timeout" else "a whole number"
+            raise ValueError(f"{name(field_name)}: must be {kind} in {'(' if open_low else '['}{low:g}, {high:g}], "
+                             f"got {value!r}")
+
+
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def looks_like_a_key(name: str) -> bool:
+    """Whether an ``api_key_env`` value looks like a key pasted in place of a variable name.
+
+    >>> [looks_like_a_key(n) for n in ["OPENAI_API_KEY", "HF_TOKEN", "sk-abc123", "gsk_8fJ2kLq9ZxT4mN7pR1sV3wY6"]]
+    [False, False, True, True]
+    """
+    if not _VARIABLE_NAME.fullmatch(name):
+        return True
+    if name.startswith(("sk-", "sk_", "gsk_", "hf_", "xai-", "pk-", "rk-", "ghp_")):
+        return True
+    mixed = any(c.islower() for c in name) and any(c.isupper() for c in name) and any(c.isdigit() for c in name)
+    return len(name) >= 20 and mixed
+
+
+def read_api_key(variable: str) -> str | None:
+    """The key in environment variable ``variable`` (None when unset or empty).
+
+    Raises ValueError, without quoting the key, when it holds anything but printable ASCII: a carriage
+    return or newline from a key file with Windows line endings would otherwise be echoed back in every
+    HTTP error message.
+    """
+    key = os.environ.get(variable)
+    if not key:
+        return None
+    for position, char in enumerate(key, start=1):
+        if not " " < char <= "~":
+            what = {"\r": "a carriage return", "\n": "a newline", "\t": "a tab", " ": "a space"}.get(
+                char, "a control character" if ord(char) < 32 or ord(char) == 127 else "a non-ASCII character")
+            shown = "the variable named by api_key_env" if looks_like_a_key(variable) else f"environment variable {variable}"
+            raise ValueError(f"{shown}: the API key holds {what} at character {position} of {len(key)} (the key "
+                             "is not shown); strip it, e.g. export VAR=\"$(tr -d '\\r\\n' < keyfile)\"")
+    return key
 
 
 # --------------------------------------------------------------------------------------------------
@@ -406,12 +492,7 @@ class OpenAIBackend(Backend):
             raise ValueError("OpenAIBackend needs a base_url")
         if not model:
             raise ValueError("OpenAIBackend needs a model name")
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0, got {timeout}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        check_backend_numbers({"concurrency": concurrency, "timeout": timeout, "max_retries": max_retries})
         self.base_url = base_url
         self.model = model
         self.api_key_env = api_key_env
@@ -422,9 +503,13 @@ class OpenAIBackend(Backend):
         self.backoff_max = backoff_max
         self.retry_after_max = retry_after_max
         self.extra_body = dict(extra_body or {})
-        key = os.environ.get(api_key_env) if api_key_env else None
+        if api_key_env and looks_like_a_key(api_key_env):
+            log.warning("api_key_env looks like an API key, not the name of a variable (it is not shown); give "
+                        "the NAME of the environment variable that holds the key, e.g. OPENAI_API_KEY")
+            self.api_key_env = "<not shown: looks like a key>"
+        key = read_api_key(api_key_env) if api_key_env else None
         if api_key_env and not key:
-            log.debug("environment variable %s is unset: sending a placeholder API key", api_key_env)
+            log.debug("environment variable %s is unset: sending a placeholder API key", self.api_key_env)
         self._api_key = key or PLACEHOLDER_API_KEY  # kept private; never logged, cached or shown in repr
         self._n_supported = True
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -496,9 +581,18 @@ class OpenAIBackend(Backend):
             completion = Completion(texts=texts[: request.n], prompt_tokens=prompt_tokens,
                                     completion_tokens=completion_tokens)
         except (_Transient, _Permanent) as exc:
-            completion = Completion(error=str(exc))
+            completion = Completion(error=self._scrub(str(exc)))
         self.stats.add(completion)
         return completion
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with the API key (in any form a message may quote it) replaced by ``<key>``."""
+        key = self._api_key
+        if key and key != PLACEHOLDER_API_KEY:
+            for form in {key, key.strip(), repr(key)[1:-1], repr(key.encode())[2:-1]}:
+                if len(form) >= 4:
+                    text = text.replace(form, "<key>")
+        return text
 
     async def _attempts(self, request: GenerationRequest, n: int, seed: int | None) -> tuple[list[str], int, int]:
         """One API call with bounded retries; raises _Transient/_Permanent when it fails for good."""
@@ -517,13 +611,13 @@ class OpenAIBackend(Backend):
             if isinstance(failure, _Permanent) or attempt >= self.max_retries:
                 tries = attempt + 1
                 log.warning("request to %s failed for good after %d attempt%s: %s",
-                            self.model, tries, "" if tries == 1 else "s", failure)
+                            self.model, tries, "" if tries == 1 else "s", self._scrub(str(failure)))
                 raise failure
             delay = self._backoff(attempt, getattr(failure, "retry_after", None))
             attempt += 1
             self.stats.retries += 1
             log.warning("request to %s: %s; retry %d of %d in %.2fs",
-                        self.model, failure, attempt, self.max_retries, delay)
+                        self.model, self._scrub(str(failure)), attempt, self.max_retries, delay)
             await asyncio.sleep(delay)
 
     def _request_kwargs(self, request: GenerationRequest, n: int, seed: int | None) -> dict[str, Any]:
@@ -1093,8 +1187,10 @@ def backend_from_config(config: Mapping[str, Any], where: str = "backend") -> Ba
     for name, value in config.items():
         expected = BACKEND_FIELDS[name]
         if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+            shown = "<not shown>" if name == "api_key_env" else repr(value)
             raise ValueError(f"{where}: field '{name}' must be "
-                             f"{'a number' if expected == (int, float) else expected.__name__}, got {value!r}")
+                             f"{'a number' if expected == (int, float) else expected.__name__}, got {shown}")
+    check_backend_numbers(config, lambda f: f"{where}: field '{f}'")
     base_url, local_model = config.get("base_url"), config.get("local_model")
     if bool(base_url) == bool(local_model):
         raise ValueError(f"{where}: give exactly one of 'base_url' (a server) or 'local_model' (in-process)"
@@ -1117,7 +1213,10 @@ def backend_from_config(config: Mapping[str, Any], where: str = "backend") -> Ba
     if config.get("cache"):
         from rlkd.cache import CachedBackend
 
-        backend = CachedBackend(backend, config["cache"])
+        try:
+            backend = CachedBackend(backend, config["cache"])
+        except OSError as exc:  # not the model's fault: name the cache
+            raise ValueError(f"{where}: field 'cache': {exc}") from None
     return backend
 
 
@@ -1143,6 +1242,7 @@ def backend_from_args(args: argparse.Namespace) -> Backend:
         raise CliError(f"--model NAME is required with --base-url (the model name the server at "
                        f"{config['base_url']} knows)")
     try:
+        check_backend_numbers(config, lambda f: "--" + f.replace("_", "-"))
         return backend_from_config(config, where="backend options")
     except ValueError as exc:
         raise CliError(str(exc)) from None

@@ -22,6 +22,12 @@ the shared :class:`~rlkd.backends.BackendStats` (the wrapper and the inner backe
    with ``INSERT OR IGNORE`` (the first answer stored for a key stays), and a lock serialises the threads
    of one process on its connection, so several threads and several processes can share one file.
    Answers are stored after each ``generate`` batch returns: a job killed mid-batch loses that batch only.
+6. A corrupt cache (an SQLite file with garbage in its pages or schema) is detected when it is opened
+   or read, reported on one line, moved aside to ``<file>.corrupt-<time>-<pid>`` and replaced by an
+   empty cache, so the job goes on and asks again for what the cache held. A file that is not an SQLite
+   database at all (notes, a JSON file), or another program's database, is refused and left alone. An entry that cannot be read back whole (texts that are not
+   a list of strings, fewer texts than the request's ``n``, bad token counts) is never served: it is a
+   miss, and the fresh answer is asked for.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from rlkd.backends import Backend, Completion, GenerationRequest, StreamSink
 log = logging.getLogger("rlkd.cache")
 
 SCHEMA_VERSION = 1
+_SQLITE_HEADER = b"SQLite format 3\x00"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS completions (
     key TEXT PRIMARY KEY,
@@ -84,11 +91,21 @@ class RequestCache:
         self.busy_timeout_s = busy_timeout_s
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise OSError(f"{self.path}: is a folder, not a request cache file")
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._inode: tuple[int, int] | None = None  # the file the connection opened (to move aside only that one)
+        self.moved_aside: list[Path] = []
         self._retrying(self._open)
 
-    def _open(self) -> None:
+    def _open(self, recovering: bool = False) -> None:
+        with open(self.path, "a+b") as handle:  # creates an empty file; reads the header of an existing one
+            handle.seek(0)
+            header = handle.read(16)
+        if header and header != _SQLITE_HEADER:  # not a database at all: the user's file, never moved
+            raise OSError(f"{self.path}: not a request cache (not an SQLite file); refusing to touch it: give "
+                          "another cache file")
         try:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
                                    check_same_thread=False)
@@ -100,13 +117,61 @@ class RequestCache:
             if str(mode).lower() != "wal":
                 log.warning("%s: SQLite refused WAL mode (%s); concurrent writers will wait longer", self.path, mode)
             conn.execute("PRAGMA synchronous = NORMAL")
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "completions" not in tables:
+                conn.close()
+                raise OSError(f"{self.path}: an SQLite database but not a request cache (tables "
+                              f"{', '.join(sorted(tables)[:5])}); refusing to change it: give another cache file")
             conn.execute(_SCHEMA)
+            conn.execute("SELECT COUNT(*) FROM completions WHERE key = ''").fetchone()
         except sqlite3.DatabaseError as exc:
             conn.close()
-            if "locked" in str(exc) or "busy" in str(exc):
+            if _is_lock_error(exc):
                 raise
-            raise OSError(f"{self.path}: not a usable request cache: {exc}") from None
+            if recovering:
+                raise OSError(f"{self.path}: not a usable request cache: {exc}") from None
+            self._move_aside(exc)
+            return self._open(recovering=True)
         self._conn = conn
+        stat = self.path.stat()
+        self._inode = (stat.st_dev, stat.st_ino)
+
+    def _move_aside(self, exc: BaseException) -> None:
+        """Report a corrupt file on one line and rename it (with its -wal/-shm files) out of the way.
+
+        Only the file this object opened is moved: when another process has already replaced it with a
+        fresh cache, that one is left alone."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+            self._conn = None
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return
+        if self._inode is not None and (stat.st_dev, stat.st_ino) != self._inode:
+            return  # someone else already moved the corrupt file aside
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        os.replace(self.path, aside)
+        for suffix in ("-wal", "-shm"):
+            extra = self.path.with_name(self.path.name + suffix)
+            if extra.exists():
+                if suffix == "-wal":
+                    os.replace(extra, aside.with_name(aside.name + suffix))
+                else:
+                    extra.unlink()
+        self.moved_aside.append(aside)
+        self._inode = None
+        log.warning("%s: the request cache is corrupt (%s); moved it aside to %s and started an empty one "
+                    "(its answers will be asked again)", self.path, " ".join(str(exc).split()), aside.name)
+
+    def _recover(self, exc: sqlite3.DatabaseError) -> None:
+        """After a read or write found the file corrupt: move it aside and open a fresh one (callers hold
+        self._lock)."""
+        self._move_aside(exc)
+        self._open(recovering=True)
 
     def _retrying(self, fn, *args):
         """Run ``fn`` again when SQLite reports a lock it could not wait out (bounded, with backoff)."""
@@ -115,7 +180,7 @@ class RequestCache:
             try:
                 return fn(*args)
             except sqlite3.OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 29:
+                if not _is_lock_error(exc) or attempt == 29:
                     raise
                 time.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 1.0)
@@ -128,17 +193,25 @@ class RequestCache:
             chunk = keys[start: start + 500]
             rows = self._retrying(self._select, chunk)
             for key, texts, prompt_tokens, completion_tokens in rows:
-                found[key] = Completion(texts=json.loads(texts), prompt_tokens=prompt_tokens,
-                                        completion_tokens=completion_tokens, cached=True)
+                completion = _whole_entry(texts, prompt_tokens, completion_tokens)
+                if completion is None:
+                    log.warning("%s: an unreadable entry (%s...) is not served; asking again", self.path, key[:12])
+                    continue
+                found[key] = completion
         return found
 
     def _select(self, keys: list[str]) -> list[tuple]:
         marks = ",".join("?" * len(keys))
+        query = f"SELECT key, texts, prompt_tokens, completion_tokens FROM completions WHERE key IN ({marks})"
         with self._lock:
             conn = self._connection()
-            return conn.execute(
-                f"SELECT key, texts, prompt_tokens, completion_tokens FROM completions WHERE key IN ({marks})",
-                keys).fetchall()
+            try:
+                return conn.execute(query, keys).fetchall()
+            except sqlite3.DatabaseError as exc:
+                if _is_lock_error(exc):
+                    raise
+                self._recover(exc)
+                return []  # the fresh cache holds nothing: every key is a miss
 
     def put_many(self, items: Iterable[tuple[str, str, GenerationRequest, Completion]]) -> int:
         """Store ``(key, model, request, completion)`` items; failed completions are skipped.
@@ -155,19 +228,26 @@ class RequestCache:
             return 0
         return self._retrying(self._insert, rows)
 
-    def _insert(self, rows: list[tuple]) -> int:
+    def _insert(self, rows: list[tuple], retried: bool = False) -> int:
         with self._lock:
             conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                before = conn.total_changes
-                conn.executemany("INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                written = conn.total_changes - before
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            return written
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    before = conn.total_changes
+                    conn.executemany("INSERT OR IGNORE INTO completions VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                    written = conn.total_changes - before
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                return written
+            except sqlite3.DatabaseError as exc:
+                if _is_lock_error(exc) or retried:
+                    raise
+                self._recover(exc)
+        return self._insert(rows, retried=True)
 
     def __len__(self) -> int:
         with self._lock:
@@ -224,6 +304,9 @@ class CachedBackend(Backend):
         keys = [request_key(self.model, r) if self.cacheable(r) else None for r in requests]
         cacheable_keys = [k for k in keys if k is not None]
         hits = await asyncio.to_thread(self.cache.get_many, cacheable_keys) if cacheable_keys else {}
+        for key, request in zip(keys, requests):  # an entry with fewer samples than asked for is not whole
+            if key in hits and len(hits[key].texts) != request.n:
+                del hits[key]
 
         to_send: list[int] = []  # indices of requests that go to the inner backend
         first_of_key: dict[str, int] = {}
@@ -292,6 +375,23 @@ class CachedBackend(Backend):
         """Close the inner backend and the cache file."""
         await self.inner.aclose()
         self.cache.close()
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _whole_entry(texts: object, prompt_tokens: object, completion_tokens: object) -> Completion | None:
+    """The completion a row stores, or None when the row cannot be read back whole."""
+    try:
+        values = json.loads(texts) if isinstance(texts, str) else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(values, list) or not values or not all(isinstance(t, str) for t in values):
+        return None
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (prompt_tokens, completion_tokens)):
+        return None
+    return Completion(texts=values, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cached=True)
 
 
 def _copy(completion: Completion, cached: bool | None = None) -> Completion:

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -26,8 +27,10 @@ MODULE_COMMANDS = [
     ("rlkd.data", "data"),
     ("rlkd.train", "train"),
     ("rlkd.evaluate", "eval"),
+    ("rlkd.grade", "grade"),
     ("rlkd.inspector", "inspect"),
     ("rlkd.experiment", "demo"),
+    ("rlkd.serve", "serve"),
 ]
 
 log = logging.getLogger("rlkd")
@@ -45,6 +48,8 @@ def read_text(path: str) -> str:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CliError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CliError(f"{path}: is a folder, not a file") from None
     except UnicodeDecodeError as exc:
         raise CliError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
@@ -55,6 +60,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         handle = open(path, "rb")
     except FileNotFoundError:
         raise CliError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CliError(f"{path}: is a folder, not a JSONL file") from None
     with handle:
         for number, raw in enumerate(handle, start=1):
             try:
@@ -95,13 +102,30 @@ def cmd_parse(args: argparse.Namespace) -> int:
 # rlkd score
 
 
-def _decomposition_field(obj: dict[str, Any], name: str, where: str) -> Decomposition:
+def decomposition_field(obj: dict[str, Any], name: str, where: str) -> Decomposition:
+    """Field ``name`` of a JSONL record as a Decomposition; CliError naming ``where`` and the field when it is
+    missing or is neither GSRM text nor a decomposition object (a number or null is a broken record)."""
     if name not in obj:
         raise CliError(f"{where}: missing field '{name}'")
+    value = obj[name]
+    if not isinstance(value, (str, dict)):  # a number or null is a broken record, not an empty decomposition
+        raise CliError(f"{where}: field '{name}' must be GSRM text or a decomposition object, got "
+                       f"{json_type(value)}")
     try:
-        return as_decomposition(obj[name])
+        return as_decomposition(value)
     except ValueError as exc:
         raise CliError(f"{where}: field '{name}': {exc}") from None
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, for error messages (``null``, ``number``, ``list``, ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {"str": "text", "dict": "an object", "list": "a list"}.get(type(value).__name__, type(value).__name__)
 
 
 def build_judge(args: argparse.Namespace):
@@ -122,9 +146,55 @@ def build_judge(args: argparse.Namespace):
         raise CliError(str(exc)) from None
 
 
+def _unjudged_reason(result) -> str | None:
+    """Why a scored pair has no trustworthy reward: the first failed verdict it used (None if none failed)."""
+    if not result.judge_failures:
+        return None
+    for step in result.steps:
+        for name, why in step.failures.items():
+            return f"{result.judge_failures} verdict{'s' if result.judge_failures > 1 else ''} failed, e.g. step " \
+                   f"{step.index} {name}: {why}"
+    return f"{result.judge_failures} verdicts failed"
+
+
+def _llm_backend_stats(judge) -> Any:
+    """The request counters of the LLM judge inside ``judge`` (None when no LLM is used)."""
+    from rlkd.llm_judge import LLMJudge
+
+    for candidate in [judge, *getattr(judge, "judges", {}).values()]:
+        if isinstance(candidate, LLMJudge):
+            return candidate.backend.stats
+    return None
+
+
+def _score_record(pair_id: Any, result, obj: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One output record: the result, with ``reward`` null and the reason under ``unjudged`` when a verdict
+    it needed failed (never a silent 0)."""
+    record = {"id": pair_id, **result.to_dict()} if pair_id is not None else result.to_dict()
+    reason = _unjudged_reason(result)
+    if reason is not None:
+        record["reward"] = None
+        record["unjudged"] = reason
+    if obj is not None:
+        record["teacher"], record["student"] = obj["teacher"], obj["student"]
+    return record
+
+
+def _failure_line(results, judge, what: str) -> str:
+    """'N of M pairs could not be judged (K of L judge requests failed); last reasons: ...'."""
+    unjudged = [r for r in results if _unjudged_reason(r) is not None]
+    stats = _llm_backend_stats(judge)
+    requests = f" ({stats.failures} of {stats.calls} judge requests failed)" if stats is not None and stats.calls else ""
+    reasons = list(dict.fromkeys(_unjudged_reason(r).split(": ", 1)[-1] for r in unjudged))[-3:]
+    return f"{len(unjudged)} of {len(results)} {what} could not be judged{requests}; last reasons: {'; '.join(reasons)}"
+
+
 def cmd_score(args: argparse.Namespace) -> int:
+    """``rlkd score``: exit status 0; 1 when some pairs could not be judged (marked ``unjudged``, reward
+    null); 2 when more than ``--max-failure-share`` of them could not (or on bad input)."""
     import asyncio
 
+    from rlkd.files import OutputLock, check_output_path, refuse_foreign_jsonl
     from rlkd.judges import score_many, score_structure
 
     if args.completions:
@@ -133,36 +203,58 @@ def cmd_score(args: argparse.Namespace) -> int:
         return cmd_score_completions(args)
     if args.pairs and (args.teacher or args.student):
         raise CliError("give either --pairs or --teacher/--student, not both")
-    judge = build_judge(args)
+    if not math.isfinite(args.max_failure_share) or not 0.0 <= args.max_failure_share <= 1.0:
+        raise CliError(f"--max-failure-share must be between 0 and 1, got {args.max_failure_share}")
     if not args.pairs:
         if not (args.teacher and args.student):
             raise CliError("give --teacher FILE and --student FILE, or --pairs PAIRS.jsonl")
         teacher = as_decomposition(read_text(args.teacher))
         student = as_decomposition(read_text(args.student))
+        judge = build_judge(args)
         result = asyncio.run(score_structure(teacher, student, judge, args.mode, args.lazy))
-        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+        print(json.dumps(_score_record(None, result), ensure_ascii=False, indent=2))
+        if _unjudged_reason(result) is not None:
+            raise CliError(_failure_line([result], judge, "pairs"))
         return 0
 
-    rows = list(iter_jsonl(args.pairs))  # validate the whole file before scoring anything
-    pairs, ids = [], []
-    for number, obj in rows:
-        where = f"{args.pairs}:{number}"
-        pairs.append((_decomposition_field(obj, "teacher", where), _decomposition_field(obj, "student", where)))
-        ids.append(obj.get("id", number))
-    results = asyncio.run(score_many(pairs, judge, args.mode, args.lazy))
-    out = open(args.output, "w", encoding="utf-8") if args.output and args.output != "-" else sys.stdout
+    to_file = bool(args.output) and args.output != "-"
+    lock = None
+    if to_file:  # before any paid call: a path that cannot be written, or a file that is not ours
+        check_output_path(args.output, "--output", same_as=[args.pairs])
+        refuse_foreign_jsonl(args.output, ("reward", "steps"), "rlkd score")
+        lock = OutputLock(args.output).acquire()
     try:
-        for (number, obj), pair_id, result in zip(rows, ids, results):
-            record = {"id": pair_id, **result.to_dict(), "teacher": obj["teacher"], "student": obj["student"]}
-            out.write(_dump(record) + "\n")
+        rows = list(iter_jsonl(args.pairs))  # validate the whole file before scoring anything
+        pairs, ids = [], []
+        for number, obj in rows:
+            where = f"{args.pairs}:{number}"
+            pairs.append((decomposition_field(obj, "teacher", where), decomposition_field(obj, "student", where)))
+            ids.append(obj.get("id", number))
+        judge = build_judge(args)
+        results = asyncio.run(score_many(pairs, judge, args.mode, args.lazy))
+        records = [_score_record(pair_id, result, obj) for (_, obj), pair_id, result in zip(rows, ids, results)]
+        judged = [r for r in results if _unjudged_reason(r) is None]
+        if judged or not results:  # when nothing could be judged, an earlier output is left as it was
+            text = "".join(_dump(record) + "\n" for record in records)
+            if to_file:
+                from rlkd.files import atomic_write_text
+
+                atomic_write_text(args.output, text)
+            else:
+                sys.stdout.write(text)
     finally:
-        if out is not sys.stdout:
-            out.close()
-    rewards = [r.reward for r in results]
-    print(f"scored {len(results)} pairs: mean reward {sum(rewards) / max(len(rewards), 1):.3f}, "
-          f"parse failures {sum(r.parse_failure is not None for r in results)}, "
-          f"judge failures {sum(r.judge_failures for r in results)}", file=sys.stderr)
-    return 0
+        if lock is not None:
+            lock.release()
+    rewards = [r.reward for r in judged]
+    print(f"scored {len(results)} pairs: {len(judged)} judged, mean reward {sum(rewards) / max(len(rewards), 1):.3f} "
+          f"(over the judged pairs), parse failures {sum(r.parse_failure is not None for r in results)}, "
+          f"unjudged {len(results) - len(judged)} (judge failures {sum(r.judge_failures for r in results)})",
+          file=sys.stderr)
+    unjudged = len(results) - len(judged)
+    if unjudged and (not judged or unjudged / len(results) > args.max_failure_share):
+        written = "nothing written" if not judged else f"unjudged pairs marked in {args.output or 'the output'}"
+        raise CliError(f"{_failure_line(results, judge, 'pairs')} ({written})")
+    return 1 if unjudged else 0
 
 
 def _completion_items(args: argparse.Namespace, done: set[str], counts: dict[str, int]) -> Iterator[dict[str, Any]]:
@@ -182,7 +274,7 @@ def _completion_items(args: argparse.Namespace, done: set[str], counts: dict[str
         if key in seen:
             raise CliError(f"{where}: id {obj['id']!r} appears twice in the input")
         seen.add(key)
-        teacher = _decomposition_field(obj, "teacher_structure", where)
+        teacher = decomposition_field(obj, "teacher_structure", where)
         if key in done:
             counts["skipped"] += 1
             continue
@@ -296,7 +388,9 @@ def _score_parser(sub) -> None:
                         "are not written and are retried by the next run. The LLM judge, if asked for, uses the "
                         "same server as the GSRM")
     p.add_argument("--output", metavar="OUT.jsonl",
-                   help="where --pairs results go (default stdout); with --completions, appended to")
+                   help="where --pairs results go (default stdout); written at once when all are scored, and "
+                        "an existing file that is not rlkd score output is refused; with --completions, "
+                        "appended to (a re-run resumes)")
     p.add_argument("--no-early-exit", action="store_true",
                    help="--completions: let the GSRM write every decomposition to its end (by default its "
                         "generation is stopped once the reward is decided, which gives the same reward)")
@@ -311,9 +405,6 @@ def _score_parser(sub) -> None:
                         "characters (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=64,
                    help="--completions: lines scored together and written when all are back (default %(default)s)")
-    p.add_argument("--max-failure-share", type=float, default=0.2,
-                   help="--completions: stop when more than this share of GSRM calls failed, checked once "
-                        "--min-failures calls were made and at the end (default %(default)s)")
     p.add_argument("--min-failures", type=int, default=10,
                    help="--completions: GSRM calls made before the failure share is first checked (default %(default)s)")
     p.add_argument("--judge", default="hybrid", choices=["text", "overlap", "math", "hybrid", "llm"],
@@ -334,6 +425,12 @@ def _score_parser(sub) -> None:
     p.add_argument("--judge-batched", action="store_true",
                    help="llm judge: all step pairs of one student in one request with a JSON reply "
                         "(default: one yes/no request per pair)")
+    p.add_argument("--max-failure-share", type=float, default=0.2,
+                   help="exit status 2 when more than this share of the pairs could not be judged (a judge "
+                        "call or verdict failed; such pairs are written with reward null and the reason under "
+                        "'unjudged'); below it, exit status 1; with --completions: stop when more than this share "
+                        "of GSRM calls failed, checked once --min-failures calls were made and at the end "
+                        "(default %(default)s)")
     add_backend_arguments(p)
     p.set_defaults(func=cmd_score)
 
@@ -362,21 +459,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RESUMABLE = ("decompose", "data", "train", "eval", "demo")  # commands whose rerun continues a killed run
+
+
+def configure_logging(verbose: bool) -> None:
+    """rlkd's own loggers at INFO (DEBUG with ``-v``); every other logger (httpx, openai, datasets, ...) at
+    WARNING unless ``-v``, so one INFO line per HTTP request does not bury the warnings that matter."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("rlkd").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError: the path (shortened) and what the system said."""
+    name = exc.filename if exc.filename is not None else ""
+    name = str(name)
+    if len(name) > 120:
+        name = name[:60] + f"...({len(name)} characters)..." + name[-40:]
+    detail = exc.strerror or " ".join(str(exc).split())
+    if len(detail) > 400:
+        detail = detail[:397] + "..."
+    return f"{name}: {detail}" if name else detail
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from rlkd.files import OutputRefused
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # one INFO line per HTTP request drowns the reward logs
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
-    except CliError as exc:
+    except (CliError, OutputRefused) as exc:
         print(f"rlkd {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a folder where a file belongs, a name too long, a permission denied
+        print(f"rlkd {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        again = "; run the same command again to resume" if args.command in RESUMABLE else ""
+        print(f"rlkd {args.command}: interrupted (Ctrl-C); what was written so far is kept{again}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

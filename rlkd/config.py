@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -106,6 +107,12 @@ class BackendConfig:
         _positive(self, where, "concurrency", "timeout", "local_batch_size")
         if self.max_retries < 0:
             raise ConfigError(f"{where}.max_retries: must be >= 0, got {self.max_retries}")
+        from rlkd.backends import check_backend_numbers
+
+        try:  # the same limits as the command-line options: finite, bounded
+            check_backend_numbers(dataclasses.asdict(self), lambda name: f"{where}.{name}")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def as_backend_config(self, cache: str | None = None) -> dict[str, Any]:
         """The mapping :func:`rlkd.backends.backend_from_config` takes (``cache`` overrides the field)."""
@@ -125,6 +132,10 @@ class StructureConfig:
     """The structure reward: the GSRM that decomposes student completions and the judge that compares
     their steps with the teacher's (SPEC section 3)."""
 
+    decomposer: str = option("gsrm", "what decomposes the student's completions: gsrm (the GSRM behind the gsrm "
+                             "backend) or rule (rlkd.testbed.rule_decompose, the exact decomposer of the "
+                             "synthetic testbed's traces: an oracle GSRM for testbed data, no model calls)",
+                             ("gsrm", "rule"))
     gsrm: BackendConfig = section(BackendConfig, "the GSRM backend (a server with base_url/model, or local_model)")
     domain: str = option("math", "domain named in the GSRM prompt", DOMAINS)
     gsrm_prompt: str | None = option(None, "a GSRM prompt file (the format of rlkd/prompts/gsrm_math.txt) used "
@@ -314,7 +325,16 @@ class GRPOJob:
                 self.structure.judge_backend.check("structure.judge_backend", "the llm judge")
             _positive(self.structure, "structure", "gsrm_max_tokens")
             self.structure.check_prompt("structure")
+        _within(self.structure, "structure", "max_failure_share", 0.0, 1.0)
+        _within(self.structure, "structure", "max_batch_failure_share", 0.0, 1.0)
+        _within(self.structure, "structure", "overlap_threshold", 0.0, 1.0)
+        _within(self.structure, "structure", "min_failures", 1, None)
+        _within(self.structure, "structure", "gsrm_max_trace_chars", 0, None)
+        _within(self.structure, "structure", "samples_per_step", 0, None)
         t = self.training
+        _within(t, "training", "beta", 0.0, None)
+        _within(t, "training", "top_p", 0.0, 1.0, low_open=True)
+        _within(t, "training", "epsilon", 0.0, None)
         _positive(t, "training", "num_generations", "max_completion_length", "max_prompt_length",
                   "per_device_train_batch_size", "gradient_accumulation_steps", "num_iterations")
         if t.num_generations < 2:
@@ -354,7 +374,11 @@ class SFTData:
     format: str = option("traces", "traces: build chat examples from problem/teacher_reasoning/answer "
                          "columns (the SFT-distillation baseline); chat: the rows already have 'messages' "
                          "or 'prompt' and 'completion' message lists (GSRM training data from rlkd data "
-                         "gsrm)", ("traces", "chat"))
+                         "gsrm); text: plain language modelling on text_column (pretraining a base model)",
+                         ("traces", "chat", "text"))
+    text_column: str = option("text", "text: column holding each training text")
+    prompt_column: str | None = option(None, "text: column holding a text that comes before each training text "
+                                       "and is not trained on (the loss is on text_column only); null: none")
     problem_column: str = option("problem", "traces: column holding the problem text")
     reasoning_column: str = option("teacher_reasoning", "traces: column holding the teacher's reasoning "
                                    "(the text before </think>)")
@@ -425,6 +449,8 @@ class DataGsrmJob:
         _positive(self, "", "max_tokens", "batch_size")
         if not 0.0 <= self.max_failure_share <= 1.0:
             raise ConfigError(f"max_failure_share: must be within [0, 1], got {self.max_failure_share}")
+        _within(self, "", "min_failures", 1, None)
+        _within(self, "", "max_trace_chars", 0, None)
 
     def failures_path(self) -> Path:
         return Path(self.failures) if self.failures else Path(self.output + ".failures.jsonl")
@@ -476,6 +502,8 @@ class DataRlkdJob:
         _positive(self, "", "max_tokens", "batch_size")
         if not 0.0 <= self.max_failure_share <= 1.0:
             raise ConfigError(f"max_failure_share: must be within [0, 1], got {self.max_failure_share}")
+        _within(self, "", "min_failures", 1, None)
+        _within(self, "", "max_trace_chars", 0, None)
 
     def cache_path(self) -> str | None:
         if self.gsrm.cache:
@@ -510,12 +538,27 @@ def _positive(obj: Any, prefix: str, *names: str) -> None:
             raise ConfigError(f"{where}: must be > 0, got {value}")
 
 
+def _within(obj: Any, prefix: str, name: str, low: float | None, high: float | None, low_open: bool = False) -> None:
+    """Raise ConfigError naming ``prefix.name`` unless its value (None is skipped) lies in [low, high]
+    (``(low, high]`` with ``low_open``); None for a bound means unbounded."""
+    value = getattr(obj, name)
+    if value is None:
+        return
+    where = f"{prefix}.{name}" if prefix else name
+    too_low = low is not None and (value <= low if low_open else value < low)
+    if too_low or (high is not None and value > high):
+        left = "(" if low_open else "["
+        shown = f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+        raise ConfigError(f"{where}: must be within {shown}, got {value}")
+
+
 def _check_resume(value: str) -> None:
     if value not in ("auto", "never") and not Path(value).is_dir():
         raise ConfigError(f"resume: expected auto, never or an existing checkpoint folder, got {value!r}")
 
 
 def _validate_common(t: TrainingCommon) -> None:
+    _positive(t, "training", "max_grad_norm", "num_train_epochs", "logging_steps")
     if t.learning_rate <= 0:
         raise ConfigError(f"training.learning_rate: must be > 0, got {t.learning_rate}")
     if t.warmup_steps < 0:
@@ -593,6 +636,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: must be a finite number, got {value}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -640,10 +685,53 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text}: empty field name")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw, f"--set {key}") if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text}: value is not valid YAML ({exc})") from None
+        raise ConfigError(f"--set {key}: value is not valid YAML ({' '.join(str(exc).split())})") from None
     return key.split("."), value
+
+
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of settings; anything far larger is a mistake
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse YAML the safe way, in bounded time and memory: plain data only (``yaml.SafeLoader``), no
+    aliases (``*name``, which can expand exponentially), no key given twice in one mapping, at most
+    MAX_RECIPE_BYTES. Raises ConfigError naming ``source`` and the line; yaml.YAMLError for bad syntax."""
+    import yaml
+
+    if len(text.encode("utf-8", errors="replace")) > MAX_RECIPE_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_RECIPE_BYTES} bytes; a recipe is a page of settings")
+
+    class RecipeLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise ConfigError(f"{source}: line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) "
+                                  "are not accepted; write the value out")
+            return super().compose_node(parent, index)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    break
+                if first is not None:
+                    raise ConfigError(f"{source}: line {key_node.start_mark.line + 1}: key {key!r} appears twice "
+                                      f"in one mapping (first on line {first})")
+                seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    loader = RecipeLoader(text)
+    try:
+        return loader.get_single_data()
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to read") from None
+    finally:
+        loader.dispose()
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
@@ -651,13 +739,19 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     import yaml
 
     try:
+        if Path(path).is_file() and Path(path).stat().st_size > MAX_RECIPE_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_RECIPE_BYTES} bytes; a recipe is a page of settings")
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such recipe file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a recipe file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the recipe as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, str(path))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -218,13 +218,22 @@ def teacher_completion(reasoning: str, solution: str | None, answer: str) -> str
 
 
 def sft_rows(records: Records, data: Any, limit: int | None = None) -> list[dict[str, Any]]:
-    """SFT rows. ``format: chat`` keeps ``messages`` or ``prompt``/``completion`` as they are;
+    """SFT rows. ``format: text`` is plain language modelling on one text column (pretraining a base);
+    ``format: chat`` keeps ``messages`` or ``prompt``/``completion`` as they are;
     ``format: traces`` builds a chat ``prompt`` from the problem and a ``completion`` from the teacher's
     reasoning. ``data`` is a :class:`rlkd.config.SFTData`."""
     rows = []
     for index, obj, where in records:
         if limit is not None and index >= limit:
             break
+        if data.format == "text":
+            text = _text(obj.get(data.text_column), data.text_column, where)
+            if data.prompt_column:  # TRL's prompt-completion form: the loss is on the completion only
+                rows.append({"prompt": _text(obj.get(data.prompt_column), data.prompt_column, where),
+                             "completion": text})
+            else:
+                rows.append({"text": text})
+            continue
         if data.format == "chat":
             if "messages" in obj:
                 rows.append({"messages": _messages(obj["messages"], "messages", where)})
@@ -300,11 +309,22 @@ def run_data_gsrm(job: Any, backend: Any = None) -> dict[str, int]:
     the raw text. A backend failure is not written, so the next run retries it. ``backend`` overrides
     ``job.backend`` (tests pass a scripted one).
     """
-    from rlkd.backends import FailureBudget
+    from rlkd.files import OutputLock, check_output_path
 
     records = Records(job.input, job.split, job.subset)
     output, failures = Path(job.output), job.failures_path()
-    done = read_done_ids(output, failures)
+    for path, what in ((output, "output"), (failures, "failures")):
+        check_output_path(path, what, same_as=[job.input])
+    with OutputLock(output):  # a second writer of this output is refused, not interleaved
+        done = read_done_ids(output, failures, fields={str(output): ("prompt", "completion"),
+                                                       str(failures): ("reason",)})
+        return _data_gsrm_locked(job, backend, records, output, failures, done)
+
+
+def _data_gsrm_locked(job: Any, backend: Any, records: "Records", output: Path, failures: Path,
+                      done: set[str]) -> dict[str, int]:
+    from rlkd.backends import FailureBudget
+
     total = len(records) if job.limit is None else min(job.limit, len(records))
     backend = backend if backend is not None else _backend(job.backend, job.cache_path(), "backend")
     decomposer = Decomposer(backend, domain=job.default_domain, max_trace_chars=job.max_trace_chars,
@@ -346,7 +366,8 @@ def run_data_gsrm(job: Any, backend: Any = None) -> dict[str, int]:
                             budget=FailureBudget(job.max_failure_share, job.min_failures, what="traces"),
                             label="data gsrm", total=total, skipped=lambda: counts["already_done"],
                             kept_in=f"{output} and {failures}",
-                            failure_log="decomposition request failed (retried by the next run)")
+                            failure_log="decomposition request failed (retried by the next run)",
+                            retry_no_steps=f"remove their lines from {failures} to ask again")
     return counts
 
 
@@ -388,12 +409,26 @@ def run_data_rlkd(job: Any, backend: Any = None) -> dict[str, int]:
     steps as GSRM text). Records without a correct generation, or whose decomposition has no steps, go
     to ``skipped.jsonl`` with the reason. A backend failure is not written (the next run retries it).
     """
-    from rlkd.backends import FailureBudget
+    from rlkd.files import OutputLock, check_output_path
 
     records = Records(job.input, job.split, job.subset)
     out = Path(job.output_dir)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"output_dir: {out} is a file, not a folder")
     paths = {"train": out / "train.jsonl", "test": out / "test.jsonl", "skipped": out / "skipped.jsonl"}
-    done = read_done_ids(*paths.values())
+    for name, path in paths.items():
+        check_output_path(path, f"output_dir's {name}.jsonl", same_as=[job.input])
+    with OutputLock(paths["train"]):  # a second writer of this folder is refused, not interleaved
+        done = read_done_ids(*paths.values(), fields={str(paths["train"]): ("teacher_structure",),
+                                                      str(paths["test"]): ("teacher_structure",),
+                                                      str(paths["skipped"]): ("reason",)})
+        return _data_rlkd_locked(job, backend, records, out, paths, done)
+
+
+def _data_rlkd_locked(job: Any, backend: Any, records: "Records", out: Path, paths: dict[str, Path],
+                      done: set[str]) -> dict[str, int]:
+    from rlkd.backends import FailureBudget
+
     total = len(records) if job.limit is None else min(job.limit, len(records))
 
     usable: list[Any] = []
@@ -456,7 +491,8 @@ def run_data_rlkd(job: Any, backend: Any = None) -> dict[str, int]:
                                                  what="teacher decompositions"),
                             label="data rlkd", total=total,
                             skipped=lambda: counts["already_done"] + counts["no_correct"], kept_in=str(out),
-                            failure_log="GSRM request failed (retried by the next run)")
+                            failure_log="GSRM request failed (retried by the next run)",
+                            retry_no_steps=f"remove their lines from {paths['skipped']} to ask again")
     counts["usable"] = len(usable)
     counts["test_target"] = len(test)
     return counts

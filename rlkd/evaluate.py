@@ -22,9 +22,11 @@ no system prompt, temperature 0.6, top_p 0.95, up to 32768 new tokens, n = 64 (A
 1. The instruction put before each problem is our own wording; it asks for the same things (the final
    answer in ``\\boxed{}`` on the last line; for multiple choice a last line ``Answer: LETTER``).
    ``--prompt-template`` takes any other wording, e.g. lighteval's own.
-2. Answers are extracted by :func:`rlkd.answers.extract_answer` (right-most ``\\boxed{}``, then an
-   ``<answer>`` block, then the right-most "final answer is" phrase) and compared by math-verify; there
-   is no fallback to the last bare number of the text (see :mod:`rlkd.answers`).
+2. Grading follows lighteval 0.9.0 (``--grading lighteval``, the default): math-verify reads the whole
+   reply and the gold with the extraction targets, priorities and fallback lighteval gives AIME24 and
+   MATH-500, and GPQA's letter is read with lighteval's letter rules (:mod:`rlkd.answers` lists what
+   still differs, and why). ``--grading reward`` grades with the training ``accuracy`` reward's rules
+   instead. ``rlkd grade`` regrades completions made by any harness with the same code.
 3. GPQA options are shuffled per question with a seed derived from ``--shuffle-seed`` and the question
    id, and the permutation is recorded, so a run is reproducible and auditable.
 4. Sampling is seeded per batch (transformers) or per sample (vLLM) from ``--seed``; with transformers
@@ -35,7 +37,6 @@ no system prompt, temperature 0.6, top_p 0.95, up to 32768 new tokens, n = 64 (A
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import hashlib
 import json
 import logging
@@ -425,28 +426,21 @@ def generate_missing(args: argparse.Namespace, problems: list[Problem], n: int, 
 
 
 def grade_samples(problems: list[Problem], cache: dict[tuple[str, int], dict[str, Any]], n: int,
-                  timeout_s: float) -> list[dict[str, Any]]:
-    """One graded record per cached (problem, sample) of this run, through :mod:`rlkd.answers`."""
-    from tqdm.auto import tqdm
-
-    from rlkd.answers import grade_choice_detail, grade_math_detail
+                  timeout_s: float, protocol: str = "lighteval") -> list[dict[str, Any]]:
+    """One graded record per cached (problem, sample) of this run, by :func:`rlkd.answers.grade_all`
+    under ``protocol`` (``lighteval``, the default, or ``reward``: see :mod:`rlkd.answers`)."""
+    from rlkd.answers import grade_all
 
     todo = [(p, s, cache[(p.id, s)]) for p in problems for s in range(n)
             if (p.id, s) in cache and cache[(p.id, s)].get("prompt_hash") == p.prompt_hash]
-
-    def grade(item: tuple[Problem, int, dict[str, Any]]) -> dict[str, Any]:
-        p, s, gen = item
-        if p.kind == "choice":
-            g = grade_choice_detail(gen["completion"], p.gold, CHOICE_LETTERS)
-        else:
-            g = grade_math_detail(gen["completion"], p.gold, timeout_s=timeout_s)
-        return {"id": p.id, "sample": s, "gold": p.gold, "answer": g.answer, "correct": g.correct,
-                "reason": g.reason, "completion_tokens": gen.get("completion_tokens"),
-                "truncated": gen.get("truncated"), "completion": gen["completion"]}
-
-    # math-verify runs in rlkd.answers' grading processes: a few threads keep several of them busy
-    with concurrent.futures.ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
-        return list(tqdm(pool.map(grade, todo), total=len(todo), desc="grading", unit="sample", dynamic_ncols=True))
+    if not todo:
+        return []
+    kind = problems[0].kind  # load_problems gives every problem of a run the same kind
+    grades = grade_all([(gen["completion"], p.gold) for p, _, gen in todo], kind=kind, protocol=protocol,
+                       timeout_s=timeout_s, progress="grading")
+    return [{"id": p.id, "sample": s, "gold": p.gold, "answer": g.answer, "correct": g.correct, "reason": g.reason,
+             "completion_tokens": gen.get("completion_tokens"), "truncated": gen.get("truncated"),
+             "completion": gen["completion"]} for (p, s, gen), g in zip(todo, grades)]
 
 
 def summarize(problems: list[Problem], records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -603,13 +597,13 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(args, k) for k in
                 ("model", "benchmark", "data", "temperature", "top_p", "max_new_tokens", "system_prompt", "seed",
-                 "shuffle_seed", "engine", "batch_size", "limit", "prompt_template")}
+                 "shuffle_seed", "engine", "batch_size", "limit", "prompt_template", "grading")}
     settings["n"] = n
     _check_settings(out_dir, settings)
     counts = generate_missing(args, problems, n, out_dir)
     stats_before = dict(STATS)
     cache = _read_cache(out_dir / "generations.jsonl")
-    records = grade_samples(problems, cache, n, args.grade_timeout)
+    records = grade_samples(problems, cache, n, args.grade_timeout, args.grading)
     _write_jsonl(out_dir / "samples.jsonl", records)
     correct: dict[str, list[bool | None]] = {}
     for r in records:
@@ -683,6 +677,17 @@ def compare_runs(dirs: Sequence[str], out_dir: Path) -> str:
 # Command line
 
 
+def add_grading_argument(parser) -> None:
+    """``--grading``, shared by ``rlkd eval`` and ``rlkd grade``."""
+    parser.add_argument("--grading", choices=["lighteval", "reward"], default="lighteval",
+                        help="how answers are extracted and compared. lighteval (default): lighteval 0.9.0's "
+                             "protocol, as the authors and open-r1 evaluated (math: math-verify reads the whole "
+                             "reply and the gold with lighteval's extraction rules; GPQA: lighteval's letter "
+                             "rules). reward: the training accuracy reward's grader (right-most \\boxed{}, then "
+                             "an <answer> block, then an 'answer is' phrase; GPQA: a letter cue, decisive ones "
+                             "first). See rlkd/answers.py for every difference")
+
+
 def add_parser(subparsers) -> None:
     """Register ``rlkd eval``."""
     p = subparsers.add_parser(
@@ -742,4 +747,5 @@ def add_parser(subparsers) -> None:
     e.add_argument("--max-model-len", type=int, help="vLLM: context length (default: the model's)")
     e.add_argument("--grade-timeout", type=float, default=5.0,
                    help="seconds math-verify may spend on one answer before it counts as wrong (default %(default)s)")
+    add_grading_argument(e)
     p.set_defaults(func=cmd_eval)

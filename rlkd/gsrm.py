@@ -322,6 +322,53 @@ class Decomposer:
         return results  # type: ignore[return-value]
 
 
+class RuleDecomposer:
+    """The synthetic testbed's exact rule-based decomposer (:func:`rlkd.testbed.rule_decompose`) behind
+    the :class:`Decomposer` interface: an oracle GSRM for testbed data (``structure.decomposer: rule``).
+
+    It reproduces the ground-truth decomposition of every oracle trace and reads a student's imitation
+    as well as rules can, with no model call, so a structure reward computed with it separates what the
+    method does from what a trained GSRM's errors do. Only meaningful on the testbed's traces.
+
+    >>> import asyncio
+    >>> [r] = asyncio.run(RuleDecomposer().decompose([("Find c.", "<think>We want c. c = 2 + 3 = 5.</think>")]))
+    >>> r.status, [(s.subproblem, s.answer) for s in r.decomposition.steps]
+    ('ok', [('What is c?', '5')])
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0  # traces decomposed
+        self.failures = 0  # always 0: the rules never fail a call
+        self.no_steps = 0  # traces with no steps
+
+    async def decompose(self, items: Sequence[tuple[str, str] | tuple[str, str, str | None]],
+                        domain: str | None = None) -> list[DecomposeResult]:
+        """Decompose ``(problem, reasoning)`` items; one result per item, in order; never raises."""
+        from rlkd.testbed import rule_decompose
+
+        results = []
+        for item in items:
+            self.calls += 1
+            decomposition = rule_decompose(item[1])
+            if not decomposition.steps:
+                self.no_steps += 1
+            results.append(DecomposeResult(decomposition, decomposition.render(), False, None, []))
+        return results
+
+    async def decompose_stream(self, items: Sequence[tuple[str, str] | tuple[str, str, str | None]],
+                               sinks: Sequence[Any], domain: str | None = None) -> list[DecomposeResult]:
+        """:meth:`decompose`, each result fed whole to its sink (the rules cost nothing to run to the end)."""
+        from rlkd.backends import Completion
+
+        results = await self.decompose(items, domain)
+        for result, sink in zip(results, sinks):
+            if hasattr(sink, "student"):  # the rules' own parse, reason included
+                sink.student = result.decomposition
+            sink.feed(result.raw)
+            sink.finish(Completion(texts=[result.raw]))
+        return results
+
+
 # --------------------------------------------------------------------------------------------------
 # Resumable runs: the loop of rlkd decompose, rlkd data gsrm and rlkd data rlkd
 
@@ -331,26 +378,38 @@ def id_key(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def read_done_ids(*paths: Path | str) -> set[str]:
+def read_done_ids(*paths: Path | str, fields: Mapping[str, Sequence[str]] | None = None,
+                  statuses: dict[str, int] | None = None) -> set[str]:
     """Ids already written to any of ``paths`` (a missing file has none), as :func:`id_key` keys.
 
     Records are written one whole line at a time, so a run killed mid-write leaves at most a torn
     last line without its newline: that line is cut off the file (and its item is redone). Any other
-    unreadable line is an error naming the line; nothing is changed then.
+    unreadable line is an error naming the line; nothing is changed then. A file that is not this
+    command's output (its first line is not a JSON record with an ``id`` and the ``fields`` named for
+    that path, e.g. notes, a JSON config or a binary) is refused with an error before anything is
+    changed, whether or not it ends in a newline. ``statuses``, when given, counts the records' ``status``.
     """
     done: set[str] = set()
     for path in paths:
-        _read_ids(Path(path), done)
+        wanted = ("id", *((fields or {}).get(str(path), ())))
+        _read_ids(Path(path), done, wanted, statuses)
     return done
 
 
-def _read_ids(path: Path, done: set[str]) -> None:
+_RECORD_START = b'{"id": '  # how every record JsonlWriter writes begins (json.dumps of a dict led by its id)
+
+
+def _read_ids(path: Path, done: set[str], fields: Sequence[str] = ("id",),
+              statuses: dict[str, int] | None = None) -> None:
     from rlkd.cli import CliError
 
     if not path.exists():
         return
+    if path.is_dir():
+        raise CliError(f"{path}: is a folder, not an output file")
     pieces = path.read_bytes().split(b"\n")  # the last piece is what follows the final newline ('' normally)
     position = 0
+    records = 0
     for number, raw in enumerate(pieces, start=1):
         last = number == len(pieces)
         if raw.strip():
@@ -358,19 +417,40 @@ def _read_ids(path: Path, done: set[str]) -> None:
                 obj = json.loads(raw.decode("utf-8"))
                 if not isinstance(obj, dict) or "id" not in obj:
                     raise ValueError("not an object with an 'id'")
-            except (ValueError, UnicodeDecodeError) as exc:
+                missing = [f for f in fields if f not in obj]
+                if missing:
+                    raise ValueError(f"no field {', '.join(map(repr, missing))}")
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                torn = last and (records > 0 or raw.startswith(_RECORD_START))
+                if not records and not torn:  # not a file rlkd wrote: never truncate or append to it
+                    raise CliError(f"{path}: exists and is not an output of this command (line {number}: "
+                                   f"{_short_reason(exc)}); refusing to change it: move it away or choose "
+                                   "another output") from None
                 if not last:
-                    raise CliError(f"{path}:{number}: unreadable line in the output file ({exc}); "
+                    raise CliError(f"{path}:{number}: unreadable line in the output file ({_short_reason(exc)}); "
                                    "fix or remove it, then run again") from None
                 log.warning("%s:%d: dropping the torn last line of an interrupted run", path, number)
                 with open(path, "r+b") as handle:
                     handle.truncate(position)
                 return
+            records += 1
             done.add(id_key(obj["id"]))
+            if statuses is not None:
+                status = str(obj.get("status"))
+                statuses[status] = statuses.get(status, 0) + 1
             if last:  # a whole record that lost only its newline
                 with open(path, "ab") as handle:
                     handle.write(b"\n")
         position += len(raw) + 1
+
+
+def _short_reason(exc: BaseException) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply"
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 class JsonlWriter:
@@ -423,7 +503,8 @@ class WorkItem(NamedTuple):
 def decompose_resumably(decomposer: Decomposer, items: Iterable[WorkItem],
                         write: Callable[[WorkItem, DecomposeResult], None], *, batch_size: int, budget: FailureBudget,
                         label: str, total: int, skipped: Callable[[], int], kept_in: str,
-                        failure_log: str = "GSRM call failed") -> None:
+                        failure_log: str = "GSRM call failed",
+                        retry_no_steps: str = "remove their lines to ask again") -> None:
     """Decompose ``items`` batch by batch, writing as they come back; the loop of every resumable job.
 
     ``items`` yields the traces still to do (the caller skips the ids :func:`read_done_ids` found, and
@@ -434,7 +515,8 @@ def decompose_resumably(decomposer: Decomposer, items: Iterable[WorkItem],
     ``budget``, after writing, so a stop loses nothing already done. At the end the budget is finished and
     the backend closed. The progress bar ``label`` counts ``total`` input records, the ``skipped()`` ones
     included. Raises CliError when failures pass the budget, saying that what was written is kept in
-    ``kept_in`` and how to resume.
+    ``kept_in`` and what a rerun will do (:func:`rerun_advice`; ``retry_no_steps`` says how to ask again
+    for traces whose reply had no steps).
     """
     from tqdm.auto import tqdm
 
@@ -462,8 +544,8 @@ def decompose_resumably(decomposer: Decomposer, items: Iterable[WorkItem],
                         log.warning("id %s: %s: %s", id_key(item.id), failure_log, result.error)
                     write(item, result)
                 advance()
-                for result in results:  # after writing, so a stop loses nothing already done
-                    budget.record(result.status == "ok", result.reason or "")
+                # after writing, so a stop loses nothing already done; the whole batch is counted
+                budget.record_many([(result.status == "ok", result.reason or "") for result in results])
             advance()  # records skipped after the last batch
             budget.finish()
         finally:  # closed on the loop that used it
@@ -472,10 +554,32 @@ def decompose_resumably(decomposer: Decomposer, items: Iterable[WorkItem],
     try:
         asyncio.run(run())
     except TooManyFailures as exc:
-        raise CliError(f"stopped: {exc}. Everything written so far is kept in {kept_in}; fix the cause and "
-                       "run the same command again to resume") from None
+        unsent = max(total - skipped() - sum(tally.values()), 0)
+        raise CliError(f"stopped: {exc}. Everything written so far is kept in {kept_in}; "
+                       f"{rerun_advice(tally['error'], tally['no_steps'], unsent, retry_no_steps)}") from None
     finally:
         bar.close()
+
+
+def rerun_advice(failed: int, no_steps: int, unsent: int,
+                 retry_no_steps: str = "remove their lines to ask again") -> str:
+    """What running the same command again will do, truthfully: it retries the failed calls and sends what
+    was not reached; it does not ask again for traces whose reply had no steps (they were written).
+
+    >>> rerun_advice(2, 0, 5)
+    '2 traces whose call failed were not written: fix the cause, then the same command again retries them; a rerun continues with the 5 input records not reached yet'
+    """
+    parts = []
+    if failed:
+        parts.append(f"{failed} trace{'s' if failed != 1 else ''} whose call failed {'were' if failed != 1 else 'was'} "
+                     "not written: fix the cause, then the same command again retries them")
+    if no_steps:
+        parts.append(f"{no_steps} whose GSRM reply had no steps {'were' if no_steps != 1 else 'was'} written with the "
+                     f"reason and a rerun does not ask again for them (see 'reason'; fix the prompt or the GSRM, then "
+                     f"{retry_no_steps})")
+    if unsent:
+        parts.append(f"a rerun continues with the {unsent} input record{'s' if unsent != 1 else ''} not reached yet")
+    return "; ".join(parts) or "nothing is left for a rerun to do"
 
 
 def _batched(items: Iterable[WorkItem], size: int) -> Iterator[list[WorkItem]]:
@@ -532,8 +636,19 @@ def _check_args(args: argparse.Namespace) -> str:
         raise CliError("--batch-size must be at least 1")
     if not 0.0 <= args.max_failure_share <= 1.0:
         raise CliError("--max-failure-share must be between 0 and 1")
+    if args.max_tokens < 1:
+        raise CliError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+    if args.max_trace_chars < 0:
+        raise CliError(f"--max-trace-chars must be 0 (never cut) or more, got {args.max_trace_chars}")
+    if args.min_failures < 1:
+        raise CliError(f"--min-failures must be at least 1, got {args.min_failures}")
+    if Path(args.input).is_dir():
+        raise CliError(f"{args.input}: is a folder, not a JSONL file")
     if not Path(args.input).is_file():
         raise CliError(f"{args.input}: no such file")
+    from rlkd.files import check_output_path
+
+    check_output_path(args.output, "--output", same_as=[args.input])
     if args.prompt_file and not Path(args.prompt_file).is_file():
         raise CliError(f"{args.prompt_file}: no such file")
     prompt = args.prompt_file or args.domain
@@ -552,11 +667,39 @@ def decompose_file(args: argparse.Namespace, backend) -> dict[str, int]:
     retries them). Raises CliError when failures pass ``--max-failure-share``, after writing what came
     back.
     """
-    from rlkd.backends import FailureBudget
+    from rlkd.files import OutputLock
 
     prompt = _check_args(args)
     output = Path(args.output)
-    done = read_done_ids(output)
+    with OutputLock(output):  # a second writer of this output is refused, not interleaved
+        return _decompose_locked(args, backend, prompt, output)
+
+
+def _drop_no_steps(output: Path) -> int:
+    """Rewrite ``output`` (atomically) without its ``no_steps`` records; returns how many were dropped."""
+    from rlkd.files import atomic_write_text
+
+    kept, dropped = [], 0
+    for line in output.read_text(encoding="utf-8").splitlines(keepends=True):
+        if line.strip() and json.loads(line).get("status") == "no_steps":
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        atomic_write_text(output, "".join(kept))
+    return dropped
+
+
+def _decompose_locked(args: argparse.Namespace, backend, prompt: str, output: Path) -> dict[str, int]:
+    from rlkd.backends import FailureBudget
+
+    earlier: dict[str, int] = {}
+    done = read_done_ids(output, fields={str(output): ("status", "structure")}, statuses=earlier)
+    if getattr(args, "retry_no_steps", False) and earlier.get("no_steps"):
+        dropped = _drop_no_steps(output)
+        log.info("%s: asking again for the %d traces whose reply had no steps", output, dropped)
+        earlier = {}
+        done = read_done_ids(output, fields={str(output): ("status", "structure")}, statuses=earlier)
     decomposer = Decomposer(backend, domain=prompt, max_trace_chars=args.max_trace_chars,
                             max_tokens=args.max_tokens, few_shot=not args.zero_shot)
     counts = {"ok": 0, "no_steps": 0, "error": 0, "truncated": 0, "skipped": 0}
@@ -573,13 +716,18 @@ def decompose_file(args: argparse.Namespace, backend) -> dict[str, int]:
         decompose_resumably(decomposer, _work_items(args, done, counts), write, batch_size=args.batch_size,
                             budget=FailureBudget(args.max_failure_share, args.min_failures, what="traces"),
                             label="decompose", total=_count_lines(args.input),
-                            skipped=lambda: counts["skipped"], kept_in=str(output))
+                            skipped=lambda: counts["skipped"], kept_in=str(output),
+                            retry_no_steps="run again with --retry-no-steps")
+    counts["ok_in_output"] = earlier.get("ok", 0) + counts["ok"]
+    counts["records_in_output"] = sum(earlier.values()) + counts["ok"] + counts["no_steps"]
     return counts
 
 
 def cmd_decompose(args: argparse.Namespace) -> int:
-    """``rlkd decompose``: exit status 0, or 1 when some backend calls failed (run again to retry)."""
+    """``rlkd decompose``: exit status 0, or 1 when some backend calls failed (run again to retry); 2 when
+    failures passed the share, or when the output holds records but none with steps."""
     from rlkd.backends import backend_from_args
+    from rlkd.cli import CliError
 
     _check_args(args)
     if args.no_cache:
@@ -594,6 +742,13 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     print(f"{args.output}: {counts['ok']} traces with steps, {counts['no_steps']} without (see 'reason'), "
           f"{counts['truncated']} truncated, {counts['skipped']} already done, {counts['error']} backend "
           "failures (not written; run again to retry them)", file=sys.stderr)
+    records, without = counts["records_in_output"], counts["records_in_output"] - counts["ok_in_output"]
+    if records and without / records > args.max_failure_share and not counts["error"]:
+        # the budget over the whole output: a rerun that had nothing left to send must not look like success
+        raise CliError(f"{args.output}: {without} of its {records} records have no steps ({without / records:.1%} > "
+                       f"{args.max_failure_share:.1%} allowed; see their 'reason'); running the same command again "
+                       "does not ask again for lines already written: fix the prompt or the GSRM, then run again "
+                       "with --retry-no-steps")
     return 1 if counts["error"] else 0
 
 
@@ -644,6 +799,10 @@ def add_parser(subparsers) -> None:
                    help="lines sent before the failure share is first checked (the name is historical: it "
                         "counts lines, failed or not; default %(default)s)")
     add_backend_arguments(p)
+    p.add_argument("--retry-no-steps", action="store_true",
+                   help="first remove the output's records whose GSRM reply had no steps (the file is rewritten "
+                        "at once), so this run asks again for them, e.g. after fixing the prompt (an unchanged "
+                        "prompt and model answer again from the cache, the same way)")
     p.add_argument("--no-cache", action="store_true",
                    help="do not use the request cache (by default OUT.jsonl.cache.sqlite, or --cache DB)")
     p.set_defaults(func=cmd_decompose)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import math
 import shutil
 import sys
 import textwrap
@@ -25,9 +26,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from rlkd.structure import FIELDS, Decomposition, StepVerdict, StructureResult, as_decomposition
+from rlkd.structure import FIELDS, Decomposition, StepVerdict, StructureResult
 
 _FIELD_TITLES = {"meta": "meta-reasoning", "subproblem": "sub-problem", "answer": "answer"}
+PAGE_MARKER = "<meta name='generator' content='rlkd inspect'>"  # how an existing page is known to be ours
 _SHORT = {"meta": "meta", "subproblem": "sub", "answer": "ans"}
 
 
@@ -46,7 +48,7 @@ def load_pairs(path: str, judge_name: str = "hybrid") -> list[InspectedPair]:
     """Read scored pairs; records with no verdicts are scored with ``judge_name``."""
     import asyncio
 
-    from rlkd.cli import CliError, iter_jsonl
+    from rlkd.cli import CliError, decomposition_field, iter_jsonl
     from rlkd.judges import make_judge, score_structure
 
     pairs: list[InspectedPair] = []
@@ -56,16 +58,18 @@ def load_pairs(path: str, judge_name: str = "hybrid") -> list[InspectedPair]:
         for name in ("teacher", "student"):
             if name not in obj:
                 raise CliError(f"{where}: missing field '{name}' (inspect needs the teacher and student decompositions)")
-        try:
-            teacher, student = as_decomposition(obj["teacher"]), as_decomposition(obj["student"])
-        except ValueError as exc:
-            raise CliError(f"{where}: {exc}") from None
+        teacher, student = decomposition_field(obj, "teacher", where), decomposition_field(obj, "student", where)
         extra = {k: v for k, v in obj.items() if k not in _RESULT_KEYS and k not in ("teacher", "student", "id")}
         if "reward" in obj and "steps" in obj:
+            problem = scored_record_problem(obj)
+            if problem:
+                raise CliError(f"{where}: not a scored record: {problem}")
             try:
-                result = StructureResult.from_dict(obj)
-            except (KeyError, TypeError) as exc:
+                result = StructureResult.from_dict({**obj, "reward": obj["reward"] if obj["reward"] is not None else 0.0})
+            except (KeyError, TypeError, ValueError) as exc:
                 raise CliError(f"{where}: not a scored record ({exc})") from None
+            if obj["reward"] is None:
+                result.reward = None  # type: ignore[assignment]  # unjudged: shown as such, never as 0
         else:
             result = StructureResult(0.0, "", len(teacher), len(student), 0)
             to_score.append(len(pairs))
@@ -82,6 +86,64 @@ def load_pairs(path: str, judge_name: str = "hybrid") -> list[InspectedPair]:
 
 
 _RESULT_KEYS = set(StructureResult.__dataclass_fields__)
+_NUMBER = (int, float)
+
+
+def scored_record_problem(obj: dict[str, Any]) -> str | None:
+    """What is wrong with a scored record's fields, naming the field (None when every field has its type).
+
+    Checked before anything is rendered, so a wrong-typed field is an error naming it, not a crash halfway
+    through writing a page.
+
+    >>> scored_record_problem({"reward": 1, "mode": "paper", "teacher_steps": 1, "student_steps": 1,
+    ...                        "matched_prefix": 1, "steps": [{"index": 1, "failures": "x"}]})
+    "field 'steps[0].failures' must be an object, got text"
+    """
+    from rlkd.cli import json_type
+
+    def number(value: Any, optional: bool = False) -> bool:
+        return (value is None and optional) or (isinstance(value, _NUMBER) and not isinstance(value, bool)
+                                                and value == value and abs(value) != float("inf"))
+
+    checks = [("reward", number(obj.get("reward"), optional=True), "a number or null"),
+              ("mode", isinstance(obj.get("mode", ""), str), "text"),
+              ("steps", isinstance(obj.get("steps"), list), "a list")]
+    for name in ("teacher_steps", "student_steps", "matched_prefix", "judge_failures", "verdicts_used"):
+        if name in obj or name in ("teacher_steps", "student_steps", "matched_prefix"):
+            checks.append((name, isinstance(obj.get(name), int) and not isinstance(obj.get(name), bool), "a whole number"))
+    if obj.get("parse_failure") is not None:
+        checks.append(("parse_failure", isinstance(obj["parse_failure"], str), "text or null"))
+    for name, ok, expected in checks:
+        if not ok:
+            return f"field '{name}' must be {expected}, got {json_type(obj.get(name)) if name in obj else 'nothing'}"
+    allowed = set(StepVerdict.__dataclass_fields__)
+    for i, step in enumerate(obj["steps"]):
+        where = f"steps[{i}]"
+        if not isinstance(step, dict):
+            return f"field '{where}' must be an object, got {json_type(step)}"
+        unknown = sorted(set(step) - allowed)
+        if unknown:
+            return f"field '{where}' has unknown key(s) {', '.join(unknown)}"
+        step_checks = [("index", isinstance(step.get("index"), int) and not isinstance(step.get("index"), bool),
+                        "a whole number")]
+        for name in ("meta", "subproblem", "answer"):
+            step_checks.append((name, step.get(name) is None or isinstance(step.get(name), bool), "true, false or null"))
+        step_checks += [("score", number(step.get("score", 0.0)), "a number"),
+                        ("gated", isinstance(step.get("gated", False), bool), "true or false")]
+        for name in ("judges", "failures"):
+            value = step.get(name, {})
+            step_checks.append((name, isinstance(value, dict) and all(isinstance(v, str) for v in value.values()),
+                                "an object"))
+        for name, ok, expected in step_checks:
+            if not ok:
+                got = json_type(step.get(name)) if name in step else "nothing"
+                return f"field '{where}.{name}' must be {expected}, got {got}"
+    return None
+
+
+def reward_text(result: StructureResult) -> str:
+    """The reward as shown: its value, or ``unjudged`` when a verdict it needed failed."""
+    return "unjudged" if result.reward is None else f"{result.reward:g}"
 
 
 def select(pairs: Iterable[InspectedPair], ids: Sequence[str] | None = None, min_reward: float | None = None,
@@ -90,8 +152,8 @@ def select(pairs: Iterable[InspectedPair], ids: Sequence[str] | None = None, min
     wanted = {str(i) for i in ids} if ids else None
     return [p for p in pairs
             if (wanted is None or str(p.id) in wanted)
-            and (min_reward is None or p.result.reward >= min_reward)
-            and (max_reward is None or p.result.reward <= max_reward)]
+            and (min_reward is None or (p.result.reward is not None and p.result.reward >= min_reward))
+            and (max_reward is None or (p.result.reward is not None and p.result.reward <= max_reward))]
 
 
 def _mark(step: StepVerdict | None, name: str) -> str:
@@ -115,7 +177,7 @@ def render_text(pair: InspectedPair, width: int = 100) -> str:
     """The side-by-side terminal view of one pair."""
     r = pair.result
     col = max(20, (width - 12) // 2)
-    lines = [f"== {pair.id}  reward {r.reward:g} ({r.mode or 'unscored'})  "
+    lines = [f"== {pair.id}  reward {reward_text(r)} ({r.mode or 'unscored'})  "
              f"steps teacher {r.teacher_steps} / student {r.student_steps}  matched prefix {r.matched_prefix}"]
     gate = gate_position(r)
     if gate is not None:
@@ -206,11 +268,11 @@ def _cell_class(mark: str) -> str:
 def render_html(pairs: Sequence[InspectedPair], title: str = "rlkd structure inspection") -> str:
     """One self-contained page for many pairs (no network needed to view it)."""
     e = html.escape
-    rewards = [p.result.reward for p in pairs]
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style>"
+    rewards = [p.result.reward for p in pairs if p.result.reward is not None]
+    out = [f"<!doctype html><html><head><meta charset='utf-8'>{PAGE_MARKER}<title>{e(title)}</title><style>{_CSS}</style>"
            f"<script>{_SCRIPT}</script></head><body><h1>{e(title)}</h1>"]
     mean = sum(rewards) / len(rewards) if rewards else 0.0
-    out.append(f"<p>{len(pairs)} pairs, mean reward {mean:.3f}. Marks: + match, x mismatch, ! judge failure, "
+    out.append(f"<p>{len(pairs)} pairs, mean reward {mean:.3f} over {len(rewards)} judged. Marks: + match, x mismatch, ! judge failure, "
                ". not judged (gated). A red rule marks where the gate closed.</p>")
     out.append(f"<div>{_prefix_histogram_svg(pairs)}</div>")
     out.append("<div class='controls'>reward from <input id='lo' type='number' step='0.25' size='5' oninput='applyFilter()'>"
@@ -219,8 +281,8 @@ def render_html(pairs: Sequence[InspectedPair], title: str = "rlkd structure ins
     for p in pairs:
         r = p.result
         gate = gate_position(r)
-        out.append(f"<div class='pair' data-reward='{r.reward}' id='pair-{e(str(p.id))}'>")
-        out.append(f"<div class='head'>{e(str(p.id))} — reward {r.reward:g} ({e(r.mode or 'unscored')}), "
+        out.append(f"<div class='pair' data-reward='{'' if r.reward is None else r.reward}' id='pair-{e(str(p.id))}'>")
+        out.append(f"<div class='head'>{e(str(p.id))} — reward {reward_text(r)} ({e(r.mode or 'unscored')}), "
                    f"teacher {r.teacher_steps} steps, student {r.student_steps} steps, matched prefix {r.matched_prefix}"
                    + (f", gate closed at step {gate}" if gate else "") + "</div>")
         if r.parse_failure:
@@ -254,10 +316,22 @@ def render_html(pairs: Sequence[InspectedPair], title: str = "rlkd structure ins
 def cmd_inspect(args: argparse.Namespace) -> int:
     from rlkd.cli import CliError
 
+    from rlkd.files import OutputLock, atomic_write_text, check_output_path, refuse_foreign_page
+
+    for name in ("min_reward", "max_reward"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            raise CliError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    if args.page < 1 or args.page_size < 1 or args.width < 0:
+        raise CliError("--page and --page-size must be at least 1, --width 0 (detect) or more")
+    if args.html:  # before reading: a page that is not ours, a folder, a path that cannot be written
+        check_output_path(args.html, "--html", same_as=[args.pairs])
+        refuse_foreign_page(args.html, (PAGE_MARKER, "<title>rlkd inspect"), "rlkd inspect")
     pairs = select(load_pairs(args.pairs, args.judge), args.id, args.min_reward, args.max_reward)
     if args.html:
-        with open(args.html, "w", encoding="utf-8") as f:
-            f.write(render_html(pairs, title=f"rlkd inspect: {args.pairs}"))
+        page = render_html(pairs, title=f"rlkd inspect: {args.pairs}")  # whole before the file is touched
+        with OutputLock(args.html):
+            atomic_write_text(args.html, page)
         print(f"wrote {len(pairs)} pairs to {args.html}", file=sys.stderr)
         return 0
     if not pairs:

@@ -189,6 +189,10 @@ class StructureReward:
     and ``structure/first_mismatch_step_{1,2,3,4_plus,none}`` (shares of the scored completions whose
     first meta-reasoning mismatch is at that step).
 
+    ``keep_results``, when given (a callable, like ``log_metric``), receives one entry per completion: its
+    :class:`~rlkd.structure.StructureResult`, or a string saying why it has none (``rlkd serve`` returns
+    them).
+
     ``sample_log=PATH`` appends ``samples_per_step`` scored completions per call to a JSONL file, in the
     shape ``rlkd score --pairs --output`` writes plus ``step``, ``problem`` and ``completion``, for
     ``rlkd inspect --pairs PATH`` (main process only when launched with several processes).
@@ -329,6 +333,10 @@ class StructureReward:
                           judge_reasons)
 
         rewards: list[float | None] = [by_index[i].reward if i in by_index else None for i in range(count)]
+        keep_results = kwargs.get("keep_results")
+        if callable(keep_results):  # rlkd serve: each completion's result object, or why it has none
+            keep_results([by_index[i] if i in by_index else (f"student: {students[i].error}" if students[i].error
+                          is not None else "teacher: GSRM call failed") for i in range(count)])
         self._log(kwargs, students, teachers, by_index, count)
         self._write_samples(kwargs, problems, texts, students, teachers, by_index)
         return rewards

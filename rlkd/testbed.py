@@ -62,54 +62,26 @@ GSRM_INSTRUCTION = (
 )
 
 # --------------------------------------------------------------------------------------------------
-# Names and wording. Names are lower-case letters only (no digits, so a sentence with a digit is a
-# computation) and avoid every word the templates use.
+# Names and wording. Every name is one lower-case word that no template uses (no digits, so a sentence
+# with a digit is a computation). One fixed wording per sentence type: a tiny model then spends its
+# capacity on the task (looking quantities up and choosing what to compute), not on paraphrase.
 
-_NAME_POOLS: dict[str, tuple[str, ...]] = {
-    "letters": tuple("bcdefghjkmnpqrstuvwxyz"),
-    "words": ("box", "cap", "pen", "jar", "cup", "bag", "key", "map", "hat", "fan", "net", "pot", "rod",
-              "tin", "van", "web", "dot", "fig", "gem", "hub", "ink", "jet", "kit", "log", "mug", "nut",
-              "oak", "pin", "rug", "sap", "tub", "urn", "vat", "wax", "yak", "zip", "bee", "cod", "elk",
-              "fox"),
-    "syllables": ("zib", "kor", "pim", "tav", "dex", "lun", "mip", "rax", "sol", "vek", "yor", "quin",
-                  "bax", "cor", "dup", "fel", "gor", "hib", "jax", "kel", "lom", "mur", "nix", "pov",
-                  "ral", "sib", "tor", "ulm", "vin", "wex", "yip", "zor", "bim", "dag", "fip", "gux",
-                  "hov", "jil", "kip", "lev"),
-}
+NAMES: tuple[str, ...] = (
+    "box", "cap", "pen", "jar", "cup", "bag", "key", "map", "hat", "fan", "net", "pot", "rod", "tin", "van",
+    "web", "dot", "fig", "gem", "hub", "ink", "jet", "kit", "log", "mug", "nut", "oak", "pin", "rug", "sap",
+    "tub", "urn", "vat", "wax", "yak", "zip", "bee", "cod", "elk", "fox", "zib", "kor", "pim", "tav", "dex",
+    "lun", "mip", "rax", "sol", "vek", "yor", "quin", "bax", "cor", "dup", "fel", "gor", "hib", "jax", "kel",
+    "lom", "mur", "nix", "pov", "ral", "sib", "tor", "ulm", "vin", "wex", "yip", "zor", "bim", "dag", "fip",
+    "gux", "hov", "jil", "kip", "lev",
+)
 
-_FACT = ("{q} is {v}.", "Let {q} be {v}.", "{q} = {v}.", "We know {q} equals {v}.")
-_DEF_SYMBOLIC = ("{q} = {sym}.", "Let {q} = {sym}.")
-_DEF_WORDS = ("{q} is {words}.", "{q} equals {words}.", "Define {q} as {words}.")
-_QUESTION = ("What is {g}?", "Find {g}.", "Compute {g}.", "What is the value of {g}?", "How much is {g}?")
-
-_OPENING = ("We want {g}.", "The goal is {g}.", "The question asks for {g}.", "We need to find {g}.")
-_META = (
-    "{q} needs {ins}, {allk} known, so compute {q} next.",
-    "Next is {q}, since {g} depends on it and {ins} are known.",
-    "With {ins} known, {q} is the next step toward {g}.",
-    "The path to {g} goes through {q}, and {q} uses only {ins}, which we have.",
-)
-_META_GOAL = (
-    "Now {g} itself: it needs {ins}, {allk} known.",
-    "Finally, {ins} are known, so compute {g}.",
-    "All inputs of {g} are ready: {ins}.",
-)
-_DISTRACTOR_REMARK = (
-    "{d} could be computed now, but {g} does not need it.",
-    "Skip {d}, since {g} does not depend on it.",
-    "{d} is a side path; {g} does not use it.",
-)
-_LATER_REMARK = ("{l} has to wait, since {x} is not known yet.", "{l} is needed later, after {x}.")
-_COMPUTE = (
-    "{q} = {sym} = {num} = {v}.",
-    "So {q} = {num} = {v}.",
-    "{q} is {num}, which is {v}.",
-    "That gives {q} = {num} = {v}.",
-    "Then {q} = {sym}, that is {num} = {v}.",
-)
-_P_DISTRACTOR_REMARK = 0.35
-_P_LATER_REMARK = 0.25
-_P_EARLIER_LINK = 0.2
+_FACT = "{q} is {v}."
+_DEFINITION = "{q} = {sym}."
+_QUESTION = "Find {g}."
+_OPENING = "We want {g}."
+_WALK = "{q} needs {ins}."                                # a link whose inputs are not all known yet
+_CHOICE = "{q} needs {ins}, all known, so compute {q}."  # the sub-problem chosen next
+_COMPUTE = "{q} = {sym} = {num} = {v}."                   # restates the definition and the input values
 _P_FRESH_DISTRACTOR_FACT = 0.4
 
 
@@ -277,10 +249,9 @@ def _build_graph(rng: random.Random, knobs: Mapping[str, Any], depth: int, distr
     chain: list[int] = []
     for _ in range(depth):
         width = max(2, _sample(rng, knobs["branching"]))
-        inputs = [chain[-1]] if chain else []
+        inputs = [chain[-1]] if chain else []  # each link takes the previous one, the rest are facts
         while len(inputs) < width:
-            earlier = [c for c in chain[:-1] if c not in inputs]
-            inputs.append(rng.choice(earlier) if earlier and rng.random() < _P_EARLIER_LINK else fact())
+            inputs.append(fact())
         made = define("needed", inputs)
         if made is None:
             return None
@@ -311,31 +282,11 @@ def _key(nodes: Sequence[_Node]) -> str:
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
 
-def _statement_words(rng: random.Random, q: Quantity) -> str:
-    names, ops = q.inputs, q.ops
-    if all(op == "+" for op in ops):
-        forms = [f"the sum of {_join_names(names)}", " plus ".join(names)]
-    elif len(names) == 2 and ops == ["*"]:
-        forms = [f"the product of {names[0]} and {names[1]}", f"{names[0]} times {names[1]}"]
-    elif len(names) == 2 and ops == ["-"]:
-        forms = [f"{names[0]} minus {names[1]}", f"{names[1]} less than {names[0]}"]
-    else:
-        words = {"+": "plus", "-": "minus", "*": "times"}
-        forms = [_expression(names, [words[o] for o in ops])]
-    return rng.choice(forms)
-
-
 def _render_problem(rng: random.Random, quantities: Sequence[Quantity], goal: str) -> str:
-    sentences = []
-    for q in quantities:
-        if q.role == "fact":
-            sentences.append(rng.choice(_FACT).format(q=q.name, v=q.value))
-        elif rng.random() < 0.5:
-            sentences.append(rng.choice(_DEF_SYMBOLIC).format(q=q.name, sym=q.symbolic()))
-        else:
-            sentences.append(rng.choice(_DEF_WORDS).format(q=q.name, words=_statement_words(rng, q)))
+    sentences = [_FACT.format(q=q.name, v=q.value) if q.role == "fact" else
+                 _DEFINITION.format(q=q.name, sym=q.symbolic()) for q in quantities]
     rng.shuffle(sentences)
-    sentences.append(rng.choice(_QUESTION).format(g=goal))
+    sentences.append(_QUESTION.format(g=goal))
     return " ".join(sentences)
 
 
@@ -403,11 +354,8 @@ def generate_tasks(
 
 
 def _names(rng: random.Random, count: int) -> list[str]:
-    """``count`` distinct names in one randomly chosen style (two-syllable names if a pool is too small)."""
-    pool = _NAME_POOLS[rng.choice(sorted(_NAME_POOLS))]
-    if len(pool) < count:
-        pool = _NAME_POOLS["syllables"]
-        pool = pool + tuple(a + b for a in pool for b in pool if a != b)
+    """``count`` distinct names from :data:`NAMES` (pairs of names when a task needs more)."""
+    pool = NAMES if count <= len(NAMES) else NAMES + tuple(a + b for a in NAMES for b in NAMES if a != b)
     return rng.sample(pool, count)
 
 
@@ -443,11 +391,15 @@ def _make_task(task_id: str, split: str, task_seed: int, knobs: Mapping[str, Any
 
 
 def _narrate(task: Task, seed: int) -> tuple[str, Decomposition]:
-    """The oracle's trace under wording ``seed``, and the decomposition of exactly that trace."""
-    rng = random.Random(f"rlkd-teacher:{task.seed}:{seed}")
+    """The oracle's trace and the decomposition of exactly that trace.
+
+    The first step walks the chain back from the goal (``g needs f and b. f needs d and c.``) to the
+    link whose inputs are all known; each later step takes the link one up the walk. Every computation
+    restates its definition and its input values just before the result, so each look-up is short and
+    explicit. There is one wording, so ``seed`` does not change the text.
+    """
+    del seed  # one wording: kept in the signature for teacher_trace(task, seed)
     by_name = {q.name: q for q in task.quantities}
-    known = {q.name for q in task.quantities if q.role == "fact"}
-    remarked: set[str] = set()
     sentences: list[str] = []
     steps: list[Step] = []
     g = task.goal
@@ -455,28 +407,26 @@ def _narrate(task: Task, seed: int) -> tuple[str, Decomposition]:
         q = by_name[name]
         meta: list[str] = []
         if number == 1:
-            meta.append(rng.choice(_OPENING).format(g=g))
-        open_distractors = [d.name for d in task.quantities if d.role == "distractor" and d.name not in remarked
-                            and all(i in known for i in d.inputs)]
-        if open_distractors and rng.random() < _P_DISTRACTOR_REMARK:
-            d = rng.choice(open_distractors)
-            remarked.add(d)
-            meta.append(rng.choice(_DISTRACTOR_REMARK).format(d=d, g=g))
-        waiting = [(later, [i for i in by_name[later].inputs if i not in known and i != name])
-                   for later in task.order[number:]]
-        waiting = [(later, missing) for later, missing in waiting if missing]
-        if waiting and rng.random() < _P_LATER_REMARK:
-            later, missing = rng.choice(waiting)
-            meta.append(rng.choice(_LATER_REMARK).format(l=later, x=missing[0]))
-        fill = {"q": name, "g": g, "ins": _join_names(q.inputs), "allk": "both" if len(q.inputs) == 2 else "all"}
-        meta.append(rng.choice(_META_GOAL if name == g else _META).format(**fill))
-        compute = rng.choice(_COMPUTE).format(q=name, sym=q.symbolic(),
-                                              num=_expression([by_name[i].value for i in q.inputs], q.ops), v=q.value)
+            meta.append(_OPENING.format(g=g))
+            meta += [_WALK.format(q=later, ins=_join_names(by_name[later].inputs))
+                     for later in reversed(task.order[1:])]
+        meta.append(_CHOICE.format(q=name, ins=_join_names(q.inputs)))
+        compute = _COMPUTE.format(q=name, sym=q.symbolic(),
+                                  num=_expression([by_name[i].value for i in q.inputs], q.ops), v=q.value)
         sentences += meta + [compute]
         steps.append(Step(" ".join(meta), f"What is {name}?", str(q.value), number))
-        known.add(name)
     trace = "<think>\n" + " ".join(sentences) + "\n</think>\n<answer>\\boxed{" + str(task.answer) + "}</answer>"
     return trace, Decomposition(steps=steps)
+
+
+def base_text(task: Task) -> str:
+    """A text of the testbed's problem language for pretraining a base student: the problem, then the
+    computation of every defined quantity (the chain and the distractors, in an order where each one's
+    inputs come first), with no meta-reasoning, no choice of what to compute and no tags."""
+    by_name = {q.name: q for q in task.quantities}
+    lines = [_COMPUTE.format(q=q.name, sym=q.symbolic(), num=_expression([by_name[i].value for i in q.inputs], q.ops),
+                             v=q.value) for q in task.quantities if q.inputs]
+    return task.problem + "\n" + " ".join(lines)
 
 
 def teacher_trace(task: Task, seed: int | None = None) -> str:
@@ -695,11 +645,27 @@ def gsrm_pairs(tasks: Iterable[Task], traces_per_task: int = 1) -> list[dict[str
 
 
 def corpus(tasks: Iterable[Task]) -> list[str]:
-    """Texts for :func:`rlkd.models.build_tokenizer`: problems, traces, decompositions, GSRM prompts."""
+    """Texts for :func:`rlkd.models.build_tokenizer`: problems, traces, decompositions, GSRM prompts, and
+    every name and number (0-199) a task can use, with and without a leading space, so that a tokenizer
+    with enough vocabulary keeps each of them one token (:func:`whole_word_check`)."""
     texts = [GSRM_INSTRUCTION]
     for task in tasks:
-        texts += [task.problem, task.trace, task.decomposition.render()]
+        texts += [task.problem, task.trace, task.decomposition.render(), base_text(task),
+                  gsrm_prompt(task.problem, reasoning_text(task.trace))]
+    words = list(NAMES) + [str(i) for i in range(200)]
+    texts += [" ".join(words), "\n".join(words)] * 20
     return texts
+
+
+def whole_word_check(tokenizer: Any) -> list[str]:
+    """The names and numbers (0-199) that ``tokenizer`` splits into several tokens, with or without a
+    leading space; empty when every one of them is a single token."""
+    split = []
+    for word in list(NAMES) + [str(i) for i in range(200)]:
+        for form in (word, " " + word):
+            if len(tokenizer.encode(form, add_special_tokens=False)) != 1:
+                split.append(form)
+    return split
 
 
 def token_stats(tasks: Sequence[Task], tokenizer: Any) -> dict[str, float]:

@@ -203,9 +203,33 @@ def resume_point(job: SFTJob | GRPOJob) -> Path | None:
     return Path(job.resume)
 
 
+RUN_MARKERS = (CONFIG_FILE, RUN_FILE, METRICS_FILE)  # files that show a folder is an rlkd training run
+
+
+def foreign_output_dir(output_dir: str | Path) -> str | None:
+    """Why ``output_dir`` must not receive a training run (None when it may): the filesystem root or the
+    home folder, a file, or an existing non-empty folder holding no rlkd run (no rlkd_config.yaml,
+    rlkd_run.json, metrics.jsonl or checkpoint-N), whose files a run could overwrite."""
+    folder = Path(output_dir).expanduser()
+    resolved = folder.resolve()
+    if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
+        return f"{output_dir} is {'the filesystem root' if resolved == Path(resolved.anchor) else 'the home folder'}"
+    if folder.exists() and not folder.is_dir():
+        return f"{output_dir} is a file, not a folder"
+    if not folder.is_dir():
+        return None
+    names = [child.name for child in folder.iterdir()]
+    if not names or any(n in RUN_MARKERS or n.startswith("checkpoint-") for n in names):
+        return None
+    return f"{output_dir} already holds {len(names)} entries that are not an rlkd run (e.g. {sorted(names)[0]})"
+
+
 def preflight(job: SFTJob | GRPOJob) -> Preflight:
     """Check the inputs of a training job without loading weights."""
     check = Preflight()
+    problem = foreign_output_dir(job.output_dir)
+    if problem:
+        check.error(f"output_dir = {job.output_dir}: {problem}; choose a new or empty folder")
     _check_model(check, "model", job.model)
     if isinstance(job, GRPOJob):
         need = [job.data.problem_column, job.data.answer_column]
@@ -213,7 +237,10 @@ def preflight(job: SFTJob | GRPOJob) -> Preflight:
             need.append(job.data.teacher_structure_column)
         _check_data(check, "data.path", job.data.path, job.data.split, job.data.subset, need)
         if "structure" in job.reward_names():
-            _check_backend(check, "structure.gsrm", job.structure.gsrm)
+            if job.structure.decomposer == "rule":
+                check.ok("structure.decomposer = rule: the testbed's exact rule decomposer (no GSRM)")
+            else:
+                _check_backend(check, "structure.gsrm", job.structure.gsrm)
             if job.structure.gsrm_prompt:
                 check.ok(f"structure.gsrm_prompt = {job.structure.gsrm_prompt}: prompt file read")
             if job.structure.uses_llm_judge():
@@ -223,6 +250,9 @@ def preflight(job: SFTJob | GRPOJob) -> Preflight:
         if d.format == "traces":
             _check_data(check, "data.path", d.path, d.split, d.subset,
                         [d.problem_column, d.reasoning_column, d.answer_column])
+        elif d.format == "text":
+            _check_data(check, "data.path", d.path, d.split, d.subset,
+                        [d.text_column] + ([d.prompt_column] if d.prompt_column else []))
         else:
             _check_data(check, "data.path", d.path, d.split, d.subset, [], [["messages"], ["prompt", "completion"]])
     point = resume_point(job)
@@ -344,10 +374,11 @@ def order_metrics(logs: dict[str, Any], reward_keys: Sequence[str]) -> dict[str,
     return ordered
 
 
-def format_log_line(step: int, max_steps: int, logs: dict[str, Any], reward_keys: Sequence[str],
+def format_log_line(step: int, max_steps: int | None, logs: dict[str, Any], reward_keys: Sequence[str],
                     weights: Sequence[float]) -> str:
-    """One console line per logging step, leading with the reward components."""
-    parts = [f"step {step}/{max_steps}"]
+    """One console line per logging step, leading with the reward components (``max_steps=None``: no
+    known end, as in ``rlkd serve``)."""
+    parts = [f"step {step}/{max_steps}" if max_steps is not None else f"step {step}"]
     if "reward" in logs:
         parts.append(f"reward {logs['reward']:.3f} ± {logs.get('reward_std', 0.0):.3f}")
     components = [f"{name} {logs[f'rewards/{name}/mean']:.3f}×{w:g}"
@@ -411,16 +442,19 @@ def build_structure_reward(s: StructureConfig, sample_log: Path | None = None):
     """A :class:`rlkd.rewards.StructureReward` from the ``structure:`` section of a recipe (also what
     ``rlkd score --completions`` builds from its options, so both score on one path)."""
     from rlkd.backends import backend_from_config
-    from rlkd.gsrm import Decomposer
+    from rlkd.gsrm import Decomposer, RuleDecomposer
     from rlkd.judges import make_judge
     from rlkd.rewards import StructureReward
 
-    try:
-        gsrm_backend = backend_from_config(s.gsrm.as_backend_config(), where="structure.gsrm")
-    except (ValueError, OSError) as exc:
-        raise ConfigError(str(exc)) from None
-    decomposer = Decomposer(gsrm_backend, domain=s.prompt_source(), max_trace_chars=s.gsrm_max_trace_chars,
-                            max_tokens=s.gsrm_max_tokens, few_shot=s.gsrm_few_shot)
+    if s.decomposer == "rule":
+        decomposer: Any = RuleDecomposer()
+    else:
+        try:
+            gsrm_backend = backend_from_config(s.gsrm.as_backend_config(), where="structure.gsrm")
+        except (ValueError, OSError) as exc:
+            raise ConfigError(str(exc)) from None
+        decomposer = Decomposer(gsrm_backend, domain=s.prompt_source(), max_trace_chars=s.gsrm_max_trace_chars,
+                                max_tokens=s.gsrm_max_tokens, few_shot=s.gsrm_few_shot)
     llm = None
     if s.uses_llm_judge():
         from rlkd.llm_judge import LLMJudge

@@ -14,6 +14,9 @@ from rlkd.answers import (
     extract_answer,
     extract_boxed,
     extract_choice,
+    extract_choice_lighteval,
+    grade,
+    grade_all,
     grade_choice,
     grade_choice_detail,
     grade_math,
@@ -205,3 +208,83 @@ class TestGradeChoice:
     def test_bad_gold(self):
         assert grade_choice_detail("Answer: A", "Z").correct is None
         assert grade_choice("Answer: A", "") is False
+
+
+class TestLightevalMath:
+    """The ``lighteval`` protocol (lighteval 0.9.0's math_pass@1 on AIME24 and MATH-500): each case names
+    the rule it follows."""
+
+    @pytest.mark.parametrize(
+        "rule, completion, gold, answer",
+        [
+            ("no anchor at all: the right-most LaTeX or number of the whole reply (priority 300)",
+             "Adding them up gives 7.", "7", "7"),
+            ("boxes joined by 'and' or ',' are read together, as a set (boxed, priority 55)",
+             r"The roots are \boxed{2} and \boxed{1}", r"$\boxed{1}$ and $\boxed{2}$", "2,1"),
+            ("'Answer:' then, within 50 characters, the first LaTeX (priority 100)",
+             "Final Answer: The largest $n$ is 34.", "34", "34"),
+            ("'final answer is $X$. I hope' (priority 0) beats an earlier box (priority 55)",
+             r"First \boxed{255}. The final answer is $10,455$. I hope it is correct.", "10455", "10,455"),
+            ("a space as thousands separator (expression rule)", "The total is 1 000", "1000", "1000"),
+            ("a worked solution as gold is read to its box",
+             "so it is $2\\sqrt{3}$", r"Thus $\sqrt{12} = \boxed{2\sqrt{3}}$.", r"2\sqrt{3}"),
+        ],
+    )
+    def test_equal(self, rule, completion, gold, answer):
+        assert grade_math_detail(completion, gold, protocol="lighteval") == Grade(True, answer, "math-verify: equal")
+
+    def test_several_gold_boxes_need_all_parts(self):
+        # rule: the gold's boxes are joined into one set, and a reply with one part of it is wrong
+        assert grade_math(r"\boxed{2}", r"$\boxed{1}$ and $\boxed{2}$", protocol="lighteval") is False
+
+    def test_nothing_readable_is_no_answer(self):
+        grade = grade_math_detail("I could not finish", "3", protocol="lighteval")
+        assert grade.correct is False and grade.answer is None and "no answer found" in grade.reason
+
+    def test_an_unreadable_gold_counts_wrong_as_lighteval_scores_it(self):
+        grade = grade_math_detail(r"\boxed{5}", "???", protocol="lighteval")
+        assert grade.correct is False and grade.reason.startswith("the gold answer cannot be read")
+
+    def test_the_reward_rules_stay_as_they_were(self):
+        # rlkd's training grader (documented departure 3 from open-r1): \frac12 is repaired to \frac{1}{2}
+        assert grade_math(r"\boxed{\frac12}", "0.5") is True
+        # and a reply with no box, tag or phrase has no answer, while lighteval reads the 7 anyway
+        assert grade_math("Adding them up gives 7.", "7") is False
+
+    def test_unknown_protocol_is_an_error(self):
+        with pytest.raises(ValueError, match="unknown grading protocol 'lightevel'"):
+            grade_math_detail(r"\boxed{1}", "1", protocol="lightevel")
+
+
+class TestLightevalLetters:
+    """lighteval 0.9.0's GPQA letter rules: each case names the rule it follows."""
+
+    @pytest.mark.parametrize(
+        "rule, text, letter",
+        [
+            ("'final answer is X. I hope' (priority 0)", "B? The final answer is C. I hope it is correct. A", "C"),
+            ("'Answer:' then a standalone letter within 50 characters (100)", "Answer: D, it can't be A or B", "D"),
+            ("'answer' then a standalone letter within 50 characters (150)", "The answer is for sure D, not A or B", "D"),
+            ("the reply starts with the letter (200)", "D. it can't be A or B", "D"),
+            ("a standalone letter, right-most (250)", "It's not A because of X, therefore I think it's B", "B"),
+            ("any letter of the set at all, right-most (300): a quoted letter", 'Answer: "C"', "C"),
+            ("upper case only: '(d)' is not read, the A of 'Answer' is", "**Answer: (d)**", "A"),
+            ("none of the letters anywhere", "no idea", None),
+        ],
+    )
+    def test_cases(self, rule, text, letter):
+        assert extract_choice_lighteval(text) == letter
+
+    def test_grading_a_letter(self):
+        assert grade_choice_detail("therefore I think it's B", "b", protocol="lighteval") == Grade(
+            True, "B", "letter matches")
+        assert grade_choice("therefore I think it's B", "B") is False  # the reward rules need a decisive cue
+
+
+class TestGradeAll:
+    def test_keeps_order_and_kind(self):
+        grades = grade_all([(r"\boxed{3}", "3"), ("gives 4", "5"), ("so 2/4", r"\frac{1}{2}")], kind="math")
+        assert [g.correct for g in grades] == [True, False, True]
+        assert grade("Answer: C", "C", kind="choice").correct is True
+        with pytest.raises(ValueError, match="unknown problem kind"):
+            grade("x", "1", kind="essay")

@@ -303,7 +303,7 @@ class TestBackendFromArgs:
             backend_from_args(parse(["--base-url", "http://x/v1"]))
 
     def test_bad_value_is_a_cli_error(self):
-        with pytest.raises(CliError, match="concurrency must be >= 1, got 0"):
+        with pytest.raises(CliError, match=r"--concurrency: must be a whole number in \[1, 4096\], got 0"):
             backend_from_args(parse(["--base-url", "http://x/v1", "--model", "m", "--concurrency", "0"]))
 
     def test_missing_local_model_is_a_cli_error(self, tmp_path):

@@ -113,8 +113,10 @@ class TestCachedBackend:
     def test_not_a_database_is_a_clear_error(self, tmp_path):
         path = tmp_path / "notes.txt"
         path.write_text("these are not the droids you are looking for " * 50)
-        with pytest.raises(OSError, match="notes.txt: not a usable request cache"):
+        with pytest.raises(OSError, match=r"notes.txt: not a request cache \(not an SQLite file\); refusing to touch it"):
             RequestCache(path)
+        assert path.read_text() == "these are not the droids you are looking for " * 50  # left alone
+        assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
     def test_cache_option_wraps_the_backend(self, tmp_path):
         from rlkd.backends import OpenAIBackend, backend_from_config

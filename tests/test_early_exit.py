@@ -296,14 +296,17 @@ def streaming_server():
 
 
 def _completions_file(path):
-    from rlkd.testbed import generate_tasks, rule_decompose, teacher_trace
+    from rlkd.testbed import generate_tasks, rule_decompose
 
     lines = []
     for n, task in enumerate(generate_tasks(3, split="ood", seed=5, depth=(4, 5))):
-        teacher = rule_decompose(task.trace).to_dict()
-        for g, completion in enumerate([task.trace, teacher_trace(task, seed=task.trace_seed + 7)]):
+        full = rule_decompose(task.trace).to_dict()
+        short = {**full, "steps": full["steps"][:2]}  # a teacher with 2 steps: nothing after step 2 counts
+        other = {**full, "steps": [{**full["steps"][0], "meta_reasoning": "a plan the student never had"},
+                                   *full["steps"][1:]]}  # the first meta-reasoning mismatches
+        for g, teacher in enumerate([short, other]):
             lines.append({"id": f"{n}-{g}", "problem": task.problem, "teacher_structure": teacher,
-                          "completion": completion})
+                          "completion": task.trace})
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return lines
 
@@ -325,7 +328,7 @@ def test_score_completions_early_exit_matches_the_full_run_and_resumes(streaming
     early_rows, full_rows = read(early), read(full)
     assert [r["id"] for r in early_rows] == [r["id"] for r in full_rows] == ["0-0", "0-1", "1-0", "1-1", "2-0", "2-1"]
     assert [r["reward"] for r in early_rows] == [r["reward"] for r in full_rows]
-    assert len({r["reward"] for r in full_rows}) > 1  # copies score high, rewordings low
+    assert [r["reward"] for r in full_rows] == [2.0, 0.0] * 3
     assert any(r["gsrm_stopped"] for r in early_rows) and not any(r["gsrm_stopped"] for r in full_rows)
     assert sum(r["gsrm_completion_tokens"] for r in early_rows) < sum(r["gsrm_completion_tokens"] for r in full_rows)
     assert "generations stopped early" in capsys.readouterr().err

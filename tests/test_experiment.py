@@ -21,20 +21,20 @@ from rlkd.experiment import (
 
 REPO = Path(__file__).resolve().parents[1]
 
-# As small as the pipeline allows: one seed, a few tasks, one RL step, 1-layer models.
+# As small as the pipeline allows: one seed, a few tasks, one RL step, a 1-layer base pretrained 2 steps.
 MICRO = """\
 seeds: [0]
-data: {train: 8, test_id: 2, test_ood: 2, gsrm_train: 8, gsrm_test: 2, zero_fraction: 0.25}
-vocab_size: 400
-student: {hidden_size: 16, num_layers: 1, num_heads: 2, max_position_embeddings: 1024}
-gsrm: {hidden_size: 16, num_layers: 1, num_heads: 2, max_position_embeddings: 1024}
-gsrm_training: {max_steps: 1, per_device_train_batch_size: 4}
-sft: {max_steps: 1, per_device_train_batch_size: 4}
-prime: {max_steps: 1, per_device_train_batch_size: 2}
-rl: {max_steps: 1, per_device_train_batch_size: 4, num_generations: 2, max_completion_length: 16}
-structure: {gsrm_max_tokens: 16}
-eval: {n: 2, max_tokens_id: 16, max_tokens_ood: 16, batch_size: 8, gsrm_student_check: 2}
+data: {{train: 8, test_id: 2, test_ood: 2, gsrm_train: 8, gsrm_test: 2, zero_fraction: 0.25}}
+base: {{path: {base}, tasks: 40, probe_tasks: 2, hidden_size: 16, num_layers: 1, num_heads: 2}}
+pretraining: {{max_steps: 2, save_steps: 1, per_device_train_batch_size: 4, logging_steps: 1}}
+gsrm_training: {{max_steps: 1, per_device_train_batch_size: 4}}
+sft: {{max_steps: 1, per_device_train_batch_size: 4}}
+prime: {{max_steps: 1, per_device_train_batch_size: 2}}
+rl: {{max_steps: 1, per_device_train_batch_size: 4, num_generations: 2, max_completion_length: 16}}
+structure: {{gsrm_max_tokens: 16}}
+eval: {{n: 2, max_tokens_id: 16, max_tokens_ood: 16, batch_size: 8, gsrm_student_check: 2, bootstrap: 50}}
 """
+METHODS = ["sft", "sft_grpo", "sft_rlkd", "sft_rlkd_oracle", "grpo_zero", "rlkd_zero"]
 
 
 class TestRecipe:
@@ -43,7 +43,7 @@ class TestRecipe:
             path = REPO / "configs" / "demo" / name
             job = load_demo_job(path)
             assert len(job.seeds) >= 3
-            assert job.methods == ["sft", "sft_grpo", "sft_rlkd", "rlkd_zero"]
+            assert job.methods == METHODS
             first = path.read_text(encoding="utf-8").splitlines()[0]
             assert first.startswith("#") and "rlkd demo" in first
 
@@ -64,6 +64,8 @@ class TestRecipe:
         ("rl.per_device_train_batch_size=6", "must be a multiple of rl.num_generations"),
         ("data.trian=3", "data.trian: unknown field of DataSection (did you mean data.train?)"),
         ("structure.gsrm_prompt=p.txt", "structure.gsrm_prompt: set by the experiment from gsrm_prompt"),
+        ("structure.decomposer=rule", "structure.decomposer: set per method by the experiment"),
+        ("base.path=", "base.path: required"),
     ])
     def test_bad_recipes_name_the_field(self, override, message):
         with pytest.raises(ConfigError) as info:
@@ -92,7 +94,7 @@ class TestData:
 
         prompt = str(write_gsrm_prompt(tmp_path / "prompt.txt"))
         task = generate_tasks(1, "id", seed=4)[0]
-        [row] = gsrm_sft_rows([task], 1, prompt)
+        [row] = gsrm_sft_rows([task], prompt)
         request, _, _ = Decomposer(ScriptedBackend(lambda r: ""), domain=prompt, few_shot=False).request(
             task.problem, task.trace)
         assert row["prompt"] == request.as_openai_messages()
@@ -109,14 +111,28 @@ class TestData:
 @pytest.mark.slow
 def test_micro_run_end_to_end_and_resume(tmp_path, capsys):
     recipe = tmp_path / "micro.yaml"
-    recipe.write_text(MICRO, encoding="utf-8")
+    base = tmp_path / "base"
+    recipe.write_text(MICRO.format(base=base), encoding="utf-8")
     out = tmp_path / "run"
+    assert main(["demo", "--config", str(recipe), "--output", str(out)]) == 2  # no base yet: a clear error
+    assert "rlkd demo --build-base" in capsys.readouterr().err
+
+    # the base student: pretrained with rlkd train sft on text, every checkpoint probed, a card written
+    assert main(["demo", "--config", str(recipe), "--build-base"]) == 0
+    assert "step     2" in capsys.readouterr().out
+    card = json.loads((base / "base_card.json").read_text())
+    assert [p["step"] for p in card["probes"]] == [1, 2] and 0 <= card["final_probe"]["lines_right"] <= 1
+    assert set(card["probes"][0]["teacher_forced"]) == {"choice", "copy_definition", "copy_operator",
+                                                         "look_up_value", "arithmetic"}
+    assert (base / "model.safetensors").is_file() and (base / "tokenizer.json").is_file()
+    assert card["recipe"]["base"]["tasks"] == 40 and card["parameters"] > 0
+
     assert main(["demo", "--config", str(recipe), "--output", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "SFT+RLKD   id        1" in printed and f"report: {out / 'report' / 'report.md'}" in printed
+    assert f"report: {out / 'report' / 'report.md'}" in printed
 
     # every model was trained through rlkd train and saved, with its run record
-    for name in ("gsrm", "seed0/sft", "seed0/prime", "seed0/sft_grpo", "seed0/sft_rlkd", "seed0/rlkd_zero"):
+    for name in ("gsrm", "seed0/sft", "seed0/prime", *(f"seed0/{m}" for m in METHODS[1:])):
         assert (out / name / "config.json").is_file(), name
         assert json.loads((out / name / "rlkd_run.json").read_text())["launches"]
     # the RLKD runs scored completions with the trained GSRM (structure metrics were logged)
@@ -125,9 +141,24 @@ def test_micro_run_end_to_end_and_resume(tmp_path, capsys):
     grpo_log = [json.loads(line) for line in (out / "seed0/sft_grpo/metrics.jsonl").read_text().splitlines()]
     assert not any("rewards/structure/mean" in row for row in grpo_log)
     assert (out / "data/gsrm_prompt.txt").is_file()
+    # the oracle arm's structure reward came from the rule decomposer, not the GSRM
+    assert "decomposer: rule" in (out / "seed0/sft_rlkd_oracle/rlkd_config.yaml").read_text()
+    assert "decomposer: gsrm" in (out / "seed0/sft_rlkd/rlkd_config.yaml").read_text()
 
     results = json.loads((out / "results.json").read_text())
-    assert set(results["methods"]) == {"sft", "sft_grpo", "sft_rlkd", "rlkd_zero"}
+    assert set(results["methods"]) == {*METHODS, "prime"}
+    for method in METHODS:
+        for split in ("id", "ood"):
+            p1 = results["methods"][method][split]["pass_at_1"]
+            assert p1["ci_low"] <= p1["mean"] <= p1["ci_high"]
+    assert {(c["a"], c["b"]) for c in results["comparisons"]} >= {("sft_rlkd", "sft_grpo"), ("rlkd_zero", "grpo_zero")}
+    assert all(c["verdict"] for c in results["comparisons"])
+    for method in METHODS[1:]:
+        d = results["diagnostics"][method]
+        assert 0.0 <= d["zero_spread_share"] <= 1.0 and set(d["change"]) == {"id", "ood"}
+    assert sum(results["diagnostics"]["sft_rlkd_oracle"]["first_mismatch"].values()) == 4  # 1 step x 4 completions
+    assert results["diagnostics"]["sft_grpo"]["first_mismatch"] is None
+    assert 0.0 <= results["gsrm"]["step_accuracy"]["id"] <= 1.0
     for method in results["methods"].values():
         metrics = method["seeds"]["0"]
         for split in ("id", "ood"):
@@ -149,7 +180,7 @@ def test_micro_run_end_to_end_and_resume(tmp_path, capsys):
     assert main(["demo", "--config", str(recipe), "--output", str(out)]) == 0
     stages = json.loads((out / "stages.json").read_text())
     skipped = [name for name, record in stages.items() if record.get("skipped")]
-    assert len(skipped) >= 14 and any(name.startswith("GSRM: rlkd train sft") for name in skipped)
+    assert len(skipped) == 19 and any(name.startswith("GSRM: rlkd train sft") for name in skipped)
     assert main(["demo", "--config", str(recipe), "--output", str(out), "--report-only"]) == 0
 
 
@@ -160,8 +191,9 @@ def test_report_only_without_a_run_is_a_clear_error(tmp_path, capsys):
 
 def test_experiment_counts_its_stages(tmp_path):
     job = load_demo_job(None, [f"output={tmp_path / 'x'}", "seeds=[0, 1]"])
-    # data, models, GSRM, GSRM eval; per seed: SFT, prime, 3 RL, 4 evals; GSRM student check, report
-    assert Experiment(job).stages.total == 4 + 2 * 9 + 2
+    # data, models, GSRM, GSRM eval; per seed: SFT, prime, 5 RL, 7 evals (6 methods and the prime);
+    # GSRM student check, report
+    assert Experiment(job).stages.total == 4 + 2 * 14 + 2
 
 
 def test_resuming_with_another_recipe_is_refused(tmp_path):
@@ -199,3 +231,16 @@ def test_training_sections_follow_the_device():
     auto = _training_for_device(job.rl, "auto")
     assert auto.use_cpu is (not torch.cuda.is_available())
     assert job.rl.use_cpu is True  # the recipe's section itself is not changed
+
+
+def test_the_base_probe_checks_each_computation_in_any_order():
+    from rlkd.experiment import check_computations
+    from rlkd.testbed import base_text, generate_tasks
+
+    task = generate_tasks(1, seed=0)[0]
+    lines = base_text(task).split("\n")[1].split(". ")
+    shuffled = ". ".join(reversed([line.rstrip(".") for line in lines])) + "."
+    assert check_computations(task, shuffled) == {name: (True, True) for name in ("lev", "hov", "hub", "pot")}
+    # a wrong look-up with the right result, a wrong result, a name the problem does not define
+    assert check_computations(task, "lev = zor + cod = 2 + 2 = 4. hov = lev - dag = 4 - 2 = 3. cup = 1 + 1 = 2.") \
+        == {"lev": (False, True), "hov": (False, False)}

@@ -329,3 +329,43 @@ def test_empty_reasoning_needs_no_call():
     assert (empty.status, empty.reason) == ("no_steps", "empty reasoning: nothing to decompose")
     assert blank.status == "no_steps" and full.status == "ok"
     assert len(backend.requests) == 1 and (gsrm.calls, gsrm.no_steps) == (1, 2)
+
+
+class TestRuleDecomposer:
+    """``structure.decomposer: rule``: the testbed's exact decomposer as an oracle GSRM, through the same
+    structure-reward builder training uses."""
+
+    def _reward(self, tmp_path):
+        from rlkd.config import GRPOJob
+        from rlkd.train import structure_reward
+
+        job = GRPOJob(model="unused", output_dir=str(tmp_path / "run"))
+        job.structure.decomposer = "rule"
+        job.structure.judge, job.structure.meta_judge = "hybrid", "overlap"
+        job.structure.subproblem_judge, job.structure.answer_judge = "text", "math"
+        job.structure.sample_log = False
+        return structure_reward(job)
+
+    def test_the_oracle_gets_the_reward_of_the_exact_structure(self, tmp_path):
+        from rlkd.testbed import generate_tasks
+
+        reward = self._reward(tmp_path)
+        tasks = generate_tasks(3, "id", seed=5, depth=3)
+        teacher = [t.decomposition.render() for t in tasks]
+        # the teacher's own trace earns 1 per step; a student that computes the second link wrong loses
+        # half of that step (its answer differs) and nothing else, exactly as SPEC section 3 says
+        wrong = tasks[0].trace.replace(f"= {tasks[0].decomposition.steps[1].answer}.", "= 999.", 1)
+        scores = asyncio.run(reward(prompts=[t.problem for t in tasks] + [tasks[0].problem],
+                                    completions=[t.trace for t in tasks] + [wrong],
+                                    teacher_structure=teacher + [teacher[0]],
+                                    problem=[t.problem for t in tasks] + [tasks[0].problem]))
+        assert scores == [3.0, 3.0, 3.0, 2.5]
+        assert reward.decomposer.calls == 4 and reward.decomposer.failures == 0
+
+    @pytest.mark.filterwarnings("ignore:structure reward is 0")
+    def test_a_text_without_computation_scores_zero_and_says_why(self, tmp_path):
+        reward = self._reward(tmp_path)
+        [score] = asyncio.run(reward(prompts=["Find c."], completions=["<think>I do not know.</think>"],
+                                     teacher_structure=["[Meta-reasoning 1]: m\n[Sub-problem 1]: What is c?\n"
+                                                        "[Answer 1]: 5"], problem=["Find c."]))
+        assert score == 0.0 and reward.decomposer.no_steps == 1

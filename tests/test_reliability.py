@@ -26,6 +26,7 @@ import pytest
 
 from fault_server import Action, FaultServer
 from rlkd.cli import main
+from rlkd.inspector import PAGE_MARKER
 
 GOOD_REPLY = "[Meta-reasoning 1]: start\n[Sub-problem 1]: {problem}\n[Answer 1]: 42"
 _PROBLEM = re.compile(r"Problem:\n(.*?)\n\nReasoning:", re.S)
@@ -143,7 +144,8 @@ class TestDecomposeUnderFaults:
         err = capsys.readouterr().err
         assert status == 2
         assert "rlkd decompose: error: stopped: 4 of 4 traces failed (100.0% > 20.0% allowed)" in err
-        assert "connection error" in err and "run the same command again to resume" in err
+        assert "connection error" in err
+        assert "4 traces whose call failed were not written: fix the cause, then the same command again retries them" in err
         assert out.read_bytes() == before  # nothing already written is lost or changed
 
     def test_failures_past_the_share_stop_the_job_after_writing_what_came_back(self, tmp_path, capsys):
@@ -444,20 +446,21 @@ class TestBadInput:
         pairs, out = tmp_path / "pairs.jsonl", tmp_path / "scored.jsonl"
         bad, message = BAD_LINES[kind]
         with_bad_line(pairs, [{"id": i, **PAIR} for i in range(3)], bad, at=3)
-        out.write_text('{"earlier": "result"}\n')
+        out.write_text('{"id": "earlier", "reward": 1.0, "steps": []}\n')  # an earlier run's result
         assert main(["score", "--pairs", str(pairs), "--judge", "text", "--output", str(out)]) == 2
         assert f"rlkd score: error: {pairs}:3: {message}" in capsys.readouterr().err
-        assert out.read_text() == '{"earlier": "result"}\n'
+        assert out.read_text() == '{"id": "earlier", "reward": 1.0, "steps": []}\n'
 
     @pytest.mark.parametrize("kind", list(BAD_LINES))
     def test_inspect_names_the_line_and_writes_no_page(self, kind, tmp_path, capsys):
         pairs, page = tmp_path / "pairs.jsonl", tmp_path / "page.html"
         bad, message = BAD_LINES[kind]
         with_bad_line(pairs, [{"id": i, **PAIR} for i in range(3)], bad, at=2)
-        page.write_text("earlier page")
+        earlier = f"<!doctype html><html><head><meta charset='utf-8'>{PAGE_MARKER}<title>earlier</title></head></html>"
+        page.write_text(earlier)  # a page an earlier run wrote
         assert main(["inspect", "--pairs", str(pairs), "--judge", "text", "--html", str(page)]) == 2
         assert f"rlkd inspect: error: {pairs}:2: {message}" in capsys.readouterr().err
-        assert page.read_text() == "earlier page"
+        assert page.read_text() == earlier
 
     def test_score_and_inspect_name_a_missing_field(self, tmp_path, capsys):
         pairs = tmp_path / "pairs.jsonl"

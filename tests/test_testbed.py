@@ -14,6 +14,7 @@ from rlkd.testbed import (
     SPLITS,
     Task,
     alignment,
+    base_text,
     corpus,
     generate_tasks,
     gsrm_pairs,
@@ -23,6 +24,7 @@ from rlkd.testbed import (
     rule_decompose,
     teacher_trace,
     token_stats,
+    whole_word_check,
     write_dataset,
 )
 
@@ -163,26 +165,29 @@ def test_generation_is_deterministic():
     assert teacher_trace(generate_tasks(1, seed=3)[0], seed=5) == teacher_trace(generate_tasks(1, seed=3)[0], seed=5)
 
 
-def test_wording_varies(id_tasks):
-    questions = {re.sub(r"\b[a-z]+\?$|\b[a-z]+\.$", "_", t.problem.rsplit(". ", 1)[-1]) for t in id_tasks}
-    assert len(questions) >= 4
-    problems = " ".join(t.problem for t in id_tasks)
-    for phrase in ("Let ", "We know ", "Define ", " equals ", " = ", "the sum of", " plus ", " times "):
-        assert phrase in problems
-    traces = " ".join(t.trace for t in id_tasks)
-    for phrase in ("We want", "The goal is", "so compute", "Next is", "Skip ", "has to wait", "which is",
-                   "That gives"):
-        assert phrase in traces
-    styles = {len(t.goal) for t in id_tasks}  # single letters and three-letter words
-    assert {1, 3} <= styles
-    # the same task under another wording seed: same steps and values, different text
-    task = id_tasks[0]
-    other = [teacher_trace(task, seed) for seed in range(1, 6)]
-    assert any(o != task.trace for o in other)
-    for seed in range(1, 6):
-        d = oracle_decomposition(task, seed)
-        assert [(s.subproblem, s.answer) for s in d.steps] == [
-            (s.subproblem, s.answer) for s in task.decomposition.steps]
+def test_one_wording_and_the_walk(id_tasks):
+    """One fixed wording per sentence type; the first step walks the chain back from the goal, every
+    computation restates its definition and its input values."""
+    for task in id_tasks[:50]:
+        assert task.problem.endswith(f"Find {task.goal}.")
+        for q in task.quantities:
+            expected = f"{q.name} is {q.value}." if q.role == "fact" else f"{q.name} = {q.symbolic()}."
+            assert expected in task.problem
+        steps = task.decomposition.steps
+        walk = [f"{name} needs" for name in reversed(task.order[1:])]
+        assert steps[0].meta_reasoning.startswith(f"We want {task.goal}. " + (walk[0] if walk else ""))
+        for step, name in zip(steps, task.order):
+            q = task.quantity(name)
+            assert step.meta_reasoning.endswith(f"{name} needs {' and '.join(q.inputs)}, all known, so compute {name}.")
+            numbers = re.sub(r"[a-z]+", lambda m: str(task.quantity(m.group(0)).value), q.symbolic())
+            assert f"{name} = {q.symbolic()} = {numbers} = {q.value}." in task.trace
+        assert teacher_trace(task, task.trace_seed + 7) == task.trace  # one wording: the seed changes nothing
+    # each link takes the previous link and facts only, so the walk never branches
+    for task in id_tasks:
+        for previous, name in zip(task.order, task.order[1:]):
+            inputs = task.quantity(name).inputs
+            assert previous in inputs
+            assert all(task.quantity(i).role == "fact" for i in inputs if i != previous)
 
 
 @pytest.mark.parametrize("knobs, message", [
@@ -231,17 +236,17 @@ def test_ground_truth_is_the_narratives_steps(id_tasks, ood_tasks):
 
 def test_a_literal_trace():
     task = generate_tasks(1, "id", seed=0)[0]
-    assert task.problem == (
-        "elk equals the sum of bee and fox. yak = bag - tub. bee = 1. Let tub be 1. Let fan be 2. fox = 3. "
-        "We know zip equals 9. Define van as zip times tub. bag = elk - fan. What is the value of yak?")
+    assert task.problem == ("bim is 7. hub = bim * hov. lev = zor + cod. cod is 3. hov = lev - dag. zor is 1. "
+                            "dag is 2. pot = dag * zor. Find hub.")
     assert reasoning_text(task.trace) == (
-        "We want yak. Skip van, since yak does not depend on it. yak has to wait, since bag is not known yet. "
-        "Next is elk, since yak depends on it and bee and fox are known. That gives elk = 1 + 3 = 4. "
-        "The path to yak goes through bag, and bag uses only elk and fan, which we have. bag is 4 - 2, which "
-        "is 2. Finally, bag and tub are known, so compute yak. yak = bag - tub = 2 - 1 = 1.")
-    assert task.answer == 1
+        "We want hub. hub needs bim and hov. hov needs lev and dag. lev needs zor and cod, all known, so compute "
+        "lev. lev = zor + cod = 1 + 3 = 4. hov needs lev and dag, all known, so compute hov. hov = lev - dag = "
+        "4 - 2 = 2. hub needs bim and hov, all known, so compute hub. hub = bim * hov = 7 * 2 = 14.")
+    assert task.answer == 14
     assert [(s.subproblem, s.answer) for s in task.decomposition.steps] == [
-        ("What is elk?", "4"), ("What is bag?", "2"), ("What is yak?", "1")]
+        ("What is lev?", "4"), ("What is hov?", "2"), ("What is hub?", "14")]
+    assert base_text(task) == (task.problem + "\nlev = zor + cod = 1 + 3 = 4. hov = lev - dag = 4 - 2 = 2. "
+                               "hub = bim * hov = 7 * 2 = 14. pot = dag * zor = 2 * 1 = 2.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -405,3 +410,14 @@ def test_tokenizer_from_corpus_round_trips_a_trace(id_tasks, ood_tasks):
 def test_split_defaults_are_documented():
     assert set(SPLITS) == {"id", "ood"}
     assert SPLITS["id"]["depth"][1] < SPLITS["ood"]["depth"][0]
+
+
+def test_tokenizer_keeps_names_and_numbers_whole(id_tasks):
+    from rlkd.models import build_tokenizer
+
+    tok = build_tokenizer(corpus(id_tasks[:200]), vocab_size=1024)
+    assert whole_word_check(tok) == []
+    pieces = tok.convert_ids_to_tokens(tok.encode(id_tasks[0].trace, add_special_tokens=False))
+    assert "Ġ14" in pieces and "14" in pieces  # "= 14." and "\\boxed{14}"
+    small = build_tokenizer(corpus(id_tasks[:20]), vocab_size=320)  # too small a vocabulary splits some
+    assert whole_word_check(small)
