@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,4 +156,7 @@ def test_grpo_profile_smoke_run_prints_phase_shares_and_the_structure_share():
     [row] = [line for line in out.splitlines() if line.startswith("| + structure, latency server 0 ms")]
     assert len(row.split("|")) == 9
     assert "structure share of a step [latency]: " in out
-    assert "per completion 2.0 backend calls" in out  # one GSRM call and one batched judge call
+    # one GSRM call each, and a batched judge call for those whose first step completed before the GSRM
+    # was stopped (early exit) or ended
+    calls = float(re.search(r"per completion ([\d.]+) backend calls", out).group(1))
+    assert 1.0 <= calls <= 2.0
