@@ -26,6 +26,8 @@ Configurations (``--configs``, each one trainer, the first ``--warmup`` steps no
 - ``matched``: the same, with the server's per-token time set to the policy's own per-token generation
   time measured in the ``outcome`` run (its ``generate`` time per step over ``--max-completion-length``):
   a GSRM exactly as fast as the policy's sampler;
+- ``latency-full`` and ``matched-full``: ``latency`` and ``matched`` with early exit turned off (every
+  decomposition written to its end), for a side-by-side comparison;
 - ``tiny-gsrm``: the structure reward's GSRM and judge are a second tiny random model in this process
   (``rlkd.backends.TransformersBackend``), competing for the same CPU cores; its output has no steps, so
   this measures GSRM generation only (``--gsrm-max-tokens`` tokens each).
@@ -67,7 +69,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
-CONFIGS = ("outcome", "latency", "matched", "tiny-gsrm")
+CONFIGS = ("outcome", "latency", "matched", "tiny-gsrm", "latency-full", "matched-full")
 PHASES = ("generate", "rewards", "structure", "other scoring", "update", "step")
 
 
@@ -141,7 +143,7 @@ def build_setup(workdir: Path, prompts: int, seed: int, hidden_size: int = 64,
     return path, rows
 
 
-def structure_reward_for(backend: Any, judge_mode: str, gsrm_max_tokens: int) -> Any:
+def structure_reward_for(backend: Any, judge_mode: str, gsrm_max_tokens: int, early_exit: bool = True) -> Any:
     """The structure reward over ``backend`` (GSRM and LLM judge)."""
     from rlkd.gsrm import Decomposer
     from rlkd.judges import make_judge
@@ -153,7 +155,8 @@ def structure_reward_for(backend: Any, judge_mode: str, gsrm_max_tokens: int) ->
                                 llm=LLMJudge(backend, batched=True))
     else:
         judge = LLMJudge(backend, batched=judge_mode == "batched")
-    return StructureReward(Decomposer(backend, max_tokens=gsrm_max_tokens), judge, max_failure_share=1.0)
+    return StructureReward(Decomposer(backend, max_tokens=gsrm_max_tokens), judge, early_exit=early_exit,
+                           max_failure_share=1.0)
 
 
 def run_config(name: str, model_path: Path, rows: list[dict[str, Any]], args: argparse.Namespace, workdir: Path,
@@ -168,7 +171,7 @@ def run_config(name: str, model_path: Path, rows: list[dict[str, Any]], args: ar
     with ExitStack() as stack:
         structure = None
         backend = None
-        if name in ("latency", "matched"):
+        if name.removesuffix("-full") in ("latency", "matched"):
             from latency_server import spawn
 
             url = stack.enter_context(spawn(args.latency_ms, per_token_ms, gsrm_fallback="chunks"))
@@ -176,7 +179,8 @@ def run_config(name: str, model_path: Path, rows: list[dict[str, Any]], args: ar
         elif name == "tiny-gsrm":
             backend = TransformersBackend(str(model_path), batch_size=args.prompts * args.generations, device="cpu")
         if backend is not None:
-            structure = TimedReward(structure_reward_for(backend, args.judge, args.gsrm_max_tokens))
+            structure = TimedReward(structure_reward_for(backend, args.judge, args.gsrm_max_tokens,
+                                                         early_exit=not name.endswith("-full")))
         funcs, weights = build_rewards("outcome" if structure is None else "rlkd", structure)
         config = GRPOConfig(
             output_dir=str(workdir / f"run-{name}"), max_steps=args.warmup + args.steps,
@@ -226,7 +230,8 @@ def describe(name: str, args: argparse.Namespace, per_token_ms: float) -> str:
         return "outcome rewards only (no structure reward)"
     if name == "tiny-gsrm":
         return f"+ structure, tiny GSRM in process ({args.gsrm_max_tokens} tokens)"
-    return f"+ structure, latency server {args.latency_ms:g} ms + {per_token_ms:.2f} ms/token"
+    return (f"+ structure, latency server {args.latency_ms:g} ms + {per_token_ms:.2f} ms/token"
+            + (", no early exit" if name.endswith("-full") else ", early exit"))
 
 
 def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -304,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         policy_ms_per_token = None
         for name in configs:
             per_token_ms = args.per_token_ms
-            if name == "matched":
+            if name in ("matched", "matched-full"):
                 if policy_ms_per_token is None:
                     p.error("--configs matched needs outcome in the same run")
                 per_token_ms = policy_ms_per_token

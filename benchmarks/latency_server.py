@@ -20,7 +20,11 @@ recognise what it is asked:
 4. anything else: ``ok``.
 
 Timing: each request sleeps ``latency_ms + per_token_ms * generated tokens + per_prompt_token_ms *
-prompt tokens`` before answering. ``--slots N`` serves at most N requests at once (the rest queue, as at
+prompt tokens`` before answering. A streamed request (``"stream": true``) sleeps ``latency_ms +
+per_prompt_token_ms * prompt tokens`` before its first token and ``per_token_ms`` before each token,
+sending one token per server-sent event (and the usage at the end when ``stream_options.include_usage``
+asks for it); a client that closes the stream stops the generation there, and only the tokens sent
+are counted (``aborted`` counts such streams). ``--slots N`` serves at most N requests at once (the rest queue, as at
 a server whose batch is full); 0 (default) serves all at once, like a batching server far below its
 capacity. Tokens are counted as words and punctuation marks (regex ``\\w+|[^\\w\\s]``), plus 4 per chat
 message for the template; replies are cut at the request's ``max_tokens``. ``GET /stats`` returns the
@@ -179,12 +183,14 @@ class Counters:
     prompt_tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     completion_tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     max_in_flight: int = 0
+    aborted: int = 0  # streams the client closed before their end
     cpu_start: float = field(default_factory=time.process_time)
 
     def as_dict(self) -> dict[str, Any]:
         """The counters, and the CPU seconds this server process used since they were last reset."""
         return {"requests": dict(self.requests), "prompt_tokens": dict(self.prompt_tokens),
                 "completion_tokens": dict(self.completion_tokens), "max_in_flight": self.max_in_flight,
+                "aborted": self.aborted,
                 "cpu_s": round(time.process_time() - self.cpu_start, 3)}
 
 
@@ -269,6 +275,56 @@ class LatencyServer:
         }
 
 
+def token_pieces(text: str) -> list[str]:
+    """``text`` cut into its tokens (as :func:`count_tokens` counts them), each with the blanks before it;
+    joined, they give back ``text``."""
+    pieces, start = [], 0
+    for m in _TOKEN.finditer(text):
+        pieces.append(text[start: m.end()])
+        start = m.end()
+    if pieces and start < len(text):
+        pieces[-1] += text[start:]
+    return pieces
+
+
+def stream_answer(server: "LatencyServer", body: dict[str, Any], write: Any) -> None:
+    """Answer one streamed chat-completions body: the first token after the fixed cost, then one token
+    per ``per_token_ms``; ``write(bytes)`` raises once the client has gone, which ends the generation."""
+    messages = body.get("messages") or []
+    kind, text = server.responder.reply(messages)
+    text, was_cut = cut_tokens(text, body.get("max_tokens") or body.get("max_completion_tokens"))
+    prompt_tokens = sum(count_tokens(str(m.get("content") or "")) + TOKENS_PER_MESSAGE for m in messages)
+    with server.lock:
+        server.counters.requests[kind] += 1
+        server.counters.prompt_tokens[kind] += prompt_tokens
+    head = {"id": f"chatcmpl-latency-{server.total_requests}", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": body.get("model", "")}
+
+    def event(payload: dict[str, Any]) -> None:
+        write(b"data: " + json.dumps({**head, **payload}).encode() + b"\n\n")
+
+    sent = 0
+    try:
+        with (server.slots if server.slots is not None else contextlib.nullcontext()):
+            time.sleep((server.latency_ms + server.per_prompt_token_ms * prompt_tokens) / 1000.0)
+            for i, piece in enumerate(token_pieces(text)):
+                if i:
+                    time.sleep(server.per_token_ms / 1000.0)
+                event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": piece},
+                                    "finish_reason": None}]})
+                sent += 1
+                with server.lock:
+                    server.counters.completion_tokens[kind] += 1
+        event({"choices": [{"index": 0, "delta": {}, "finish_reason": "length" if was_cut else "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            event({"choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": sent,
+                                            "total_tokens": prompt_tokens + sent}})
+        write(b"data: [DONE]\n\n")
+    except (BrokenPipeError, ConnectionResetError):
+        with server.lock:
+            server.counters.aborted += 1
+
+
 def _make_handler(server: LatencyServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -316,7 +372,20 @@ def _make_handler(server: LatencyServer) -> type[BaseHTTPRequestHandler]:
                 server.counters.max_in_flight = max(server.counters.max_in_flight, server.in_flight)
                 last = server.max_requests and server.total_requests >= server.max_requests
             try:
-                self._send(200, server.answer(body))
+                if body.get("stream"):
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Connection", "close")  # the body ends when the connection does
+                    self.end_headers()
+                    self.close_connection = True
+
+                    def write(data: bytes) -> None:
+                        self.wfile.write(data)
+                        self.wfile.flush()
+
+                    stream_answer(server, body, write)
+                else:
+                    self._send(200, server.answer(body))
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up
             except Exception as exc:  # noqa: BLE001 - a bug here must show up at the client, not hang it

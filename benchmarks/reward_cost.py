@@ -24,6 +24,17 @@ Schemes, all through one OpenAI-compatible server, timed side by side in one run
 - ``ours batched``: ``LLMJudge(batched=True)``: one judge request per completion for all its pairs.
 - ``ours hybrid``: meta-reasoning and sub-problems by the batched LLM judge, answers by math-verify
   (``rlkd.judges.MathJudge``), no LLM call for answers.
+- ``ours per-pair-early``, ``ours hybrid-early``: the per-pair and hybrid judges with early exit
+  (``StructureReward(early_exit=True)``, the library default): each GSRM reply is streamed, each field
+  judged as soon as it is complete, and the generation stopped once the reward is decided.
+- ``ours local-early``: early exit with ``rlkd.judges.TextJudge``, the latency server's own verdict rule
+  run in process (no judge call, so no judge round trip delays the stop): what early exit costs when
+  the judge is local (SPEC section 3's non-LLM judges). Only meaningful with the latency server.
+
+``--batch rl`` replaces the edits batch by one whose first meta-reasoning mismatches follow those of the
+demo's RL runs (133 of 192 at step 1, 180 of 192 by step 2): what the structure reward sees in training.
+With early exit the server's token counts are reported (a stopped stream's usage never reaches the
+client); the benchmark checks that they cover what the client received.
 
 The same GSRM prompt (``rlkd/prompts/gsrm_math.txt``) and per-pair judge prompts serve every scheme, so
 the schemes differ only in what they ask and how they schedule it. With the latency server
@@ -81,7 +92,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from rlkd.structure import Decomposition  # noqa: E402
 
-VARIANTS = ("per-pair", "per-pair-lazy", "batched", "hybrid")
+VARIANTS = ("per-pair", "per-pair-lazy", "batched", "hybrid", "per-pair-early", "hybrid-early", "local-early")
+BATCHES = ("edits", "rl")
+# The first meta-reasoning mismatch measured in the demo's RL runs: of 192 sampled student
+# decompositions, 133 mismatched the teacher at step 1 and 180 by step 2.
+RL_FIRST_MISMATCH = {1: 133, 2: 47, "later": 12}
 EDITS = ("copy", "slip", "stop", "diverge", "reword")
 DEFAULT_GSRM_MAX_TOKENS = 2048
 
@@ -155,6 +170,39 @@ def edit_trace(task: Any, edit: str, step: int, wording_seed: int) -> str:
     raise ValueError(f"unknown edit {edit!r}")
 
 
+def build_rl_batch(prompts: int, generations: int, min_steps: int, max_steps: int, seed: int = 0) -> Batch:
+    """A batch whose first meta-reasoning mismatches follow :data:`RL_FIRST_MISMATCH` (scaled to
+    ``prompts * generations`` completions): a divergence at step 1 or 2 for the first two shares; the
+    rest split between a divergence at a later step and completions whose meta-reasoning all match the
+    teacher's (verbatim copies and one-result slips), which the GSRM must write out to the end."""
+    from rlkd.testbed import generate_tasks
+
+    tasks = generate_tasks(prompts, split="ood", seed=seed, depth=(min_steps, max_steps))
+    rng = random.Random(f"reward-cost-rl:{seed}")
+    total = prompts * generations
+    at_1 = round(total * RL_FIRST_MISMATCH[1] / 192)
+    at_2 = round(total * RL_FIRST_MISMATCH[2] / 192)
+    later = total - at_1 - at_2
+    plan = [("diverge", 1)] * at_1 + [("diverge", 2)] * at_2 + [("late", 0)] * (later - later // 2) \
+        + [("match", 0)] * (later // 2)
+    rng.shuffle(plan)
+    batch = Batch([], [], [], [], [], [t.problem for t in tasks], [t.trace for t in tasks])
+    for n, (edit, step) in enumerate(plan):
+        p = n // generations
+        task = tasks[p]
+        k = len(task.decomposition)
+        if edit == "late":
+            edit, step = "diverge", rng.randint(3, k - 1)
+        elif edit == "match":
+            edit, step = rng.choice(["copy", "slip"]), rng.randint(2, k - 1)
+        batch.problems.append(task.problem)
+        batch.completions.append(edit_trace(task, edit, step, task.trace_seed + 1 + n))
+        batch.teacher_traces.append(task.trace)
+        batch.prompt_index.append(p)
+        batch.edits.append(f"{edit}@{step}" if edit == "diverge" else edit)
+    return batch
+
+
 def build_batch(prompts: int, generations: int, min_steps: int, max_steps: int, seed: int = 0) -> Batch:
     """The benchmark batch (deterministic for a seed)."""
     from rlkd.testbed import generate_tasks
@@ -197,6 +245,8 @@ class Cost:
     rewards: list[float | None] = field(default_factory=list)
     walls: list[float] = field(default_factory=list)
     server: dict[str, Any] | None = None
+    stopped: int = 0  # GSRM streams stopped early (early exit)
+    client_tokens: int = 0  # with early exit: what the client counted (the server's count is reported)
 
     @property
     def calls(self) -> int:
@@ -236,6 +286,13 @@ def _timed_decomposer(backend: Any, max_tokens: int):
             finally:
                 self.seconds += time.perf_counter() - start
 
+        async def decompose_stream(self, items, sinks, domain=None):  # type: ignore[override]
+            start = time.perf_counter()
+            try:
+                return await super().decompose_stream(items, sinks, domain)
+            finally:
+                self.seconds += time.perf_counter() - start
+
     return TimedDecomposer(backend, max_tokens=max_tokens)
 
 
@@ -270,12 +327,16 @@ def run_ours(variant: str, batch: Batch, teacher_structures: list[dict[str, Any]
     gsrm_backend = _backend(base_url, model, concurrency, timeout)
     judge_backend = _backend(base_url, model, concurrency, timeout)
     decomposer = _timed_decomposer(gsrm_backend, gsrm_max_tokens)
-    if variant == "hybrid":
-        judge: Any = make_judge("hybrid", fields={"meta": "llm", "subproblem": "llm", "answer": "math"},
-                                llm=LLMJudge(judge_backend, batched=True))
+    early = variant.endswith("-early")
+    if variant == "local-early":  # the server's own verdict rule, in process: no judge call at all
+        judge: Any = make_judge("text")
+    elif variant.startswith("hybrid"):
+        judge = make_judge("hybrid", fields={"meta": "llm", "subproblem": "llm", "answer": "math"},
+                           llm=LLMJudge(judge_backend, batched=True))
     else:
         judge = LLMJudge(judge_backend, batched=variant == "batched")
-    reward = StructureReward(decomposer, judge, lazy=variant == "per-pair-lazy", max_failure_share=1.0)
+    reward = StructureReward(decomposer, judge, lazy=variant == "per-pair-lazy", early_exit=early,
+                             max_failure_share=1.0)
 
     async def run():
         try:
@@ -291,9 +352,10 @@ def run_ours(variant: str, batch: Batch, teacher_structures: list[dict[str, Any]
         rewards = asyncio.run(run())
     cost = Cost(f"ours {variant}", wall_s=time.perf_counter() - start, rewards=list(rewards))
     cost.gsrm_s = decomposer.seconds
-    cost.judge_s = cost.wall_s - cost.gsrm_s
+    cost.judge_s = cost.wall_s - cost.gsrm_s  # with early exit: judging after the last GSRM stream ended
     _add_stats(cost, gsrm_backend.stats, "gsrm")
     _add_stats(cost, judge_backend.stats, "judge")
+    cost.stopped = gsrm_backend.stats.stopped
     return cost
 
 
@@ -430,7 +492,13 @@ def compare(batch: Batch, base_url: str, model: str, *, variants: Sequence[str],
                                 gsrm_max_tokens)
             cost.client_cpu_s = time.process_time() - cpu
             if server_stats:
+                time.sleep(0.2)  # let the server finish counting streams the client closed
                 cost.server = fetch_stats(base_url, reset=True)
+                if cost.stopped:
+                    cost.client_tokens = cost.tokens
+                    cost.prompt_tokens = sum(cost.server["prompt_tokens"].values())
+                    cost.completion_tokens = sum(cost.server["completion_tokens"].values())
+                    cost.gsrm_tokens = cost.server["prompt_tokens"]["gsrm"] + cost.server["completion_tokens"]["gsrm"]
             runs[scheme].append(cost)
     costs = []
     for scheme in schemes:
@@ -451,10 +519,14 @@ def check(costs: list[Cost], offline: Cost, deterministic: bool, server_stats: b
             server = cost.server or {}
             calls = sum(server.get("requests", {}).values())
             tokens = sum(server.get("prompt_tokens", {}).values()) + sum(server.get("completion_tokens", {}).values())
+            if cost.stopped:  # the server's counts are reported; the client's agree within the stops
+                assert calls == cost.calls and cost.client_tokens <= tokens, (cost.scheme, calls, tokens)
+                continue
             assert (calls, tokens) == (cost.calls, cost.tokens), (
                 f"{cost.scheme}: the client counted {cost.calls} calls / {cost.tokens} tokens, the server "
                 f"{calls} / {tokens}")
-        lines.append("server counts match client counts: yes (requests and tokens, every scheme)")
+        lines.append("server counts match client counts: yes (requests and tokens, every scheme; with early exit "
+                     "the server's counts are reported: a stopped stream's prompt tokens never reach the client)")
     if deterministic:
         failed = {c.scheme: c.failures for c in [offline, *costs] if c.failures}
         assert not failed, f"failed calls or unreadable verdicts: {failed}"
@@ -532,6 +604,14 @@ def ratio_lines(result: dict[str, Any]) -> list[str]:
                  f"{_ratio(authors.tokens, gsrm_tokens):.1f}x fewer, wall {_ratio(authors.wall_s, gsrm_wall):.1f}x less")
     lines.append(f"goal >= 10x fewer LLM tokens: {'reached' if best_tokens >= 10 else 'missed'} (best {best_tokens:.1f}x); "
                  f"goal >= 5x less wall time: {'reached' if best_wall >= 5 else 'missed'} (best {best_wall:.1f}x)")
+    early = [c for c in ours if c.scheme.endswith("-early")]
+    if early:
+        best_generated = max(authors.completion_tokens / c.completion_tokens for c in early)
+        best_early_wall = max(authors.wall_s / c.wall_s for c in early)
+        lines.append(f"early exit: goal >= 10x fewer generated tokens: {'reached' if best_generated >= 10 else 'missed'} "
+                     f"(best {best_generated:.1f}x); goal >= 5x less wall time: "
+                     f"{'reached' if best_early_wall >= 5 else 'missed'} (best {best_early_wall:.1f}x); GSRM streams "
+                     f"stopped early: {', '.join(f'{c.scheme} {c.stopped}' for c in early)}")
     return lines
 
 
@@ -622,6 +702,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-steps", type=int, default=8, help="fewest teacher steps per task")
     p.add_argument("--max-steps", type=int, default=12, help="most teacher steps per task")
     p.add_argument("--seed", type=int, default=0, help="seed of the batch")
+    p.add_argument("--batch", choices=BATCHES, default="edits",
+                   help="edits: edits of the teacher trace (copies, slips, stops, divergences, rewordings); rl: "
+                        "first meta-reasoning mismatches sampled to match the demo's RL runs (133 of 192 at step 1, "
+                        "180 of 192 by step 2)")
     p.add_argument("--latency", type=_latency, action="append", metavar="MS:PER_TOKEN_MS",
                    help="a latency-server setting (repeat to sweep); default 50:5")
     p.add_argument("--per-prompt-token-ms", type=float, default=0.0, help="latency server: cost per prompt token")
@@ -655,13 +739,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     if args.min_steps < 3 or args.max_steps < args.min_steps:
         p.error("need 3 <= --min-steps <= --max-steps")
-    batch = build_batch(args.prompts, args.generations, args.min_steps, args.max_steps, args.seed)
+    build = build_rl_batch if args.batch == "rl" else build_batch
+    batch = build(args.prompts, args.generations, args.min_steps, args.max_steps, args.seed)
     from latency_server import count_tokens
 
     print(f"batch: {args.prompts} prompts x {args.generations} generations = {len(batch.completions)} completions, "
           f"teacher steps {args.min_steps}-{args.max_steps}; completion length mean "
           f"{statistics.mean(count_tokens(c) for c in batch.completions):.0f} tokens (words and marks); "
-          f"edits {dict((e, batch.edits.count(e)) for e in EDITS)}")
+          f"edits {dict((e, batch.edits.count(e)) for e in sorted(set(batch.edits)))}")
     print(f"authors' scheme: {args.baseline_threads} threads across completions; ours: {args.concurrency} "
           f"requests in flight per backend; repeats {args.repeats}; cpus {os.cpu_count()}")
     common = dict(variants=variants, threads=args.baseline_threads, concurrency=args.concurrency,

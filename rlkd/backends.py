@@ -35,6 +35,12 @@ How this departs from the authors' code (SPEC section 4):
    timeout, retries and concurrency are finite and bounded (:data:`BACKEND_LIMITS`), so no setting can
    switch the timeout off or make the retry loop endless.
 4. Requests of one batch run concurrently, up to a concurrency limit, instead of one after another.
+5. Streaming with early stop (:meth:`Backend.generate_stream`, :class:`StreamSink`): the text reaches
+   the caller as it is generated, and the caller can end a generation once it has read enough (early
+   exit of the structure reward, SPEC section 8). The OpenAI backend closes the stream (vLLM and
+   ``transformers serve`` then abort the request), the local backend stops that sequence with a
+   stopping criterion. Tokens are counted as generated; retries, timeouts and failure counting are
+   those of whole requests; the request cache stores only streams that ran to their end.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import argparse
 import asyncio
 import collections
 import email.utils
+import json
 import logging
 import math
 import os
@@ -101,6 +108,8 @@ class Completion:
     completion_tokens: int = 0
     error: str | None = None
     cached: bool = False
+    stopped: bool = False  # a stream the caller closed early: ``texts`` hold what was generated until then
+    cached_prompt_tokens: int = 0  # prompt tokens the server reported served from its prefix cache
 
     @property
     def text(self) -> str:
@@ -123,6 +132,8 @@ class BackendStats:
     completion_tokens: int = 0
     retries: int = 0
     failures: int = 0  # requests that failed for good
+    stopped: int = 0  # streams the caller closed early (their tokens are counted up to the stop)
+    cached_prompt_tokens: int = 0  # prompt tokens the server said it served from its prefix cache
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (for logs and JSON)."""
@@ -133,6 +144,8 @@ class BackendStats:
         self.calls += 1
         self.prompt_tokens += completion.prompt_tokens
         self.completion_tokens += completion.completion_tokens
+        self.cached_prompt_tokens += completion.cached_prompt_tokens
+        self.stopped += completion.stopped
         if completion.error is not None:
             self.failures += 1
 
@@ -153,6 +166,23 @@ class Backend:
         """One completion per request, in order; failures come back with ``error`` set."""
         raise NotImplementedError
 
+    async def generate_stream(self, requests: Sequence[GenerationRequest],
+                              sinks: Sequence["StreamSink"]) -> list[Completion]:
+        """Like :meth:`generate`, streaming each completion into its sink; a sink whose
+        ``stop_requested`` turns true has its generation ended there (the completion comes back with
+        ``stopped`` set and the text generated so far). Each sink's :meth:`StreamSink.finish` is called
+        once with its completion. Only ``n == 1`` requests stream.
+
+        This default streams nothing: it generates whole completions and feeds each in one piece.
+        Backends that can stop a generation early override it.
+        """
+        completions = await self.generate(requests)
+        for completion, sink in zip(completions, sinks):
+            if completion.ok:
+                sink.feed(completion.text)
+            sink.finish(completion)
+        return completions
+
     def generate_sync(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         """Blocking convenience wrapper around :meth:`generate` (not for use inside a running loop);
         connections opened for it are closed before it returns."""
@@ -172,6 +202,35 @@ class Backend:
         """Log the counters on one line."""
         log.log(level, "%s backend (%s): %s", self.name, self.model,
                 " ".join(f"{k}={v}" for k, v in self.stats.as_dict().items()))
+
+
+class StreamSink:
+    """The receiving end of one streamed completion (:meth:`Backend.generate_stream`).
+
+    The backend calls :meth:`feed` with each new piece of text, :meth:`restart` when a failed attempt
+    is retried from the start (forget what was fed), and :meth:`finish` once at the end. The consumer
+    sets :attr:`stop_requested` when it has read enough; the backend then closes the stream (a
+    server such as vLLM or ``transformers serve`` aborts the request) or stops the local generation.
+    This base class just collects the text.
+    """
+
+    def __init__(self) -> None:
+        self.stop_requested = False
+        self.pieces: list[str] = []
+        self.completion: Completion | None = None
+
+    def feed(self, piece: str) -> None:
+        """A new piece of generated text."""
+        self.pieces.append(piece)
+
+    def restart(self) -> None:
+        """The request is being sent again: what was fed so far no longer counts."""
+        self.pieces.clear()
+
+    def finish(self, completion: Completion) -> None:
+        """The request is over: ``completion`` is what :meth:`Backend.generate` would have returned
+        (``stopped`` when the stop request ended it)."""
+        self.completion = completion
 
 
 # --------------------------------------------------------------------------------------------------
@@ -538,21 +597,7 @@ class OpenAIBackend(Backend):
     async def _attempts(self, request: GenerationRequest, n: int, seed: int | None) -> tuple[list[str], int, int]:
         """One API call with bounded retries; raises _Transient/_Permanent when it fails for good."""
         client, semaphore = self._loop_state()
-        kwargs: dict[str, Any] = {
-            "model": self.model,
-            "messages": request.as_openai_messages(),
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-        }
-        if n != 1:
-            kwargs["n"] = n
-        if seed is not None:
-            kwargs["seed"] = seed
-        if request.stop:
-            kwargs["stop"] = list(request.stop)
-        if self.extra_body:
-            kwargs["extra_body"] = self.extra_body
+        kwargs = self._request_kwargs(request, n, seed)
         attempt = 0
         while True:
             try:
@@ -574,6 +619,111 @@ class OpenAIBackend(Backend):
             log.warning("request to %s: %s; retry %d of %d in %.2fs",
                         self.model, self._scrub(str(failure)), attempt, self.max_retries, delay)
             await asyncio.sleep(delay)
+
+    def _request_kwargs(self, request: GenerationRequest, n: int, seed: int | None) -> dict[str, Any]:
+        """The keyword arguments of ``chat.completions.create`` for one request."""
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": request.as_openai_messages(),
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+        }
+        if n != 1:
+            kwargs["n"] = n
+        if seed is not None:
+            kwargs["seed"] = seed
+        if request.stop:
+            kwargs["stop"] = list(request.stop)
+        if self.extra_body:
+            kwargs["extra_body"] = self.extra_body
+        return kwargs
+
+    async def generate_stream(self, requests: Sequence[GenerationRequest],
+                              sinks: Sequence[StreamSink]) -> list[Completion]:
+        """Stream every request (``stream=True``) into its sink, concurrently; a sink's stop request
+        closes its stream, which makes vLLM and ``transformers serve`` abort the generation."""
+        if not requests:
+            return []
+        self._loop_state()
+        return list(await asyncio.gather(*(self._one_stream(r, s) for r, s in zip(requests, sinks))))
+
+    async def _one_stream(self, request: GenerationRequest, sink: StreamSink) -> Completion:
+        """One streamed request with the retries, timeout and counting of :meth:`_attempts`.
+
+        ``completion_tokens`` is the server's count when it sends one (a stream read to its end, with
+        ``stream_options.include_usage``); a stream closed early has no usage, so its tokens are the
+        content pieces received (one per token on vLLM and ``transformers serve``)."""
+        if request.n != 1:  # several samples do not stream: answer them whole
+            [completion] = await Backend.generate_stream(self, [request], [sink])
+            return completion
+        client, semaphore = self._loop_state()
+        kwargs = {**self._request_kwargs(request, 1, request.seed), "stream": True,
+                  "stream_options": {"include_usage": True}}
+        attempt = 0
+        while True:
+            pieces: list[str] = []
+            usage = None
+            stopped = False
+            try:
+                async with semaphore, asyncio.timeout(self.timeout):
+                    if sink.stop_requested:  # decided before the request was even sent
+                        stopped = True
+                    else:
+                        # the raw event stream: the SDK's typed chunk objects cost about 1 ms of CPU per
+                        # token, more than a batch of concurrent streams leaves a client per token
+                        raw = client.chat.completions.with_streaming_response.create(**kwargs)
+                        async with raw as response:  # leaving it closes the stream: the server aborts
+                            async for line in response.iter_lines():
+                                if not line.startswith("data:"):
+                                    continue
+                                data = line[5:].strip()
+                                if data == "[DONE]":
+                                    break
+                                chunk = json.loads(data)
+                                if not isinstance(chunk, dict) or chunk.get("error"):
+                                    raise _Transient(f"error event in the stream: {_short(data)}")
+                                usage = chunk.get("usage") or usage
+                                for choice in chunk.get("choices") or []:
+                                    piece = (choice.get("delta") or {}).get("content")
+                                    if piece:
+                                        pieces.append(piece)
+                                        sink.feed(piece)
+                                # let the consumer run (a read from a full buffer never yields), then check
+                                await asyncio.sleep(0)
+                                if sink.stop_requested:
+                                    stopped = True
+                                    break
+                completion = Completion(texts=["".join(pieces)], stopped=stopped)
+                if isinstance(usage, dict) and not stopped:
+                    completion.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                    completion.completion_tokens = int(usage.get("completion_tokens") or 0)
+                    details = usage.get("prompt_tokens_details")
+                    completion.cached_prompt_tokens = int((details or {}).get("cached_tokens") or 0) \
+                        if isinstance(details, dict) else 0
+                else:
+                    completion.completion_tokens = len(pieces)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure is classified, counted and logged
+                failure = _classify(exc, self.timeout)
+            if isinstance(failure, _Permanent) or attempt >= self.max_retries:
+                tries = attempt + 1
+                log.warning("streamed request to %s failed for good after %d attempt%s: %s",
+                            self.model, tries, "" if tries == 1 else "s", failure)
+                completion = Completion(error=str(failure), completion_tokens=len(pieces))
+                break
+            delay = self._backoff(attempt, getattr(failure, "retry_after", None))
+            attempt += 1
+            self.stats.retries += 1
+            log.warning("streamed request to %s: %s; retry %d of %d in %.2fs",
+                        self.model, failure, attempt, self.max_retries, delay)
+            sink.restart()
+            await asyncio.sleep(delay)
+        self.stats.add(completion)
+        sink.finish(completion)
+        return completion
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait before retry ``attempt + 1``: the server's Retry-After (capped) or
@@ -663,7 +813,37 @@ class TransformersBackend(Backend):
                 log.warning("local generation with %s failed: %s", self.model, completion.error)
         return completions
 
-    def _generate_blocking(self, requests: list[GenerationRequest]) -> list[Completion]:
+    async def generate_stream(self, requests: Sequence[GenerationRequest],
+                              sinks: Sequence[StreamSink]) -> list[Completion]:
+        """Generate in a worker thread, feeding each sequence's new text to its sink after every token;
+        a stopping criterion ends a sequence whose sink asks to stop (the batch goes on for the others)."""
+        if not requests:
+            return []
+        if any(r.n != 1 for r in requests):  # several samples per request do not stream
+            return await super().generate_stream(requests, sinks)
+        loop = asyncio.get_running_loop()
+        fed = [StreamSink() for _ in sinks]  # what each sink was fed (the feeds run on this loop, in order)
+
+        def tee(sink: StreamSink, record: StreamSink) -> Callable[[str], None]:
+            def feed(piece: str) -> None:
+                record.feed(piece)
+                sink.feed(piece)
+            return feed
+
+        watched = [_Tee(sink, tee(sink, record)) for sink, record in zip(sinks, fed)]
+        completions = await asyncio.to_thread(self._generate_blocking, list(requests), (watched, loop))
+        for completion, sink, record in zip(completions, sinks, fed):
+            self.stats.add(completion)
+            if completion.error:
+                log.warning("local generation with %s failed: %s", self.model, completion.error)
+            sent = "".join(record.pieces)
+            if completion.ok and len(completion.text) > len(sent) and completion.text.startswith(sent):
+                sink.feed(completion.text[len(sent):])  # e.g. a last character held back as incomplete
+            sink.finish(completion)
+        return completions
+
+    def _generate_blocking(self, requests: list[GenerationRequest],
+                           stream: tuple[list[StreamSink], asyncio.AbstractEventLoop] | None = None) -> list[Completion]:
         results: list[Completion | None] = [None] * len(requests)
         prompts: list[str | None] = []
         for i, request in enumerate(requests):
@@ -688,13 +868,19 @@ class TransformersBackend(Backend):
                 groups.setdefault(settings, []).append(i)
         samples: dict[int, list[str]] = {i: [] for i in range(len(requests))}
         tokens: dict[int, list[int]] = {i: [0, 0] for i in range(len(requests))}
+        stopped: set[int] = set()
         with self._lock:
             for (max_tokens, temperature, top_p, seed), members in groups.items():
                 sequences = [(i, prompts[i]) for i in members for _ in range(requests[i].n)]
                 for start in range(0, len(sequences), self.batch_size):
                     batch = sequences[start: start + self.batch_size]
+                    watch = None
+                    if stream is not None:
+                        watch = _StreamRows(self.tokenizer, [stream[0][i] for i, _ in batch], stream[1])
                     try:
-                        outputs = self._run_batch([p for _, p in batch], max_tokens, temperature, top_p, seed)
+                        outputs = self._run_batch([p for _, p in batch], max_tokens, temperature, top_p, seed, watch)
+                        if watch is not None:
+                            stopped.update(i for (i, _), cut in zip(batch, watch.stopped_at) if cut is not None)
                     except Exception as exc:  # noqa: BLE001 - the batch's requests fail, others go on
                         reason = f"generate failed: {type(exc).__name__}: {_short(str(exc))}"
                         for i, _ in batch:
@@ -707,11 +893,12 @@ class TransformersBackend(Backend):
         for i, request in enumerate(requests):
             if results[i] is None:
                 texts = [_cut_at_stop(t, request.stop) for t in samples[i]]
-                results[i] = Completion(texts=texts, prompt_tokens=tokens[i][0], completion_tokens=tokens[i][1])
+                results[i] = Completion(texts=texts, prompt_tokens=tokens[i][0], completion_tokens=tokens[i][1],
+                                        stopped=i in stopped)
         return [r for r in results if r is not None]
 
     def _run_batch(self, prompts: list[str], max_tokens: int, temperature: float, top_p: float,
-                   seed: int | None) -> list[tuple[str, int, int]]:
+                   seed: int | None, watch: "_StreamRows | None" = None) -> list[tuple[str, int, int]]:
         """Generate for one batch of rendered prompts: (text, prompt tokens, new tokens) each."""
         import torch
 
@@ -732,13 +919,21 @@ class TransformersBackend(Backend):
                 torch.manual_seed(seed)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if watch is not None:
+            from transformers import StoppingCriteriaList
+
+            watch.start(width, _as_id_set(self.lm.generation_config.eos_token_id) | _as_id_set(tok.eos_token_id))
+            kwargs["stopping_criteria"] = StoppingCriteriaList([watch])
         with torch.no_grad():
             out = self.lm.generate(**enc, **kwargs)
         new = out[:, width:]
         eos_ids = _as_id_set(self.lm.generation_config.eos_token_id) | _as_id_set(tok.eos_token_id)
         results = []
-        for row, mask in zip(new.tolist(), enc["attention_mask"].tolist()):
+        for r, (row, mask) in enumerate(zip(new.tolist(), enc["attention_mask"].tolist())):
             length = len(row)
+            if watch is not None and watch.stopped_at[r] is not None:  # stopped on request: cut there
+                row = row[: watch.stopped_at[r]]
+                length = len(row)
             for j, token in enumerate(row):
                 if token in eos_ids:
                     length = j + 1
@@ -749,6 +944,63 @@ class TransformersBackend(Backend):
             text = tok.decode(row[:length], skip_special_tokens=True)
             results.append((text, int(sum(mask)), length))
         return results
+
+
+class _Tee:
+    """A sink's stop flag, read from the generation thread, with its feeds going through ``feed``."""
+
+    def __init__(self, sink: StreamSink, feed: Callable[[str], None]) -> None:
+        self.sink = sink
+        self.feed = feed
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.sink.stop_requested
+
+
+class _StreamRows:
+    """A transformers stopping criterion that streams: after each generated token it sends every row's
+    new text to that row's sink (on the event loop's thread) and ends the rows whose sink asks to stop.
+    ``stopped_at[r]`` is the number of tokens row ``r`` had generated when it was stopped (None: it was
+    not stopped on request)."""
+
+    def __init__(self, tokenizer: Any, sinks: list[StreamSink], loop: asyncio.AbstractEventLoop) -> None:
+        self.tokenizer = tokenizer
+        self.sinks = sinks
+        self.loop = loop
+        self.sent = [""] * len(sinks)
+        self.stopped_at: list[int | None] = [None] * len(sinks)
+        self.ended = [False] * len(sinks)
+        self.width = 0
+        self.eos: set[int] = set()
+
+    def start(self, width: int, eos: set[int]) -> None:
+        self.width, self.eos = width, eos
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        done = []
+        for r, sink in enumerate(self.sinks):
+            if self.ended[r]:
+                done.append(True)
+                continue
+            row = input_ids[r, self.width:].tolist()
+            ended = False
+            for j, token in enumerate(row):
+                if token in self.eos:
+                    row, ended = row[: j + 1], True
+                    break
+            text = self.tokenizer.decode(row, skip_special_tokens=True).rstrip("\ufffd")  # a split character
+            if len(text) > len(self.sent[r]) and text.startswith(self.sent[r]):
+                self.loop.call_soon_threadsafe(sink.feed, text[len(self.sent[r]):])
+                self.sent[r] = text
+            if sink.stop_requested and not ended:
+                self.stopped_at[r] = len(row)
+                ended = True
+            self.ended[r] = ended
+            done.append(ended)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def _as_id_set(value: Any) -> set[int]:
@@ -798,12 +1050,14 @@ class ScriptedBackend(Backend):
         fail_first: int = 0,
         fail_when: Callable[[GenerationRequest], bool] | None = None,
         model: str = "scripted",
+        stream_fail_after: Callable[[GenerationRequest], int | None] | None = None,
     ) -> None:
         super().__init__()
         self.script = script
         self.default = default
         self.fail_first = fail_first
         self.fail_when = fail_when
+        self.stream_fail_after = stream_fail_after
         self.model = model
         self.requests: list[GenerationRequest] = []
 
@@ -816,6 +1070,40 @@ class ScriptedBackend(Backend):
             self.stats.add(completion)
             completions.append(completion)
         return completions
+
+    async def generate_stream(self, requests: Sequence[GenerationRequest],
+                              sinks: Sequence[StreamSink]) -> list[Completion]:
+        """Stream each scripted reply word by word (a word and the blanks after it count as one token),
+        all requests interleaved, yielding to the event loop after every word; stop where a sink asks.
+        ``stream_fail_after(request)`` (a number of words, or None) fails a stream part-way."""
+        async def one(request: GenerationRequest, sink: StreamSink) -> Completion:
+            completion = self._answer(request)
+            self.requests.append(request)
+            if completion.ok and request.n == 1:
+                words = re.findall(r"\s+|\S+\s*", completion.text)
+                fail_at = self.stream_fail_after(request) if self.stream_fail_after else None
+                fed = 0
+                for word in words:
+                    if sink.stop_requested:
+                        completion = Completion(texts=["".join(words[:fed])], prompt_tokens=completion.prompt_tokens,
+                                                completion_tokens=fed, stopped=True)
+                        break
+                    if fail_at is not None and fed >= fail_at:
+                        completion = Completion(error=f"scripted stream failure after {fed} tokens",
+                                                completion_tokens=fed)
+                        break
+                    sink.feed(word)
+                    fed += 1
+                    await asyncio.sleep(0)
+                else:
+                    completion.completion_tokens = fed
+            elif completion.ok:
+                sink.feed(completion.text)
+            self.stats.add(completion)
+            sink.finish(completion)
+            return completion
+
+        return list(await asyncio.gather(*(one(r, s) for r, s in zip(requests, sinks))))
 
     def _answer(self, request: GenerationRequest) -> Completion:
         if self.stats.calls < self.fail_first:

@@ -10,7 +10,8 @@ the shared :class:`~rlkd.backends.BackendStats` (the wrapper and the inner backe
    prompt or the settings is a miss. The server address and the API key are not part of the key: the
    same model behind another address answers from the same cache, and no key ever reaches the file.
 2. The value is the completion texts and token counts. Failed completions are never stored: a re-run
-   asks again.
+   asks again. Nor are streams the caller stopped early (:meth:`CachedBackend.generate_stream`): their
+   text is a prefix, and only complete answers may answer a request.
 3. Sampled requests (``temperature > 0``) are cached too, with or without a seed. With a seed this is
    what the seed promises. Without one it freezes the first sample drawn: re-runs and resumed jobs are
    free and reproduce the earlier results, which is what data construction and evaluation want. When
@@ -43,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from rlkd.backends import Backend, Completion, GenerationRequest
+from rlkd.backends import Backend, Completion, GenerationRequest, StreamSink
 
 log = logging.getLogger("rlkd.cache")
 
@@ -339,6 +340,36 @@ class CachedBackend(Backend):
                 else:
                     results.append(_copy(original))
         return results
+
+    async def generate_stream(self, requests: Sequence[GenerationRequest], sinks: Sequence[StreamSink]) -> list[Completion]:
+        """Streamed requests: a cached answer is fed whole; the rest stream from ``inner``. Only
+        complete answers are stored: a stream the caller stopped early holds a prefix, which must never
+        answer a later request that wants the whole text, so it is not cached."""
+        requests = list(requests)
+        keys = [request_key(self.model, r) if self.cacheable(r) else None for r in requests]
+        cacheable_keys = [k for k in keys if k is not None]
+        hits = await asyncio.to_thread(self.cache.get_many, cacheable_keys) if cacheable_keys else {}
+        results: list[Completion | None] = [None] * len(requests)
+        for i, key in enumerate(keys):
+            if key in hits:
+                self.stats.cache_hits += 1
+                results[i] = _copy(hits[key])
+                sinks[i].feed(results[i].text)
+                sinks[i].finish(results[i])
+        to_send = [i for i in range(len(requests)) if results[i] is None]
+        fresh = await self.inner.generate_stream([requests[i] for i in to_send], [sinks[i] for i in to_send]) \
+            if to_send else []
+        store = []
+        for i, completion in zip(to_send, fresh):
+            results[i] = completion
+            if keys[i] is not None and completion.ok and not completion.stopped:
+                store.append((keys[i], self.model, requests[i], completion))
+        if store:
+            try:
+                await asyncio.to_thread(self.cache.put_many, store)
+            except (sqlite3.Error, OSError) as exc:
+                log.warning("%s: could not store %d answers in the cache: %s", self.cache.path, len(store), exc)
+        return results  # type: ignore[return-value]
 
     async def aclose(self) -> None:
         """Close the inner backend and the cache file."""

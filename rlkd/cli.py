@@ -1,7 +1,8 @@
 """The ``rlkd`` command line.
 
 ``parse`` and ``score`` (this file) check decompositions and the structure reward by hand, JSON in and
-out. The other commands live beside the code they drive: each of those modules has an ``add_parser``
+out; ``score --completions`` decomposes raw student completions with a GSRM and scores them on the path
+training uses (:func:`rlkd.train.build_structure_reward`). The other commands live beside the code they drive: each of those modules has an ``add_parser``
 that registers its sub-command, and keeps its heavy imports (torch, transformers) inside functions so
 that ``rlkd --help`` stays fast.
 """
@@ -196,6 +197,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     from rlkd.files import OutputLock, check_output_path, refuse_foreign_jsonl
     from rlkd.judges import score_many, score_structure
 
+    if args.completions:
+        if args.pairs or args.teacher or args.student:
+            raise CliError("give --completions alone, not with --pairs or --teacher/--student")
+        return cmd_score_completions(args)
     if args.pairs and (args.teacher or args.student):
         raise CliError("give either --pairs or --teacher/--student, not both")
     if not math.isfinite(args.max_failure_share) or not 0.0 <= args.max_failure_share <= 1.0:
@@ -252,6 +257,116 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 1 if unjudged else 0
 
 
+def _completion_items(args: argparse.Namespace, done: set[str], counts: dict[str, int]) -> Iterator[dict[str, Any]]:
+    """The lines of ``--completions`` still to score, checked: id, problem, teacher_structure, completion."""
+    from rlkd.gsrm import id_key
+
+    seen: set[str] = set()
+    for number, obj in iter_jsonl(args.completions):
+        where = f"{args.completions}:{number}"
+        for column in ("id", "problem", "teacher_structure", "completion"):
+            if column not in obj:
+                raise CliError(f"{where}: missing column '{column}'")
+        for column in ("problem", "completion"):
+            if not isinstance(obj[column], str):
+                raise CliError(f"{where}: column '{column}' is a {type(obj[column]).__name__}, not text")
+        key = id_key(obj["id"])
+        if key in seen:
+            raise CliError(f"{where}: id {obj['id']!r} appears twice in the input")
+        seen.add(key)
+        teacher = decomposition_field(obj, "teacher_structure", where)
+        if key in done:
+            counts["skipped"] += 1
+            continue
+        yield {"id": obj["id"], "problem": obj["problem"], "completion": obj["completion"], "teacher": teacher,
+               "teacher_structure": obj["teacher_structure"]}
+
+
+def cmd_score_completions(args: argparse.Namespace) -> int:
+    """``rlkd score --completions``: decompose each student completion with the GSRM and score it against
+    its teacher structure on the path training uses (:meth:`rlkd.rewards.StructureReward.score`, built by
+    :func:`rlkd.train.build_structure_reward`); resumable like ``rlkd decompose``."""
+    import asyncio
+
+    from rlkd.backends import FailureBudget, TooManyFailures
+    from rlkd.config import BackendConfig, ConfigError, StructureConfig
+    from rlkd.gsrm import JsonlWriter, read_done_ids
+    from rlkd.train import build_structure_reward
+
+    if not args.output or args.output == "-":
+        raise CliError("--completions needs --output OUT.jsonl (appended to, so a second run resumes)")
+    if args.batch_size < 1:
+        raise CliError("--batch-size must be at least 1")
+    gsrm = BackendConfig(base_url=args.base_url, model=args.backend_model, api_key_env=args.api_key_env,
+                         concurrency=args.concurrency, timeout=args.timeout, max_retries=args.max_retries,
+                         cache=args.cache, local_model=args.local_model, local_batch_size=args.local_batch_size)
+    config = StructureConfig(gsrm=gsrm, judge_backend=gsrm, domain=args.domain, gsrm_max_tokens=args.gsrm_max_tokens,
+                             gsrm_max_trace_chars=args.max_trace_chars, gsrm_few_shot=not args.zero_shot,
+                             judge=args.judge, meta_judge=args.meta_judge, subproblem_judge=args.subproblem_judge,
+                             answer_judge=args.answer_judge, overlap_threshold=args.overlap_threshold,
+                             judge_batched=args.judge_batched, mode=args.mode, lazy=args.lazy,
+                             early_exit=not args.no_early_exit, max_failure_share=1.0, sample_log=False)
+    try:
+        gsrm.check("GSRM backend options (--base-url/--model or --local-model)", "rlkd score --completions")
+        reward = build_structure_reward(config)
+    except (ConfigError, ValueError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    output = Path(args.output)
+    done = read_done_ids(output)
+    counts = {"scored": 0, "error": 0, "skipped": 0, "stopped": 0, "gsrm_tokens": 0, "judge_failures": 0}
+    rewards: list[float] = []
+    budget = FailureBudget(args.max_failure_share, args.min_failures, what="GSRM calls")
+    items = _completion_items(args, done, counts)
+
+    async def run() -> None:
+        try:
+            with JsonlWriter(output=output) as out:
+                while True:
+                    batch = [item for _, item in zip(range(args.batch_size), items)]
+                    if not batch:
+                        break
+                    students, results = await reward.score([b["problem"] for b in batch],
+                                                           [b["completion"] for b in batch],
+                                                           [b["teacher"] for b in batch])
+                    for n, (item, student) in enumerate(zip(batch, students)):
+                        counts["gsrm_tokens"] += student.completion_tokens
+                        if student.error is not None:  # not written: the next run retries it
+                            counts["error"] += 1
+                            log.warning("id %s: GSRM call failed: %s", item["id"], student.error)
+                            continue
+                        result = results[n]
+                        counts["scored"] += 1
+                        counts["stopped"] += student.stopped
+                        counts["judge_failures"] += result.judge_failures
+                        rewards.append(result.reward)
+                        out.write("output", {"id": item["id"], **result.to_dict(),
+                                             "gsrm_completion_tokens": student.completion_tokens,
+                                             "teacher": item["teacher_structure"],
+                                             "student": student.decomposition.to_dict()})
+                    for student in students:  # after writing, so a stop loses nothing already done
+                        budget.record(student.error is None, student.error or "")
+                budget.finish()
+        finally:
+            await reward.decomposer.backend.aclose()
+            for judge in [reward.judge, *getattr(reward.judge, "judges", {}).values()]:
+                if getattr(judge, "backend", None) is not None:  # the LLM judge's own client
+                    await judge.backend.aclose()
+
+    try:
+        asyncio.run(run())
+    except TooManyFailures as exc:
+        raise CliError(f"stopped: {exc}. Everything written so far is kept in {output}; fix the cause and "
+                       "run the same command again to resume") from None
+    finally:
+        reward.decomposer.backend.log_stats()
+    mean = sum(rewards) / len(rewards) if rewards else 0.0
+    print(f"{output}: scored {counts['scored']} completions (mean reward {mean:.3f}), GSRM generated "
+          f"{counts['gsrm_tokens']} tokens ({counts['stopped']} generations stopped early once the reward was "
+          f"decided), judge failures {counts['judge_failures']}, {counts['skipped']} already done, "
+          f"{counts['error']} GSRM failures (not written; run again to retry them)", file=sys.stderr)
+    return 1 if counts["error"] else 0
+
+
 def _score_parser(sub) -> None:
     p = sub.add_parser(
         "score",
@@ -264,9 +379,34 @@ def _score_parser(sub) -> None:
     p.add_argument("--student", metavar="FILE", help="student decomposition (text or JSON)")
     p.add_argument("--pairs", metavar="PAIRS.jsonl",
                    help="many pairs: each line has 'teacher', 'student' and optionally 'id'")
+    p.add_argument("--completions", metavar="FILE.jsonl",
+                   help="raw student completions to decompose with the GSRM (the backend options below) and "
+                        "score, on the path training uses; columns: id, problem, teacher_structure (JSON or GSRM "
+                        "text), completion (the text before </think> is decomposed). Needs --output; each output "
+                        "line has the id, the result object (reward, steps, ...), gsrm_completion_tokens, teacher "
+                        "and student. Ids already in the output are skipped, so a re-run resumes; GSRM failures "
+                        "are not written and are retried by the next run. The LLM judge, if asked for, uses the "
+                        "same server as the GSRM")
     p.add_argument("--output", metavar="OUT.jsonl",
                    help="where --pairs results go (default stdout); written at once when all are scored, and "
-                        "an existing file that is not rlkd score output is refused")
+                        "an existing file that is not rlkd score output is refused; with --completions, "
+                        "appended to (a re-run resumes)")
+    p.add_argument("--no-early-exit", action="store_true",
+                   help="--completions: let the GSRM write every decomposition to its end (by default its "
+                        "generation is stopped once the reward is decided, which gives the same reward)")
+    p.add_argument("--domain", default="math", choices=["math", "code", "science", "puzzle"],
+                   help="--completions: GSRM prompt domain (default %(default)s)")
+    p.add_argument("--zero-shot", action="store_true",
+                   help="--completions: drop the worked example from the GSRM prompt (a fine-tuned GSRM)")
+    p.add_argument("--gsrm-max-tokens", type=int, default=2048,
+                   help="--completions: most tokens the GSRM may write per completion (default %(default)s)")
+    p.add_argument("--max-trace-chars", type=int, default=24000,
+                   help="--completions: longer reasonings keep their first 2/3 and last 1/3 of this many "
+                        "characters (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="--completions: lines scored together and written when all are back (default %(default)s)")
+    p.add_argument("--min-failures", type=int, default=10,
+                   help="--completions: GSRM calls made before the failure share is first checked (default %(default)s)")
     p.add_argument("--judge", default="hybrid", choices=["text", "overlap", "math", "hybrid", "llm"],
                    help="how step fields are compared (default %(default)s)")
     p.add_argument("--meta-judge", default="overlap", choices=["text", "overlap", "math", "llm"],
@@ -288,7 +428,9 @@ def _score_parser(sub) -> None:
     p.add_argument("--max-failure-share", type=float, default=0.2,
                    help="exit status 2 when more than this share of the pairs could not be judged (a judge "
                         "call or verdict failed; such pairs are written with reward null and the reason under "
-                        "'unjudged'); below it, exit status 1 (default %(default)s)")
+                        "'unjudged'); below it, exit status 1; with --completions: stop when more than this share "
+                        "of GSRM calls failed, checked once --min-failures calls were made and at the end "
+                        "(default %(default)s)")
     add_backend_arguments(p)
     p.set_defaults(func=cmd_score)
 

@@ -157,7 +157,12 @@ class StructureConfig:
                                  "an instruction model used as is")
     mode: str = option("paper", "paper: the authors' algorithm; normalized: divided by the teacher's step "
                        "count; ungated: no prefix gate", STRUCTURE_MODES)
-    lazy: bool = option(False, "judge meta-reasoning in order and stop at the first mismatch (fewer calls)")
+    lazy: bool = option(False, "judge meta-reasoning in order and stop at the first mismatch (fewer calls; "
+                        "no effect with early_exit, which judges in order anyway)")
+    early_exit: bool = option(True, "stream the GSRM's reply, judge each step as it is written and stop the "
+                              "generation once the reward is decided (first meta-reasoning mismatch, or the "
+                              "teacher's step count): the same rewards for far fewer generated tokens "
+                              "(SPEC section 8); false: every decomposition is generated to its end")
     max_failure_share: float = option(0.1, "training stops once more than this share of GSRM calls (or judge "
                                       "verdicts) over the job failed, checked once min_failures have been seen")
     min_failures: int = option(20, "GSRM calls (or verdicts) seen before max_failure_share is first checked")

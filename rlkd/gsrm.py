@@ -33,6 +33,8 @@ How this departs from the authors' code:
 3. Long traces are cut by the documented rule above instead of failing at the server.
 4. A backend failure is an ``error`` on that item (counted; the CLI stops when failures pass a share)
    instead of an endless retry or a silent empty structure.
+5. :meth:`Decomposer.decompose_stream` streams the reply, so the structure reward can stop the GSRM
+   once the reward is decided (early exit); the result then says ``stopped`` and holds the prefix.
 """
 
 from __future__ import annotations
@@ -196,6 +198,7 @@ class DecomposeResult:
     notes: list[str] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    stopped: bool = False  # the caller stopped the GSRM early (early exit): ``raw`` is a prefix
 
     @property
     def status(self) -> str:
@@ -275,6 +278,50 @@ class Decomposer:
         return results  # type: ignore[return-value]
 
 
+    async def decompose_stream(self, items: Sequence[tuple[str, str] | tuple[str, str, str | None]],
+                               sinks: Sequence[Any], domain: str | None = None) -> list[DecomposeResult]:
+        """:meth:`decompose`, streaming each GSRM reply into its sink (``rlkd.backends.StreamSink``) so a
+        consumer can read the steps as they come and stop the generation once it has what it needs.
+
+        A result whose generation was stopped has ``stopped`` set; its ``raw`` is the text generated
+        until then and its ``decomposition`` the parse of that prefix. An item with nothing to decompose
+        makes no call: its sink is finished at once with an empty completion (and, when the sink has a
+        ``student`` attribute, the no-steps decomposition in it).
+        """
+        from rlkd.backends import Completion
+
+        results: list[DecomposeResult | None] = [None] * len(items)
+        prepared, positions = [], []
+        for i, item in enumerate(items):
+            if not split_reasoning(item[1])[0]:
+                self.no_steps += 1
+                results[i] = DecomposeResult(Decomposition(reason="empty reasoning: nothing to decompose"))
+                if hasattr(sinks[i], "student"):
+                    sinks[i].student = results[i].decomposition
+                sinks[i].finish(Completion(texts=[""]))
+                continue
+            item_domain = item[2] if len(item) > 2 and item[2] else domain  # type: ignore[misc]
+            prepared.append(self.request(item[0], item[1], item_domain))
+            positions.append(i)
+        completions = await self.backend.generate_stream([p[0] for p in prepared], [sinks[i] for i in positions]) \
+            if prepared else []
+        for i, (_, truncated, notes), completion in zip(positions, prepared, completions):
+            self.calls += 1
+            if completion.error is not None:
+                self.failures += 1
+                results[i] = DecomposeResult(Decomposition(reason=f"GSRM call failed: {completion.error}"),
+                                             "", truncated, completion.error, notes,
+                                             completion_tokens=completion.completion_tokens)
+                continue
+            decomposition = parse_decomposition(completion.text)
+            if not decomposition.steps and not completion.stopped:
+                self.no_steps += 1
+            results[i] = DecomposeResult(decomposition, completion.text, truncated, None, notes,
+                                         completion.prompt_tokens, completion.completion_tokens,
+                                         stopped=completion.stopped)
+        return results  # type: ignore[return-value]
+
+
 class RuleDecomposer:
     """The synthetic testbed's exact rule-based decomposer (:func:`rlkd.testbed.rule_decompose`) behind
     the :class:`Decomposer` interface: an oracle GSRM for testbed data (``structure.decomposer: rule``).
@@ -306,6 +353,19 @@ class RuleDecomposer:
             if not decomposition.steps:
                 self.no_steps += 1
             results.append(DecomposeResult(decomposition, decomposition.render(), False, None, []))
+        return results
+
+    async def decompose_stream(self, items: Sequence[tuple[str, str] | tuple[str, str, str | None]],
+                               sinks: Sequence[Any], domain: str | None = None) -> list[DecomposeResult]:
+        """:meth:`decompose`, each result fed whole to its sink (the rules cost nothing to run to the end)."""
+        from rlkd.backends import Completion
+
+        results = await self.decompose(items, domain)
+        for result, sink in zip(results, sinks):
+            if hasattr(sink, "student"):  # the rules' own parse, reason included
+                sink.student = result.decomposition
+            sink.feed(result.raw)
+            sink.finish(Completion(texts=[result.raw]))
         return results
 
 

@@ -20,6 +20,13 @@ The LLM judge (``rlkd.llm_judge``) implements the same interface. How this depar
 code: verdicts are collected concurrently and the gate is applied afterwards (or, with ``lazy=True``,
 meta-reasoning is judged in order and judging stops at the first mismatch, to save calls); a failed
 verdict is recorded with its reason, never silently read as "no".
+
+Early exit (SPEC section 8): :func:`score_structure_streaming` judges a student decomposition while the
+GSRM is still writing it, fed through an :class:`EarlyExitSink`. Each field is judged as soon as the
+incremental parser calls it complete, and the sink asks the backend to stop the generation once the
+reward is decided: at the first meta-reasoning mismatch (``paper`` and ``normalized``), or when the
+student's step k (the teacher's step count) is complete. The reward is then computed by the same pure
+:func:`rlkd.structure.structure_reward` from the prefix, so it equals the full computation's.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ from rlkd.structure import (
     FIELDS,
     Decomposition,
     Field,
+    IncrementalParser,
+    Step,
     StructureResult,
     Verdict,
     needed_pairs,
@@ -256,3 +265,144 @@ async def score_many(
 ) -> list[StructureResult]:
     """Score many pairs concurrently (the judge's own concurrency limit applies)."""
     return list(await asyncio.gather(*(score_structure(t, s, judge, mode, lazy) for t, s in pairs)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Scoring while the GSRM writes (early exit)
+
+
+class EarlyExitSink:
+    """The stream sink (see :class:`rlkd.backends.StreamSink`) of one student decomposition: it feeds
+    the streamed text to an :class:`~rlkd.structure.IncrementalParser`, wakes
+    :func:`score_structure_streaming` whenever a field completes, and carries its stop request.
+
+    ``student`` may be set by the producer before :meth:`finish` to give the decomposition to score
+    when no text was generated (e.g. an empty trace the decomposer did not send)."""
+
+    def __init__(self) -> None:
+        self.parser = IncrementalParser()
+        self.stop_requested = False
+        self.completion = None  # the backend's Completion, once the request is over
+        self.student: Decomposition | None = None
+        self.changed = asyncio.Event()
+        self._closed = 0
+
+    def feed(self, piece: str) -> None:
+        self.parser.feed(piece)
+        if self.parser.blocks_closed != self._closed:
+            self._closed = self.parser.blocks_closed
+            self.changed.set()
+
+    def restart(self) -> None:
+        self.parser.reset()
+        self._closed = 0
+        self.changed.set()
+
+    def finish(self, completion) -> None:
+        self.completion = completion
+        if completion.error is None:
+            text = completion.text
+            if text != self.parser.text:  # a backend that fed less than it returned (or other text)
+                if not text.startswith(self.parser.text):
+                    self.parser.reset()
+                self.parser.feed(text[len(self.parser.text):])
+            if not completion.stopped:
+                self.parser.finish()
+        self.changed.set()
+
+
+def early_exit_plan(teacher: Decomposition, parser: IncrementalParser, gate: bool,
+                    verdicts: Mapping[tuple[Field, int, str], Verdict]) -> tuple[list[tuple[Field, int]], int | None]:
+    """What to judge now, and whether the text read so far decides the reward.
+
+    Returns ``(fields, cut)``: the complete (field, step) pairs whose verdict the reward needs (those
+    not yet judged among them are to be sent), and ``cut``, the number of student steps the reward
+    depends on once that is known (None: more text is needed). With the gate, step i's sub-problem and
+    answer are needed only once its meta-reasoning matched, and nothing after the first mismatch is.
+    """
+    steps = parser.steps
+    k = len(teacher)
+    want: list[tuple[Field, int]] = []
+    for i in range(min(k, len(steps))):
+        if not parser.final(i, "meta"):
+            break
+        verdict = verdicts.get(("meta", i, steps[i].meta_reasoning))
+        want.append(("meta", i))
+        if verdict is None or not verdict.same:
+            if gate:  # pending: wait for it; a mismatch: nothing after step i can earn credit
+                return want, (None if verdict is None else i + 1)
+            continue
+        want.extend((name, i) for name in ("subproblem", "answer") if parser.final(i, name))
+    if parser.finished:
+        return want, len(steps)
+    if k and len(steps) >= k and parser.step_final(k - 1):
+        return want, k
+    return want, None
+
+
+async def score_structure_streaming(teacher: Decomposition, judge: Judge, sink: EarlyExitSink,
+                                    mode: str = "paper") -> StructureResult | None:
+    """The structure reward of a student decomposition that a GSRM is streaming into ``sink``.
+
+    Run it beside the generation (e.g. :meth:`rlkd.gsrm.Decomposer.decompose_stream`). Fields are
+    judged as they complete; the sink's ``stop_requested`` is set once the reward is decided, and the
+    reward is computed when the request is over. Returns None when the GSRM call failed (as the full
+    computation does), else exactly the result of :func:`score_structure` on the whole decomposition,
+    except that a stopped generation's ``student_steps`` counts the steps read (``gsrm_stopped``).
+    A teacher without steps gets no early exit (the student's parse is reported, as in the full path).
+    """
+    from rlkd.structure import MODES
+
+    if mode not in MODES:
+        raise ValueError(f"unknown structure reward mode {mode!r}; choose one of {', '.join(MODES)}")
+    gate = not mode.startswith("ungated")
+    verdicts: dict[tuple[Field, int, str], Verdict] = {}
+    in_flight: set[tuple[Field, int, str]] = set()
+    tasks: set[asyncio.Task] = set()
+    errors: list[BaseException] = []
+
+    async def ask(keys: list[tuple[Field, int, str]]) -> None:
+        try:
+            got = await judge.ajudge([JudgeRequest(f, teacher.steps[i].get(f), text) for f, i, text in keys])
+            verdicts.update(zip(keys, got))
+        except Exception as exc:  # noqa: BLE001 - raised below, in the caller's task, as score_structure would
+            errors.append(exc)
+        finally:
+            in_flight.difference_update(keys)
+            sink.changed.set()
+
+    try:
+        while True:
+            sink.changed.clear()
+            if errors:
+                raise errors[0]
+            completion = sink.completion
+            if completion is not None and completion.error is not None:
+                return None
+            parser = sink.parser
+            want, cut = early_exit_plan(teacher, parser, gate, verdicts)
+            keys = [(f, i, parser.steps[i].get(f)) for f, i in want]
+            fresh = [key for key in keys if key not in verdicts and key not in in_flight]
+            if fresh:
+                in_flight.update(fresh)
+                task = asyncio.create_task(ask(fresh))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if cut is not None:
+                sink.stop_requested = True
+                if completion is not None and all(key in verdicts for key in keys):
+                    break
+            await sink.changed.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+
+    stopped = not sink.parser.finished
+    if stopped:  # the steps the reward depends on; a field still open was never needed
+        student = Decomposition([Step(*(s.get(f) if parser.final(i, f) else "" for f in FIELDS), s.number)
+                                 for i, s in enumerate(parser.steps[:cut])])
+    else:
+        student = sink.student if sink.student is not None else parser.finish()
+    result = structure_reward(teacher, student, lambda f, i: verdicts[(f, i, student.steps[i].get(f))], mode)
+    result.gsrm_stopped = stopped
+    return result

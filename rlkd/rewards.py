@@ -31,6 +31,11 @@ How this departs from the authors' code:
 4. A batch whose structure rewards are all zero raises a loud warning (the authors' label mismatch made
    every reward zero without a sign).
 5. A completion's accuracy is ``None`` when the gold answer cannot be read, instead of 0 or 1.
+6. Early exit (``early_exit=True``, the default; SPEC section 8): the GSRM's reply is streamed and
+   judged as it comes, and its generation is stopped once the reward is decided (the first
+   meta-reasoning mismatch, or the teacher's step count), with the same rewards. The logs gain the
+   GSRM's generated tokens per completion, the share stopped early, an estimate of the tokens saved
+   and the histogram of the first mismatched step.
 """
 
 from __future__ import annotations
@@ -159,6 +164,13 @@ class StructureReward:
     decomposed once per distinct prompt and cached. The problem shown to the GSRM is the ``problem``
     column if there is one, else the prompt's last user message.
 
+    ``early_exit`` (default on) streams each GSRM reply, judges each field as soon as it is complete and
+    stops the generation once the reward is decided (:func:`rlkd.judges.score_structure_streaming`); the
+    rewards are the full computation's (``lazy`` has no effect then: judging is in order anyway).
+    A stopped result has ``gsrm_stopped`` set and counts in ``student_steps`` only the steps read. The
+    exactness needs a judge whose verdict on a pair does not depend on the other pairs sent with it
+    (true of every local judge and of the per-pair LLM judge; the batched LLM judge sees other batches).
+
     Returns the reward per completion, or ``None`` where the GSRM call failed (student or teacher).
     Training stops with :class:`rlkd.backends.TooManyFailures` once more than ``max_failure_share`` of
     the GSRM calls, or of the judge verdicts, failed over the job (after ``min_failures`` were seen), or
@@ -172,7 +184,10 @@ class StructureReward:
     ``structure/prefix_length``, ``structure/student_steps``, ``structure/teacher_steps`` and
     ``structure/zero_share`` (means over the scored completions); ``structure/student_parse_failures``,
     ``structure/teacher_parse_failures``, ``structure/judge_failures``, ``structure/gsrm_failures``
-    and ``structure/truncated`` (counts in the call).
+    and ``structure/truncated`` (counts in the call); ``structure/gsrm_tokens`` (tokens the GSRM generated per
+    completion), ``structure/gsrm_stopped`` (share stopped early), ``structure/gsrm_tokens_saved_est``
+    and ``structure/first_mismatch_step_{1,2,3,4_plus,none}`` (shares of the scored completions whose
+    first meta-reasoning mismatch is at that step).
 
     ``keep_results``, when given (a callable, like ``log_metric``), receives one entry per completion: its
     :class:`~rlkd.structure.StructureResult`, or a string saying why it has none (``rlkd serve`` returns
@@ -201,6 +216,7 @@ class StructureReward:
         mode: str = "paper",
         lazy: bool = False,
         *,
+        early_exit: bool = True,
         teacher_column: str = "teacher_structure",
         teacher_reasoning_column: str = "teacher_reasoning",
         problem_column: str = "problem",
@@ -221,6 +237,8 @@ class StructureReward:
         self.judge = judge
         self.mode = mode
         self.lazy = lazy
+        self.early_exit = early_exit
+        self._full_gsrm_tokens = [0, 0]  # generated tokens and count of decompositions that ran to the end
         self.teacher_column = teacher_column
         self.teacher_reasoning_column = teacher_reasoning_column
         self.problem_column = problem_column
@@ -275,26 +293,21 @@ class StructureReward:
     # ---- the reward
 
     async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
-        from rlkd.judges import score_many
-
         self.calls += 1
         count = len(completions)
         texts = [completion_text(c) for c in completions]
         problems = [str(p) for p in kwargs[self.problem_column]] if self.problem_column in kwargs \
             else [prompt_text(p) for p in prompts]
 
-        students_task = self.decomposer.decompose(list(zip(problems, texts)))
         if self.teacher_column in kwargs:
             teachers: list[Decomposition | None] = self._teacher_from_column(kwargs[self.teacher_column])
-            students = await students_task
         elif self.teacher_reasoning_column in kwargs:
-            students, teachers = await asyncio.gather(
-                students_task, self._teacher_from_reasoning(problems, kwargs[self.teacher_reasoning_column]))
+            teachers = await self._teacher_from_reasoning(problems, kwargs[self.teacher_reasoning_column])
         else:
-            students_task.close()
             raise ValueError(f"the structure reward needs a '{self.teacher_column}' column (teacher decompositions, "
                              f"from `rlkd decompose`) or a '{self.teacher_reasoning_column}' column (raw teacher "
                              f"traces); the dataset has {sorted(k for k in kwargs if not k.startswith('log_'))}")
+        students, by_index = await self.score(problems, texts, teachers)
 
         for student in students:
             self.gsrm_budget.record(student.error is None, f"student: {student.error}")
@@ -307,10 +320,7 @@ class StructureReward:
             self._check_batch("completions lost their structure reward to a GSRM failure", len(skipped), count,
                               skipped)
 
-        scorable = [i for i in range(count) if students[i].error is None and teachers[i] is not None]
-        results = await score_many([(teachers[i], students[i].decomposition) for i in scorable],  # type: ignore[misc]
-                                   self.judge, self.mode, self.lazy)
-        by_index: dict[int, StructureResult] = dict(zip(scorable, results))
+        results = list(by_index.values())
         judge_reasons = []
         for result in results:
             for step in result.steps:
@@ -330,6 +340,34 @@ class StructureReward:
         self._log(kwargs, students, teachers, by_index, count)
         self._write_samples(kwargs, problems, texts, students, teachers, by_index)
         return rewards
+
+    async def score(self, problems: Sequence[str], texts: Sequence[str], teachers: Sequence[Decomposition | None],
+                    ) -> tuple[list[Any], dict[int, StructureResult]]:
+        """Decompose each completion with the GSRM and score it against its teacher structure.
+
+        Returns the decomposer's results (``rlkd.gsrm.DecomposeResult``, one per completion) and the
+        structure results of the completions that could be scored (GSRM call ok, teacher known), by
+        index. With ``early_exit`` each GSRM reply is streamed and judged as it comes, and the
+        generation is stopped once the reward is decided (:func:`rlkd.judges.score_structure_streaming`):
+        same rewards, fewer generated tokens. This is the one path training and ``rlkd score
+        --completions`` share; it records no failures (the caller does).
+        """
+        from rlkd.judges import EarlyExitSink, score_many, score_structure_streaming
+
+        count = len(texts)
+        items = list(zip(problems, texts))
+        if not self.early_exit:
+            students = await self.decomposer.decompose(items)
+            scorable = [i for i in range(count) if students[i].error is None and teachers[i] is not None]
+            results = await score_many([(teachers[i], students[i].decomposition) for i in scorable],  # type: ignore[misc]
+                                       self.judge, self.mode, self.lazy)
+            return students, dict(zip(scorable, results))
+        sinks = [EarlyExitSink() for _ in range(count)]
+        with_teacher = [i for i in range(count) if teachers[i] is not None]
+        students, *results = await asyncio.gather(
+            self.decomposer.decompose_stream(items, sinks),
+            *(score_structure_streaming(teachers[i], self.judge, sinks[i], self.mode) for i in with_teacher))  # type: ignore[arg-type]
+        return students, {i: r for i, r in zip(with_teacher, results) if r is not None and students[i].error is None}
 
     def _check_batch(self, what: str, failed: int, total: int, reasons: Sequence[str]) -> None:
         """Raise TooManyFailures when more than ``max_batch_failure_share`` of this call's items failed."""
@@ -358,6 +396,7 @@ class StructureReward:
         metrics["gsrm_failures"] = float(sum(s.error is not None for s in students)
                                          + sum(t is None for t in teachers))
         metrics["truncated"] = float(sum(s.truncated for s in students))
+        metrics.update(self._gsrm_metrics(students, results))
 
         log_metric = kwargs.get("log_metric")
         if callable(log_metric):
@@ -388,6 +427,37 @@ class StructureReward:
             )
             log.warning(message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+    def _gsrm_metrics(self, students: Sequence[Any], results: Sequence[StructureResult]) -> dict[str, float]:
+        """GSRM generated tokens per completion, early-exit savings and the first-mismatch histogram.
+
+        ``gsrm_tokens_saved_est`` is an estimate: for each stopped generation, the mean length of the
+        decompositions of this run that ran to their end, less what was generated (a stopped
+        generation's full length is never seen; the decompositions that ran to the end are those with
+        no mismatch or few steps, so the estimate leans whichever way those differ)."""
+        called = [s for s in students if s.error is None and (s.raw or s.completion_tokens)]
+        metrics: dict[str, float] = {}
+        if called:
+            metrics["gsrm_tokens"] = sum(s.completion_tokens for s in called) / len(called)
+            metrics["gsrm_stopped"] = sum(s.stopped for s in called) / len(called)
+        for s in called:
+            if not s.stopped:
+                self._full_gsrm_tokens[0] += s.completion_tokens
+                self._full_gsrm_tokens[1] += 1
+        stopped = [s for s in called if s.stopped]
+        if stopped and self._full_gsrm_tokens[1]:
+            mean_full = self._full_gsrm_tokens[0] / self._full_gsrm_tokens[1]
+            metrics["gsrm_tokens_saved_est"] = sum(max(0.0, mean_full - s.completion_tokens)
+                                                   for s in stopped) / len(called)
+        with_steps = [r for r in results if r.steps]
+        if with_steps:
+            buckets = dict.fromkeys(("1", "2", "3", "4_plus", "none"), 0)
+            for r in with_steps:
+                first = next((s.index for s in r.steps if s.meta is False), None)
+                buckets["none" if first is None else str(first) if first < 4 else "4_plus"] += 1
+            for name, n in buckets.items():
+                metrics[f"first_mismatch_step_{name}"] = n / len(with_steps)
+        return metrics
 
     def _write_samples(self, kwargs: Mapping[str, Any], problems, texts, students, teachers,
                        by_index: Mapping[int, StructureResult]) -> None:

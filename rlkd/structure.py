@@ -20,6 +20,9 @@ This module holds the three pieces every other part of rlkd builds on:
 3. :func:`structure_reward`, the authors' algorithm (SPEC section 3) as one pure function over two
    decompositions and a verdict look-up. Everything slow (judge calls, batching, retries) lives in
    :mod:`rlkd.judges`, which gathers the verdicts and then calls this function.
+4. :class:`IncrementalParser`, the same parser fed piece by piece as a GSRM streams its reply: it says
+   which fields are complete, and those equal the full parse's (prefix stability, SPEC section 8). Both
+   parsers share the label matcher and the rule that assembles steps, so they cannot drift apart.
 
 How this departs from the authors' code:
 
@@ -28,10 +31,13 @@ How this departs from the authors' code:
 2. A failed parse is reported with its reason instead of becoming a silent zero.
 3. ``mode="paper"`` is their exact algorithm; ``normalized`` (divide by the teacher's step count),
    ``ungated`` (no prefix gate) and ``ungated-normalized`` sit beside it as named options.
+4. The reward can be computed while the GSRM writes, and the GSRM stopped once it is decided (see
+   :func:`rlkd.judges.score_structure_streaming`); the result is the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -242,50 +248,179 @@ def parse_decomposition(text: object) -> Decomposition:
             blocks[-1][1].append(line)
 
     if not blocks:
-        return Decomposition(
-            reason="no step labels found (looked for [Meta-reasoning N], [Meat-reasoning N], "
-            "[sub-think N], [Sub-problem N], [Query N], [Answer N])"
-        )
-
-    steps: list[Step] = []
-    filled: set[str] = set()
-    final_answer: str | None = None
-    warnings: list[str] = []
-    current: Step | None = None
+        return Decomposition(reason=_NO_LABELS)
+    steps = _StepAssembler()
     for label, lines in blocks:
+        steps.add(label, lines)
+    return steps.decomposition()
+
+
+_NO_LABELS = ("no step labels found (looked for [Meta-reasoning N], [Meat-reasoning N], "
+              "[sub-think N], [Sub-problem N], [Query N], [Answer N])")
+_ATTRS = {"meta": "meta_reasoning", "subproblem": "subproblem", "answer": "answer"}
+
+
+class _StepAssembler:
+    """Turns labelled blocks, in order, into steps: the one rule both parsers use.
+
+    A field is set once, when its block ends, and never changed afterwards; a step takes no more fields
+    once a later step has started. That is what makes :class:`IncrementalParser` prefix-stable.
+    """
+
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+        self.filled: set[str] = set()  # the kinds of field the last step has
+        self.final_answer: str | None = None
+        self.warnings: list[str] = []
+
+    def add(self, label: _Label, lines: list[str]) -> None:
         body = "\n".join(lines).strip()
         if label.kind == "final":
-            final_answer = body if final_answer is None else final_answer + "\n" + body
-            continue
-        if final_answer is not None:
-            warnings.append("text after the final-answer section was read as further steps")
-        attr = {"meta": "meta_reasoning", "subproblem": "subproblem", "answer": "answer"}[label.kind]
+            self.final_answer = body if self.final_answer is None else self.final_answer + "\n" + body
+            return
+        if self.final_answer is not None:
+            self.warnings.append("text after the final-answer section was read as further steps")
+        filled = self.filled
         # A new step starts at every meta-reasoning label, and whenever a field repeats within a step
         # (e.g. two sub-problems in a row: the generator skipped a meta-reasoning).
-        if current is None or label.kind == "meta" and filled or label.kind in filled or (
+        if not self.steps or label.kind == "meta" and filled or label.kind in filled or (
             label.kind == "subproblem" and "answer" in filled
         ):
-            current = Step(number=label.number)
-            steps.append(current)
-            filled = set()
+            self.steps.append(Step(number=label.number))
+            self.filled = filled = set()
+        current = self.steps[-1]
         if current.number is None:
             current.number = label.number
-        setattr(current, attr, body)
+        setattr(current, _ATTRS[label.kind], body)
         filled.add(label.kind)
 
-    for i, step in enumerate(steps, start=1):
-        missing = [name for name, value in (("meta-reasoning", step.meta_reasoning),
-                                            ("sub-problem", step.subproblem),
-                                            ("answer", step.answer)) if not value]
-        if missing:
-            warnings.append(f"step {i} has no {' and no '.join(missing)}")
-    numbers = [s.number for s in steps if s.number is not None]
-    if numbers and numbers != list(range(numbers[0], numbers[0] + len(numbers))):
-        warnings.append(f"step numbers are not consecutive: {numbers}")
-    if not steps:
-        return Decomposition(final_answer=final_answer, reason="only a final-answer section, no steps",
+    def decomposition(self) -> Decomposition:
+        steps, warnings = self.steps, list(self.warnings)
+        for i, step in enumerate(steps, start=1):
+            missing = [name for name, value in (("meta-reasoning", step.meta_reasoning),
+                                                ("sub-problem", step.subproblem),
+                                                ("answer", step.answer)) if not value]
+            if missing:
+                warnings.append(f"step {i} has no {' and no '.join(missing)}")
+        numbers = [s.number for s in steps if s.number is not None]
+        if numbers and numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+            warnings.append(f"step numbers are not consecutive: {numbers}")
+        if not steps:
+            return Decomposition(final_answer=self.final_answer, reason="only a final-answer section, no steps",
+                                 warnings=warnings)
+        return Decomposition(steps=[dataclasses.replace(s) for s in steps], final_answer=self.final_answer,
                              warnings=warnings)
-    return Decomposition(steps=steps, final_answer=final_answer, warnings=warnings)
+
+
+_LINE_ENDS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on
+
+
+class IncrementalParser:
+    """Parse GSRM text as it streams in, reporting each field as soon as it is complete (SPEC section 8).
+
+    Feed it pieces of text with :meth:`feed`; :meth:`final` says whether a field of a step can no longer
+    change, and :attr:`steps` holds the steps seen so far. A field is complete when the next label line
+    has begun (its label and the first character after it have arrived), or the text ended
+    (:meth:`finish`). Prefix stability: a field reported complete
+    in any prefix of a text equals that field in ``parse_decomposition`` of the whole text. It holds by
+    construction: both parsers read the same lines with the same label matcher and assemble steps with
+    the same rule (a line is read only once its line break has arrived, exactly as
+    ``str.splitlines`` would cut it; a begun label line only closes the field before it, and the
+    property tests check that the start of a line settles whether it is a label).
+
+    >>> p = IncrementalParser()
+    >>> p.feed("[Meta-reasoning 1]: start with x\\n[Sub-problem 1]: x")
+    >>> p.final(0, "meta"), p.final(0, "subproblem")
+    (True, False)
+    >>> p.finish().steps[0].subproblem
+    'x'
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything fed so far (the generation is starting again)."""
+        self._pending = ""  # text after the last complete line
+        self._block: tuple[_Label, list[str]] | None = None
+        self._steps = _StepAssembler()
+        self._fed: list[str] = []
+        self.finished = False
+        self.blocks_closed = 0  # grows each time a field becomes complete (consumers watch it)
+
+    @property
+    def text(self) -> str:
+        """Everything fed so far."""
+        return "".join(self._fed)
+
+    @property
+    def steps(self) -> list[Step]:
+        """The steps seen so far (the last one may still be growing; see :meth:`final`)."""
+        return self._steps.steps
+
+    def feed(self, piece: str) -> None:
+        """Read more text."""
+        if not piece:
+            return
+        self._fed.append(piece)
+        tail = self._pending + piece
+        lines = tail.splitlines(keepends=True)
+        # The last piece is complete only if it ends with a line break; a lone \r may still become \r\n.
+        if lines and (lines[-1][-1] not in _LINE_ENDS or lines[-1].endswith("\r")):
+            self._pending = lines.pop()
+        else:
+            self._pending = ""
+        for line in lines:
+            self._line(line.rstrip(_LINE_ENDS) if not line.endswith("\r\n") else line[:-2])
+        # The open field is complete as soon as the next label line has begun: a line whose start reads as
+        # a label and already has text after the label cannot turn out not to be one.
+        if self._block is not None and self._pending:
+            label = _match_label(self._pending)
+            if label is not None and label.rest.strip():
+                self._close_block()
+
+    def _line(self, line: str) -> None:
+        label = _match_label(line)
+        if label is not None:
+            self._close_block()
+            self._block = (label, [label.rest])
+        elif self._block is not None:
+            self._block[1].append(line)
+
+    def _close_block(self) -> None:
+        if self._block is not None:
+            self._steps.add(*self._block)
+            self._block = None
+            self.blocks_closed += 1
+
+    def finish(self) -> Decomposition:
+        """The text has ended: complete the last field and return what ``parse_decomposition`` gives."""
+        if not self.finished:
+            self.finished = True
+            if self._pending:
+                self._line(self._pending.rstrip(_LINE_ENDS))
+                self._pending = ""
+            self._close_block()
+        return self.decomposition()
+
+    def decomposition(self) -> Decomposition:
+        """The complete steps and fields so far as a decomposition (after :meth:`finish`: the full parse)."""
+        if self.finished:
+            return parse_decomposition(self.text)
+        return self._steps.decomposition() if self._steps.steps else Decomposition(reason="no complete step yet")
+
+    def final(self, index: int, name: Field) -> bool:
+        """Whether field ``name`` of step ``index`` (0-based) is complete: it cannot change any more."""
+        if self.finished:
+            return True
+        steps = self._steps.steps
+        if index < len(steps) - 1:
+            return True
+        return index == len(steps) - 1 and name in self._steps.filled
+
+    def step_final(self, index: int) -> bool:
+        """Whether every field of step ``index`` is complete."""
+        return all(self.final(index, name) for name in FIELDS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -332,6 +467,9 @@ class StructureResult:
     parse_failure: str | None = None
     judge_failures: int = 0
     verdicts_used: int = 0
+    # True when the GSRM was stopped once the reward was decided (SPEC section 8): the reward and the
+    # verdicts are the full computation's, but ``student_steps`` counts only the steps read until then
+    gsrm_stopped: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -342,7 +480,8 @@ class StructureResult:
         kwargs = {k: data[k] for k in ("reward", "mode", "teacher_steps", "student_steps", "matched_prefix")}
         return cls(steps=steps, parse_failure=data.get("parse_failure"),
                    judge_failures=int(data.get("judge_failures", 0)),
-                   verdicts_used=int(data.get("verdicts_used", 0)), **kwargs)
+                   verdicts_used=int(data.get("verdicts_used", 0)),
+                   gsrm_stopped=bool(data.get("gsrm_stopped", False)), **kwargs)
 
     def metrics(self) -> dict[str, float]:
         """Components as flat training metrics (match rates over the steps that were judged)."""

@@ -47,6 +47,7 @@ from rlkd.config import (
     ConfigError,
     GRPOJob,
     SFTJob,
+    StructureConfig,
     build_trl_config,
     check_trl_fields,
     dump_yaml,
@@ -433,12 +434,18 @@ def _quiet_progress(trainer) -> None:
 
 def structure_reward(job: GRPOJob):
     """The structure reward of a GRPO job: the GSRM backend, the decomposer and the judge."""
+    sample_log = Path(job.output_dir) / "structure_samples.jsonl" if job.structure.sample_log else None
+    return build_structure_reward(job.structure, sample_log)
+
+
+def build_structure_reward(s: StructureConfig, sample_log: Path | None = None):
+    """A :class:`rlkd.rewards.StructureReward` from the ``structure:`` section of a recipe (also what
+    ``rlkd score --completions`` builds from its options, so both score on one path)."""
     from rlkd.backends import backend_from_config
     from rlkd.gsrm import Decomposer, RuleDecomposer
     from rlkd.judges import make_judge
     from rlkd.rewards import StructureReward
 
-    s = job.structure
     if s.decomposer == "rule":
         decomposer: Any = RuleDecomposer()
     else:
@@ -459,8 +466,8 @@ def structure_reward(job: GRPOJob):
         llm = LLMJudge(judge_backend, batched=s.judge_batched)
     fields = {"meta": s.meta_judge, "subproblem": s.subproblem_judge, "answer": s.answer_judge}
     judge = make_judge(s.judge, overlap_threshold=s.overlap_threshold, fields=fields, llm=llm)
-    sample_log = Path(job.output_dir) / "structure_samples.jsonl" if s.sample_log else None
-    return StructureReward(decomposer, judge, mode=s.mode, lazy=s.lazy, max_failure_share=s.max_failure_share,
+    return StructureReward(decomposer, judge, mode=s.mode, lazy=s.lazy, early_exit=s.early_exit,
+                           max_failure_share=s.max_failure_share,
                            min_failures=s.min_failures, max_batch_failure_share=s.max_batch_failure_share,
                            sample_log=sample_log, samples_per_step=s.samples_per_step)
 

@@ -51,7 +51,7 @@ class TestOpenAIBackendRetries:
         assert completion.texts == ["reply to: 2+2?"]
         assert server.count == 7
         assert backend.stats.as_dict() == {"calls": 1, "cache_hits": 0, "prompt_tokens": 1, "completion_tokens": 3,
-                                           "retries": 6, "failures": 0}
+                                           "retries": 6, "failures": 0, "stopped": 0, "cached_prompt_tokens": 0}
         retry_lines = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
         assert len(retry_lines) == 6
         for reason in ("connection error", "HTTP 429", "HTTP 500", "malformed response body", "no choices"):
@@ -68,7 +68,7 @@ class TestOpenAIBackendRetries:
         assert all(c.error.startswith("HTTP 500") and c.texts == [] for c in completions)
         assert server.count == 4 * 3
         assert backend.stats.as_dict() == {"calls": 4, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                                           "retries": 8, "failures": 4}
+                                           "retries": 8, "failures": 4, "stopped": 0, "cached_prompt_tokens": 0}
         final = [r.getMessage() for r in caplog.records if "failed for good" in r.getMessage()]
         assert len(final) == 4 and all("after 3 attempts: HTTP 500" in line for line in final)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +113,19 @@ class TestRewardCostPieces:
         result = asyncio.run(score_structure(task.decomposition, student, TextJudge()))
         assert result.reward == eval(expected, {"k": k})
 
+    def test_rl_batch_follows_the_first_mismatch_distribution_of_the_rl_runs(self):
+        import asyncio
+
+        bench = load("reward_cost")
+        batch = bench.build_rl_batch(prompts=48, generations=4, min_steps=8, max_steps=12)
+        teachers = [rule_decompose(t) for t in batch.teacher_traces]
+        first = []
+        for teacher, completion in zip(teachers, batch.completions):
+            result = asyncio.run(score_structure(teacher, rule_decompose(completion), TextJudge()))
+            first.append(next((s.index for s in result.steps if s.meta is False), None))
+        assert len(first) == 192 and first.count(1) == 133 and first.count(1) + first.count(2) == 180
+        assert first.count(None) == 6  # copies and slips: the GSRM must write these to the end
+
     def test_batch_has_every_edit_and_teacher_steps_in_range(self):
         bench = load("reward_cost")
         batch = bench.build_batch(prompts=5, generations=4, min_steps=8, max_steps=12)
@@ -123,14 +137,15 @@ class TestRewardCostPieces:
 @pytest.mark.server
 def test_reward_cost_smoke_run_prints_identical_rewards_and_ratio_lines():
     out = run_script(str(BENCH / "reward_cost.py"), "--prompts", "2", "--generations", "2", "--min-steps", "3",
-                     "--max-steps", "4", "--latency", "0:0", "--variants", "per-pair,batched")
+                     "--max-steps", "4", "--latency", "0:0", "--variants", "per-pair,batched,per-pair-early")
     assert "rewards identical: yes (4 completions" in out
     assert "server counts match client counts: yes" in out
     ratio_lines = [line for line in out.splitlines() if line.startswith("ratio ")]
-    assert [line.split(":")[0] for line in ratio_lines] == [
-        "ratio ours per-pair / authors", "ratio ours batched / authors",
-        "ratio ours batched + offline teacher pass / authors"]
+    assert [line.split(":")[0] for line in ratio_lines[:3]] == [
+        "ratio ours per-pair / authors", "ratio ours batched / authors", "ratio ours per-pair-early / authors"]
+    assert ratio_lines[3].split(":")[0].endswith(" + offline teacher pass / authors")  # the cheapest scheme
     assert "| authors (baseline) | " in out and "goal >= 10x fewer LLM tokens:" in out
+    assert "early exit: goal >= 10x fewer generated tokens:" in out
 
 
 @pytest.mark.server
@@ -141,4 +156,7 @@ def test_grpo_profile_smoke_run_prints_phase_shares_and_the_structure_share():
     [row] = [line for line in out.splitlines() if line.startswith("| + structure, latency server 0 ms")]
     assert len(row.split("|")) == 9
     assert "structure share of a step [latency]: " in out
-    assert "per completion 2.0 backend calls" in out  # one GSRM call and one batched judge call
+    # one GSRM call each, and a batched judge call for those whose first step completed before the GSRM
+    # was stopped (early exit) or ended
+    calls = float(re.search(r"per completion ([\d.]+) backend calls", out).group(1))
+    assert 1.0 <= calls <= 2.0

@@ -7,6 +7,7 @@ varied tokens instead of repeating one token; this makes "same text" checks able
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from rlkd.backends import GenerationRequest, OpenAIBackend, TransformersBackend
+from rlkd.backends import GenerationRequest, OpenAIBackend, StreamSink, TransformersBackend
 from rlkd.cache import CachedBackend
 
 QUESTIONS = ["hello", "What is 2+2?", "x", "Find the value of x if 3x = 12.", "Are these equal? yes or no", "abc"]
@@ -237,3 +238,63 @@ class TestTransformersBackend:
         second = backend.generate_sync([ask("hello", max_tokens=3)])
         assert first[0].text == second[0].text and second[0].cached
         assert (backend.stats.calls, backend.stats.cache_hits) == (1, 1)
+
+
+class _StopAfter(StreamSink):
+    """Collects the stream and asks to stop once ``pieces`` pieces have arrived (never when None)."""
+
+    def __init__(self, pieces: int | None) -> None:
+        super().__init__()
+        self.limit = pieces
+
+    def feed(self, piece: str) -> None:
+        super().feed(piece)
+        if self.limit is not None and len(self.pieces) >= self.limit:
+            self.stop_requested = True
+
+
+def _stream(backend, requests, limits):
+    sinks = [_StopAfter(limit) for limit in limits]
+
+    async def run():
+        try:
+            return await backend.generate_stream(requests, sinks)
+        finally:
+            await backend.aclose()
+
+    return asyncio.run(run()), sinks
+
+
+@pytest.mark.slow
+@pytest.mark.server
+class TestStreamingEarlyStop:
+    """Early exit needs the real protocol to stream and to abort: `transformers serve` and the local model."""
+
+    def test_server_stream_equals_the_whole_reply_and_stops_when_asked(self, served_model):
+        base_url, model = served_model
+        requests = [ask(q, max_tokens=24) for q in QUESTIONS[:3]]
+        whole = OpenAIBackend(base_url, model, concurrency=3, timeout=60, max_retries=1).generate_sync(requests)
+        backend = OpenAIBackend(base_url, model, concurrency=3, timeout=60, max_retries=1)
+        streamed, sinks = _stream(backend, requests, [None, 3, 1])
+        assert [c.error for c in streamed] == [None] * 3
+        # the random model writes byte tokens that are no whole character: the server's stream decoder
+        # drops a dangling one at the very end, where the whole reply shows it as U+FFFD
+        assert streamed[0].text == whole[0].text.rstrip("\ufffd") and not streamed[0].stopped
+        assert "".join(sinks[0].pieces) == streamed[0].text and sinks[0].completion is streamed[0]
+        assert streamed[0].completion_tokens == whole[0].completion_tokens  # the server's usage
+        for completion, full, limit in zip(streamed[1:], whole[1:], (3, 1)):
+            assert completion.stopped and whole[0].completion_tokens > limit
+            assert full.text.startswith(completion.text) and len(completion.text) < len(full.text)
+            assert completion.completion_tokens == limit  # pieces received before the stream was closed
+        assert backend.stats.stopped == 2 and backend.stats.failures == 0
+
+    def test_local_stream_stops_one_row_and_the_batch_goes_on(self, local_backend):
+        requests = [ask(q, max_tokens=16) for q in QUESTIONS[:4]]
+        whole = local_backend.generate_sync(requests)
+        streamed, sinks = _stream(local_backend, requests, [None, 2, None, 5])
+        assert [c.text for c in streamed[::2]] == [c.text for c in whole[::2]]
+        assert [c.completion_tokens for c in streamed[::2]] == [c.completion_tokens for c in whole[::2]]
+        assert ["".join(s.pieces) for s in sinks[::2]] == [c.text for c in whole[::2]]
+        for completion, full in zip(streamed[1::2], whole[1::2]):
+            assert completion.stopped and full.text.startswith(completion.text)
+            assert completion.completion_tokens < full.completion_tokens
