@@ -27,6 +27,7 @@ MODULE_COMMANDS = [
     ("rlkd.evaluate", "eval"),
     ("rlkd.inspector", "inspect"),
     ("rlkd.experiment", "demo"),
+    ("rlkd.convert", "model"),
 ]
 
 log = logging.getLogger("rlkd")
