@@ -119,8 +119,11 @@ class DataSection:
 
 @dataclass
 class ModelSection:
-    """A tiny Llama built by rlkd.models.build_tiny_model."""
+    """A tiny Llama built by rlkd.models.build_tiny_model, or a pretrained model named by ``pretrained``."""
 
+    pretrained: str | None = option(None, "a pretrained model to start from instead of a tiny random one: hub "
+                                    "name, folder or .gguf file (e.g. SmolLM2-135M-Instruct.Q4_1.gguf), with its "
+                                    "own tokenizer; the size fields below are then ignored")
     hidden_size: int = option(64, "hidden size")
     num_layers: int = option(2, "transformer layers")
     num_heads: int = option(4, "attention heads")
@@ -653,7 +656,7 @@ class Experiment:
         return self.tasks["train"][:count]
 
     def stage_models(self) -> None:
-        from rlkd.models import build_tiny_model, build_tokenizer
+        from rlkd.models import ModelFileError, build_tiny_model, build_tokenizer, load_tokenizer, resolve_model
         from rlkd.gsrm import load_prompt
         from rlkd.testbed import corpus, token_stats
 
@@ -661,29 +664,46 @@ class Experiment:
                                "data and models") as todo:
             if not todo:
                 return
+            for name in ("student", "gsrm"):  # a .gguf file is converted now, once; a bad name fails here
+                if getattr(self.job, name).pretrained:
+                    try:
+                        resolve_model(getattr(self.job, name).pretrained)
+                    except ModelFileError as exc:
+                        raise CliError(f"{name}.pretrained: {exc}") from None
             texts = corpus(self.tasks["train"] + self.tasks["gsrm"])
             texts += [content for _, content in load_prompt(self.gsrm_prompt()).turns]
             tokenizer = build_tokenizer(texts, self.job.vocab_size)
             g = self.job.gsrm
-            build_tiny_model(self.path("models", "gsrm-base"), tokenizer=tokenizer, hidden_size=g.hidden_size,
-                             num_layers=g.num_layers, num_heads=g.num_heads,
-                             max_position_embeddings=g.max_position_embeddings, seed=self.job.data.seed)
+            if not g.pretrained:
+                build_tiny_model(self.path("models", "gsrm-base"), tokenizer=tokenizer, hidden_size=g.hidden_size,
+                                 num_layers=g.num_layers, num_heads=g.num_heads,
+                                 max_position_embeddings=g.max_position_embeddings, seed=self.job.data.seed)
             s = self.job.student
-            for seed in self.job.seeds:
+            for seed in ([] if s.pretrained else self.job.seeds):
                 build_tiny_model(self.path("models", f"student-base-seed{seed}"), tokenizer=tokenizer,
                                  hidden_size=s.hidden_size, num_layers=s.num_layers, num_heads=s.num_heads,
                                  max_position_embeddings=s.max_position_embeddings, seed=seed)
+            if s.pretrained:  # the student reads the tasks with its own tokenizer
+                tokenizer = load_tokenizer(s.pretrained)
             stats = {name: token_stats(self.tasks[name], tokenizer) for name in ("train", "test_id", "test_ood")}
             (self.path("models") / "token_stats.json").parent.mkdir(parents=True, exist_ok=True)
             (self.path("models") / "token_stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
 
+    def gsrm_base(self) -> Path:
+        """The model the GSRM is fine-tuned from: the recipe's pretrained one, or the tiny one built here."""
+        return Path(self.job.gsrm.pretrained) if self.job.gsrm.pretrained else self.path("models", "gsrm-base")
+
     def student_base(self, seed: int) -> Path:
+        if self.job.student.pretrained:  # every seed starts from the same weights; seeds vary the training
+            return Path(self.job.student.pretrained)
         path = self.path("models", f"student-base-seed{seed}")
         if not (path / "config.json").exists():  # a seed added to a resumed run
             from rlkd.models import build_tiny_model, load_tokenizer
 
             s = self.job.student
-            build_tiny_model(path, tokenizer=load_tokenizer(self.path("models", "gsrm-base")),
+            source = self.gsrm_base() if not self.job.gsrm.pretrained else next(
+                self.path("models").glob("student-base-seed*"))  # the tokenizer the tiny students share
+            build_tiny_model(path, tokenizer=load_tokenizer(source),
                              hidden_size=s.hidden_size, num_layers=s.num_layers, num_heads=s.num_heads,
                              max_position_embeddings=s.max_position_embeddings, seed=seed)
         return path
@@ -707,7 +727,7 @@ class Experiment:
         with self.stages.stage("GSRM: rlkd train sft on (narrative, decomposition) pairs", out,
                                "GSRM training") as todo:
             if todo:
-                self._sft("GSRM", self.path("models", "gsrm-base"), out, self.path("data", "gsrm_train.jsonl"),
+                self._sft("GSRM", self.gsrm_base(), out, self.path("data", "gsrm_train.jsonl"),
                           self.job.gsrm_training, self.job.data.seed, chat=True)
 
     def stage_gsrm_eval(self) -> dict[str, Any]:
