@@ -187,3 +187,37 @@ def test_score_command_judges_with_the_gguf_model(smollm2_gguf, smollm2_dir, cap
     first = result["steps"][0]
     assert first["judges"]["meta"] == "llm" and first["meta"] in (True, False)
 
+
+def test_smollm2_recipe_smoke_run_on_the_cpu(smollm2_gguf, smollm2_dir, tmp_path, capsys):
+    """configs/demo/smollm2.yaml end to end at a toy budget: SmolLM2 as the GSRM's base (2 SFT steps on
+    testbed decompositions) and as the student (2 SFT steps, then 2 GRPO steps with the RLKD rewards,
+    the structure reward computed by the fine-tuned GSRM), evaluated on 2 problems (one per split)."""
+    from rlkd.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "demo" / "smollm2.yaml"
+    assert recipe.read_text(encoding="utf-8").startswith("# Run: .venv/bin/rlkd demo --config configs/demo/smollm2.yaml")
+    out = tmp_path / "run"
+    toy = [f"student.pretrained={smollm2_gguf}", f"gsrm.pretrained={smollm2_gguf}", "seeds=[0]",
+           "methods=[sft_rlkd]", "device=cpu",
+           "data.train=4", "data.test_id=1", "data.test_ood=1", "data.gsrm_train=4", "data.gsrm_test=1",
+           "gsrm_training.max_steps=2", "gsrm_training.per_device_train_batch_size=2", "gsrm_training.max_length=512",
+           "sft.max_steps=2", "sft.per_device_train_batch_size=2", "sft.max_length=512",
+           "rl.max_steps=2", "rl.per_device_train_batch_size=2", "rl.num_generations=2",
+           "rl.max_completion_length=24", "rl.logging_steps=1", "structure.gsrm_max_tokens=32",
+           "eval.n=1", "eval.max_tokens_id=16", "eval.max_tokens_ood=16", "eval.batch_size=2",
+           "eval.gsrm_student_check=0"]
+    argv = ["demo", "--config", str(recipe), "--output", str(out)]
+    for override in toy:
+        argv += ["--set", override]
+    assert main(argv) == 0
+    assert f"report: {out / 'report' / 'report.md'}" in capsys.readouterr().out
+    assert not (out / "models" / "gsrm-base").exists() and not list((out / "models").glob("student-base-*"))
+    for name in ("gsrm", "seed0/sft", "seed0/sft_rlkd"):
+        config = json.loads((out / name / "config.json").read_text())
+        assert (config["model_type"], config["num_hidden_layers"]) == ("llama", 30), name  # SmolLM2, fine-tuned
+    rlkd_log = [json.loads(line) for line in (out / "seed0/sft_rlkd/metrics.jsonl").read_text().splitlines()]
+    steps = [row for row in rlkd_log if "rewards/structure/mean" in row]
+    assert len(steps) == 2 and all("structure/student_steps" in row for row in steps)
+    results = json.loads((out / "results.json").read_text())
+    metrics = results["methods"]["sft_rlkd"]["seeds"]["0"]
+    assert [(metrics[s]["problems"], metrics[s]["n"]) for s in ("id", "ood")] == [(1, 1), (1, 1)]
