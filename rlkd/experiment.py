@@ -215,9 +215,10 @@ class DemoJob:
                          ("auto", "cpu"))
     system_prompt: str | None = option(None, "system message before each problem, in training and evaluation "
                                        "(null: none)")
-    student_model: str | None = option(None, "the model every student starts from (hub name or folder); null: "
-                                       "the base student, base.path")
-    gsrm_model: str | None = option(None, "the model the GSRM is fine-tuned from; null: the base student")
+    student_model: str | None = option(None, "the model every student starts from (hub name, folder or .gguf "
+                                       "file); null: the base student, base.path")
+    gsrm_model: str | None = option(None, "the model the GSRM is fine-tuned from (hub name, folder or .gguf "
+                                    "file); null: the base student")
     gsrm_prompt: str = option("testbed", "the GSRM's prompt, in training and in the structure reward: testbed (the "
                               "testbed's short instruction, rlkd.testbed.gsrm_prompt, written to the run folder as a "
                               "prompt file), a packaged domain (math, code, science, puzzle; without the worked "
@@ -887,7 +888,7 @@ class Experiment:
     def stage_models(self) -> None:
         """Check the models every arm starts from: the base student (shipped, or rebuilt with
         ``rlkd demo --build-base``) unless the recipe names other models, and record token statistics."""
-        from rlkd.models import load_tokenizer
+        from rlkd.models import load_tokenizer, resolve_model
         from rlkd.testbed import token_stats, whole_word_check
 
         with self.stages.stage("models: the base student and its tokenizer", self.path("models"),
@@ -895,11 +896,13 @@ class Experiment:
             if not todo:
                 return
             for field, name in (("student_model", self.student_model()), ("gsrm_model", self.gsrm_model())):
-                if not (Path(name) / "config.json").is_file() and Path(name).exists():
-                    raise CliError(f"{field}: {name} holds no model (no config.json)")
-                if not Path(name).exists() and name == self.job.base.path:
+                if name == self.job.base.path and not (Path(name) / "config.json").is_file():
                     raise CliError(f"base.path: {name}: no base student there. Rebuild it with "
                                    f"`rlkd demo --build-base` (see docs/demo-results.md), or set student_model")
+                try:
+                    resolve_model(name)  # a .gguf file is converted once here, not in every stage
+                except OSError as exc:
+                    raise CliError(f"{field}: {exc}") from None
             tokenizer = load_tokenizer(self.student_model())
             stats: dict[str, Any] = {name: token_stats(self.tasks[name], tokenizer)
                                      for name in ("train", "test_id", "test_ood")}

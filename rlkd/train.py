@@ -105,7 +105,15 @@ def _check_model(check: Preflight, field: str, name: str) -> None:
     if not is_local(name):
         check.note(f"{field} = {name}: hub name (loaded from the hub or the local cache at run time)")
         return
+    from rlkd.models import is_gguf
+
     path = Path(name).expanduser()
+    if is_gguf(name):
+        if path.is_file():
+            check.ok(f"{field} = {name}: GGUF file found (converted once into a cached folder when it loads)")
+        else:
+            check.warn(f"{field} = {name}: no such file here")
+        return
     if not path.exists():
         check.warn(f"{field} = {name}: no such folder here (an earlier step of the pipeline writes it?)")
     elif not (path / "config.json").is_file():
@@ -507,7 +515,7 @@ def run_grpo(job: GRPOJob, trl_config: Any, resume_from: Path | None) -> dict[st
     from trl import GRPOTrainer
 
     from rlkd.data import Records, grpo_rows
-    from rlkd.models import load_tokenizer
+    from rlkd.models import load_tokenizer, resolve_model
 
     need_structure = "structure" in job.reward_names()
     rows = grpo_rows(Records(job.data.path, job.data.split, job.data.subset), job.data, need_structure, job.data.limit)
@@ -515,7 +523,7 @@ def run_grpo(job: GRPOJob, trl_config: Any, resume_from: Path | None) -> dict[st
     rows = _drop_long_prompts(rows, tokenizer, job.training.max_prompt_length)
     funcs, weights, names = reward_functions(job)
     trl_config.reward_weights = weights
-    trainer = GRPOTrainer(model=job.model, reward_funcs=funcs, args=trl_config,
+    trainer = GRPOTrainer(model=resolve_model(job.model), reward_funcs=funcs, args=trl_config,
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.add_callback(metrics_callback(job.output_dir, names, weights))
     _quiet_progress(trainer)
@@ -530,12 +538,12 @@ def run_sft(job: SFTJob, trl_config: Any, resume_from: Path | None) -> dict[str,
     from trl import SFTTrainer
 
     from rlkd.data import Records, sft_rows
-    from rlkd.models import load_tokenizer
+    from rlkd.models import load_tokenizer, resolve_model
 
     rows = sft_rows(Records(job.data.path, job.data.split, job.data.subset), job.data, job.data.limit)
     tokenizer = load_tokenizer(job.model)
     tokenizer.padding_side = "right"  # training pads on the right; generation (models.load_tokenizer) on the left
-    trainer = SFTTrainer(model=job.model, args=trl_config, train_dataset=Dataset.from_list(rows),
+    trainer = SFTTrainer(model=resolve_model(job.model), args=trl_config, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer)
     trainer.add_callback(metrics_callback(job.output_dir, [], []))
     _quiet_progress(trainer)

