@@ -10,8 +10,9 @@ completions and every dataset column as keyword arguments, and returns one float
 (``outcome``); :func:`build_rewards` turns a set into TRL's ``reward_funcs`` and ``reward_weights``.
 
 - :func:`accuracy`: the completion's final answer (right-most ``\\boxed{}`` first) against the dataset's
-  ``answer`` column by math-verify, through :func:`rlkd.answers.grade_math`, the same grading
-  ``rlkd eval`` reports.
+  ``answer`` column by math-verify, through :func:`rlkd.answers.grade_math`, the grading ``rlkd eval
+  --grading reward`` reports (``rlkd eval`` grades as lighteval 0.9.0 by default; :mod:`rlkd.answers`
+  lists where the two differ).
 - :func:`format_reward` (named ``format``): the whole completion is ``<think>...</think>`` then
   ``<answer>...</answer>``.
 - :func:`tag_count`: 0.25 for each of the four tags written once, on its own line.
