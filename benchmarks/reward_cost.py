@@ -147,18 +147,33 @@ def _render_trace(steps: Sequence[tuple[list[str], str]], answer: str) -> str:
     return "<think>\n" + " ".join(sentences) + "\n</think>\n<answer>\\boxed{" + answer + "}</answer>"
 
 
+# other words for the testbed's meta-reasoning templates (rlkd.testbed._OPENING, _WALK, _CHOICE)
+_PARAPHRASES = (
+    (("We want", "The goal is"), (" needs ", " depends on "), ("all known, so compute", "all ready, so work out")),
+    (("We want", "We look for"), (" needs ", " uses "), ("all known, so compute", "which we have, so find")),
+    (("We want", "The question asks for"), (" needs ", " is made from "), ("all known, so compute",
+                                                                           "known now, so compute")),
+)
+
+
 def edit_trace(task: Any, edit: str, step: int, wording_seed: int) -> str:
     """A student completion made from the teacher's trace: ``copy``, ``slip`` (step ``step``'s result
     off by one), ``stop`` (stops after step ``step``), ``diverge`` (step ``step`` carries the
-    meta-reasoning of the next step) or ``reword`` (the trace under another wording seed)."""
-    from rlkd.testbed import teacher_trace
-
+    meta-reasoning of the next step) or ``reword`` (the same steps in other words: the testbed has one
+    wording, so the meta-reasoning sentences are paraphrased, one of the paraphrases picked by
+    ``wording_seed``)."""
     steps = _trace_steps(task.trace)
     m = step - 1
     if edit == "copy":
         return task.trace
     if edit == "reword":
-        return teacher_trace(task, seed=wording_seed)
+        words = _PARAPHRASES[wording_seed % len(_PARAPHRASES)]
+        reworded = []
+        for meta, compute in steps:
+            for old, new in words:
+                meta = [sentence.replace(old, new) for sentence in meta]
+            reworded.append((meta, compute))
+        return _render_trace(reworded, str(task.answer))
     if edit == "slip":
         meta, compute = steps[m]
         last = list(_NUMBER.finditer(compute))[-1]
