@@ -664,7 +664,7 @@ class OpenAIBackend(Backend):
         while True:
             pieces: list[str] = []
             usage = None
-            stopped = False
+            stopped = finished = False
             try:
                 async with semaphore, asyncio.timeout(self.timeout):
                     if sink.stop_requested:  # decided before the request was even sent
@@ -679,12 +679,14 @@ class OpenAIBackend(Backend):
                                     continue
                                 data = line[5:].strip()
                                 if data == "[DONE]":
+                                    finished = True
                                     break
                                 chunk = json.loads(data)
                                 if not isinstance(chunk, dict) or chunk.get("error"):
                                     raise _Transient(f"error event in the stream: {_short(data)}")
                                 usage = chunk.get("usage") or usage
                                 for choice in chunk.get("choices") or []:
+                                    finished = finished or bool(choice.get("finish_reason"))
                                     piece = (choice.get("delta") or {}).get("content")
                                     if piece:
                                         pieces.append(piece)
@@ -694,6 +696,9 @@ class OpenAIBackend(Backend):
                                 if sink.stop_requested:
                                     stopped = True
                                     break
+                        if not stopped and not finished:  # no [DONE] nor finish_reason: not a whole stream
+                            raise _Transient("malformed response body: the stream ended before [DONE] "
+                                             f"({len(pieces)} pieces received)")
                 completion = Completion(texts=["".join(pieces)], stopped=stopped)
                 if isinstance(usage, dict) and not stopped:
                     completion.prompt_tokens = int(usage.get("prompt_tokens") or 0)

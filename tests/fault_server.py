@@ -15,6 +15,7 @@ message vLLM and OpenAI give ("This model's maximum context length is N tokens..
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -143,6 +144,30 @@ def _make_handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(payload)
             self.wfile.flush()
 
+        def _stream(self, body: dict, action: Action) -> None:
+            """A streamed answer (``"stream": true``): one word per server-sent event, then [DONE]."""
+            reply = _reply_body(body, action)
+            text = reply["choices"][0]["message"]["content"]
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            head = {"id": reply["id"], "object": "chat.completion.chunk", "created": reply["created"],
+                    "model": reply["model"]}
+            pieces = re.findall(r"\S+\s*|\s+", text) or [""]
+            for piece in pieces:
+                chunk = {**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                self.wfile.flush()
+            end = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            self.wfile.write(b"data: " + json.dumps(end).encode() + b"\n\n")
+            if (body.get("stream_options") or {}).get("include_usage"):
+                self.wfile.write(b"data: " + json.dumps({**head, "choices": [], "usage": reply["usage"]}).encode()
+                                 + b"\n\n")
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+
         def do_GET(self) -> None:
             if self.path.rstrip("/").endswith("/models"):
                 self._send(200, json.dumps({"object": "list", "data": []}).encode())
@@ -181,7 +206,9 @@ def _make_handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
 
         def _act(self, action: Action, body: dict) -> None:
             kind = action.kind
-            if kind == "ok":
+            if kind == "ok" and body.get("stream"):
+                self._stream(body, action)
+            elif kind == "ok":
                 self._send(200, json.dumps(_reply_body(body, action)).encode())
             elif kind == "drop":
                 self.close_connection = True

@@ -171,7 +171,18 @@ def test_every_recipe_opens_with_its_command_and_loads(recipe):
             break
         header.append(line)
     run_lines = [h for h in header if h.startswith("# Run:")]
-    assert run_lines and f"--config configs/{recipe.parent.name}/{recipe.name}" in run_lines[0]
+    assert run_lines
+    if recipe.parent.name == "verl" and recipe.stem == "rlkd_grpo":  # verl's own trainer config
+        assert "verl.trainer.main_ppo" in run_lines[0] and "--config-name=rlkd_grpo" in run_lines[0]
+        assert yaml.safe_load(recipe.read_text(encoding="utf-8"))
+        return
+    assert f"--config configs/{recipe.parent.name}/{recipe.name}" in run_lines[0]
+    if recipe.stem == "rlkd_reward":  # the reward served to verl or OpenRLHF (a GRPO recipe's reward)
+        from rlkd.serve import load_serve_job
+
+        assert "rlkd serve" in run_lines[0]
+        load_serve_job(recipe)
+        return
     if recipe.parent.name == "demo":  # rlkd demo recipes (rlkd.experiment.DemoJob)
         from rlkd.experiment import load_demo_job
 
