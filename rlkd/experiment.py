@@ -586,8 +586,15 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
     sft = SFTJob(model=str(init), output_dir=str(work / "train"), resume="auto")
     sft.data.path, sft.data.format, sft.training = str(data), "text", training
     sft.data.prompt_column = "problem"  # the loss is on the computations: look-ups and arithmetic
-    log.info("base student: pretraining %s on %d texts -> %s", init, len(train), sft.output_dir)
-    metrics = train_job(sft, argv=["rlkd demo", "--build-base"])
+    from rlkd.train import last_checkpoint
+
+    last = last_checkpoint(sft.output_dir)
+    if last is not None and int(last.name.split("-")[-1]) >= training.max_steps > 0:
+        log.info("base student: pretraining finished before (%s); probing only", last)
+        metrics = {"resumed_finished": str(last)}  # a finished run is not trained again (not even one step)
+    else:
+        log.info("base student: pretraining %s on %d texts -> %s", init, len(train), sft.output_dir)
+        metrics = train_job(sft, argv=["rlkd demo", "--build-base"])
     points = sorted(((int(p.name.split("-")[1]), p) for p in (work / "train").glob("checkpoint-*")
                      if p.name.split("-")[1].isdigit()), key=lambda x: x[0])
     t0 = (init / "config.json").stat().st_mtime
