@@ -791,14 +791,16 @@ def build_document(results: Mapping[str, Any], out_dir: Path) -> Doc:
           "differences between methods are paired (the same drawn seeds and problems for both).")
     data = results.get("data") or {}
     rl = config.get("rl") or {}
-    student, gsrm_model = config.get("student") or {}, config.get("gsrm") or {}
+    base = config.get("base") or {}
+    base_text = (f"the base student at {base.get('path')} (a Llama of hidden size {base.get('hidden_size')}, "
+                 f"{base.get('num_layers')} layers, vocabulary {base.get('vocab_size')}, pretrained once on the "
+                 f"testbed's problems and computations)")
     doc.bullets([
         f"Tasks: {data.get('train', '?')} training, {data.get('test_id', '?')} in-distribution test, "
         f"{data.get('test_ood', '?')} out-of-distribution test (deeper, more distractors), "
         f"{data.get('gsrm_train', '?')} for the GSRM; the zero-regime methods train on {data.get('zero', '?')}.",
-        f"Student: tiny Llama, hidden {student.get('hidden_size')}, {student.get('num_layers')} layers; GSRM: hidden "
-        f"{gsrm_model.get('hidden_size')}, {gsrm_model.get('num_layers')} layers; vocabulary "
-        f"{config.get('vocab_size')}.",
+        f"Every student starts from {config.get('student_model') or base_text}; the GSRM is fine-tuned from "
+        f"{config.get('gsrm_model') or 'the same base'}.",
         f"Equal RL budget for every RL method: {rl.get('max_steps')} steps × {rl.get('per_device_train_batch_size')} "
         f"completions ({rl.get('num_generations')} per prompt), completions up to {rl.get('max_completion_length')} "
         f"tokens, learning rate {rl.get('learning_rate')}, beta {rl.get('beta')}, loss {rl.get('loss_type')}.",
