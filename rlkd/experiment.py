@@ -132,8 +132,8 @@ class DataSection:
 
     seed: int = option(0, "seed of the task generator (all splits derive from it)")
     train: int = option(200, "training tasks (SFT traces and RL prompts)")
-    test_id: int = option(16, "in-distribution test tasks (same knobs as training, disjoint structures)")
-    test_ood: int = option(12, "out-of-distribution test tasks (deeper chains, more distractors)")
+    test_id: int = option(12, "in-distribution test tasks (same knobs as training, disjoint structures)")
+    test_ood: int = option(8, "out-of-distribution test tasks (deeper chains, more distractors)")
     gsrm_train: int = option(300, "tasks whose teacher traces train the GSRM (disjoint from the test sets)")
     gsrm_test: int = option(24, "held-out teacher traces per split on which the GSRM's accuracy is measured")
     zero_fraction: float = option(0.1, "RLKD-zero: share of the training tasks it is primed and trained on")
@@ -193,14 +193,14 @@ def _sft_defaults(**overrides: Any) -> SFTTraining:
 
 def _rl_defaults() -> GRPOTraining:
     return GRPOTraining(learning_rate=2e-4, lr_scheduler_type="constant_with_warmup", warmup_steps=0.0,
-                        max_steps=12, per_device_train_batch_size=16, num_generations=4, temperature=0.7,
-                        max_completion_length=160, max_prompt_length=512, save_steps=100000, logging_steps=1,
+                        max_steps=8, per_device_train_batch_size=16, num_generations=4, temperature=0.7,
+                        max_completion_length=128, max_prompt_length=512, save_steps=100000, logging_steps=1,
                         bf16=False, use_cpu=True, activation_checkpointing=False)
 
 
 def _structure_defaults() -> StructureConfig:
     return StructureConfig(judge="hybrid", meta_judge="overlap", subproblem_judge="text", answer_judge="math",
-                           overlap_threshold=0.4, gsrm_max_tokens=192, gsrm_few_shot=False, mode="paper")
+                           overlap_threshold=0.4, gsrm_max_tokens=160, gsrm_few_shot=False, mode="paper")
 
 
 @dataclass
@@ -228,7 +228,7 @@ class DemoJob:
     pretraining: SFTTraining = option(_sft_defaults(max_steps=3000, per_device_train_batch_size=32,
                                                     warmup_steps=0.02, save_steps=250, logging_steps=50),
                                       "the base student's pretraining (rlkd train sft on text, resumable)")
-    gsrm_training: SFTTraining = option(_sft_defaults(max_steps=150), "GSRM fine-tuning (TRL SFTConfig fields, "
+    gsrm_training: SFTTraining = option(_sft_defaults(max_steps=100), "GSRM fine-tuning (TRL SFTConfig fields, "
                                         "as in rlkd train sft)")
     sft: SFTTraining = option(_sft_defaults(max_steps=100), "the SFT baseline's training (also the start of "
                               "SFT+GRPO and SFT+RLKD)")
