@@ -716,14 +716,14 @@ class OpenAIBackend(Backend):
             if isinstance(failure, _Permanent) or attempt >= self.max_retries:
                 tries = attempt + 1
                 log.warning("streamed request to %s failed for good after %d attempt%s: %s",
-                            self.model, tries, "" if tries == 1 else "s", failure)
-                completion = Completion(error=str(failure), completion_tokens=len(pieces))
+                            self.model, tries, "" if tries == 1 else "s", self._scrub(str(failure)))
+                completion = Completion(error=self._scrub(str(failure)), completion_tokens=len(pieces))
                 break
             delay = self._backoff(attempt, getattr(failure, "retry_after", None))
             attempt += 1
             self.stats.retries += 1
             log.warning("streamed request to %s: %s; retry %d of %d in %.2fs",
-                        self.model, failure, attempt, self.max_retries, delay)
+                        self.model, self._scrub(str(failure)), attempt, self.max_retries, delay)
             sink.restart()
             await asyncio.sleep(delay)
         self.stats.add(completion)
