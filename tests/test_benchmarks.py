@@ -160,3 +160,25 @@ def test_grpo_profile_smoke_run_prints_phase_shares_and_the_structure_share():
     # was stopped (early exit) or ended
     calls = float(re.search(r"per completion ([\d.]+) backend calls", out).group(1))
     assert 1.0 <= calls <= 2.0
+
+
+def test_copy_formation_restates_the_problem_and_probes_every_role():
+    import random
+
+    from rlkd.testbed import base_text
+
+    bench = load("copy_formation")
+    task = generate_tasks(1, seed=0)[0]
+    text, context = bench.make_text(task, "capital", True, random.Random(0))
+    problem, restated, computations = text.split("\n")
+    assert context == problem + "\n" and problem[0].isupper()
+    # the restated sentences are the problem's, in another order, without the question
+    assert sorted(s.rstrip(".") for s in restated.split(". ")) == sorted(
+        s.rstrip(".") for s in problem.split(". ")[:-1])
+    assert computations == bench.sentence_case(base_text(task).split("\n")[1])
+    out = run_script(str(BENCH / "copy_formation.py"), "--steps", "2", "--tasks", "32", "--probe-tasks", "2",
+                     "--probe-every", "1", "--hidden", "32", "--heads", "2", "--layers", "1", "--recall")
+    header = next(line for line in out.splitlines() if line.split()[:2] == ["step", "wall_s"])
+    assert header.split()[3:5] == ["copy_definition", "look_up_value"] and header.split()[-1] == "recall"
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [r[0] for r in rows] == ["1", "2"] and all(0.0 <= float(v) <= 1.0 for r in rows for v in r[3:])
