@@ -315,13 +315,24 @@ class _StepAssembler:
 _LINE_ENDS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on
 
 
+def _bracket_closed(line: str) -> bool:
+    """Whether ``line`` (a begun line, no line break yet) is a label line however it goes on: it opens with
+    a bracket and the plain label pattern has matched through the closing bracket. No markdown marker can
+    come first (so the bold pattern never matches), and everything after the bracket is optional in the
+    pattern, so every continuation still matches with the bracket pair and reads as a label."""
+    if line.lstrip(" \t")[:1] not in ("[", "("):
+        return False
+    m = _PLAIN_LABEL.match(line)
+    return bool(m and m.group("open") and m.group("close"))
+
+
 class IncrementalParser:
     """Parse GSRM text as it streams in, reporting each field as soon as it is complete (SPEC section 8).
 
     Feed it pieces of text with :meth:`feed`; :meth:`final` says whether a field of a step can no longer
     change, and :attr:`steps` holds the steps seen so far. A field is complete when the next label line
-    has begun (its label and the first character after it have arrived), or the text ended
-    (:meth:`finish`). Prefix stability: a field reported complete
+    has begun (its label and the first character after it have arrived, or, for a line that opens with
+    a bracket, the label's closing bracket), or the text ended (:meth:`finish`). Prefix stability: a field reported complete
     in any prefix of a text equals that field in ``parse_decomposition`` of the whole text. It holds by
     construction: both parsers read the same lines with the same label matcher and assemble steps with
     the same rule (a line is read only once its line break has arrived, exactly as
@@ -373,10 +384,11 @@ class IncrementalParser:
         for line in lines:
             self._line(line.rstrip(_LINE_ENDS) if not line.endswith("\r\n") else line[:-2])
         # The open field is complete as soon as the next label line has begun: a line whose start reads as
-        # a label and already has text after the label cannot turn out not to be one.
+        # a label and already has text after the label cannot turn out not to be one; nor can a line that
+        # opens with a bracket once its label's closing bracket has arrived (``[Sub-problem 1]``).
         if self._block is not None and self._pending:
             label = _match_label(self._pending)
-            if label is not None and label.rest.strip():
+            if label is not None and (label.rest.strip() or _bracket_closed(self._pending)):
                 self._close_block()
 
     def _line(self, line: str) -> None:

@@ -20,7 +20,9 @@ SHAPES = ["[{w} {n}]: {t}", "[{w} {n}] - {t}", "[{w} {n}] {t}", "**[{w} {n}]:** 
           "[{w}]: {t}", "[{w} {n}]:\n{t}", "({w} {n}): {t}",
           # near-labels whose start reads like a label: what follows decides (a begun line must not mislead)
           "{w} {n} -{t}", "{w} {n} - {t}", "**{w} {n}**{t}", "**{w} {n}** {t}", "*{w} {n}*: {t}", "{w} {n}.{t}",
-          "{w} {n}. {t}", "[{w} {n}{t}", "### {w} {n}{t}", "_{w} {n}_ {t}", "**[{w} {n}]:**{t}"]
+          "{w} {n}. {t}", "[{w} {n}{t}", "### {w} {n}{t}", "_{w} {n}_ {t}", "**[{w} {n}]:**{t}",
+          # a bracketed label settles at its closing bracket, whatever follows it
+          "[{w} {n}]{t}", " ({w} {n}]-{t}", "[{w} {n}) {t}", "*[{w} {n}]*{t}", "[{w} {n}]\n{t}"]
 WORDS = ["x", "y = 2", "Answer the question", "then", "we", "[Answer", "**", "3/4", "Meta-reasoning", "-", "é", ":"]
 
 
@@ -96,6 +98,16 @@ class TestIncrementalParser:
         assert not p.final(1, "meta")  # "then y" may go on below its label line
         p.feed("[Sub-problem 2]: y?\n")
         assert p.final(1, "meta") and not p.final(1, "answer")
+
+    def test_a_bracketed_label_closes_the_field_before_at_its_closing_bracket(self):
+        p = IncrementalParser()
+        p.feed("[Meta-reasoning 1]: start with x\n[Sub-problem 1")
+        assert not p.final(0, "meta")  # "[Sub-problem 1" may still be plain text: "[Sub-problem 1 of 3..."
+        p.feed("]")
+        assert p.final(0, "meta") and p.steps[0].meta_reasoning == "start with x"
+        p = IncrementalParser()
+        p.feed("[Meta-reasoning 1]: start with x\n**[Sub-problem 1]")
+        assert not p.final(0, "meta")  # markdown first: what follows still decides
 
     def test_text_below_a_label_stays_open_until_the_next_label(self):
         p = IncrementalParser()
