@@ -281,11 +281,7 @@ class _StepAssembler:
         if self.final_answer is not None:
             self.warnings.append("text after the final-answer section was read as further steps")
         filled = self.filled
-        # A new step starts at every meta-reasoning label, and whenever a field repeats within a step
-        # (e.g. two sub-problems in a row: the generator skipped a meta-reasoning).
-        if not self.steps or label.kind == "meta" and filled or label.kind in filled or (
-            label.kind == "subproblem" and "answer" in filled
-        ):
+        if self.starts_step(label.kind):
             self.steps.append(Step(number=label.number))
             self.filled = filled = set()
         current = self.steps[-1]
@@ -293,6 +289,13 @@ class _StepAssembler:
             current.number = label.number
         setattr(current, _ATTRS[label.kind], body)
         filled.add(label.kind)
+
+    def starts_step(self, kind: str) -> bool:
+        """Whether a block of this kind would start a new step: at every meta-reasoning label, and whenever a
+        field repeats within a step (e.g. two sub-problems in a row: the generator skipped a meta-reasoning)."""
+        filled = self.filled
+        return not self.steps or kind == "meta" and bool(filled) or kind in filled or (
+            kind == "subproblem" and "answer" in filled)
 
     def decomposition(self) -> Decomposition:
         steps, warnings = self.steps, list(self.warnings)
@@ -358,6 +361,7 @@ class IncrementalParser:
         self._fed: list[str] = []
         self.finished = False
         self.blocks_closed = 0  # grows each time a field becomes complete (consumers watch it)
+        self.lines_read = 0  # grows with every whole line read (where the open field may have ended)
 
     @property
     def text(self) -> str:
@@ -392,6 +396,7 @@ class IncrementalParser:
                 self._close_block()
 
     def _line(self, line: str) -> None:
+        self.lines_read += 1
         label = _match_label(line)
         if label is not None:
             self._close_block()
@@ -420,6 +425,17 @@ class IncrementalParser:
         if self.finished:
             return parse_decomposition(self.text)
         return self._steps.decomposition() if self._steps.steps else Decomposition(reason="no complete step yet")
+
+    def tentative(self) -> tuple[int, Field, str] | None:
+        """The open field as it stands at the last line break: (step index, field, text) it will have if
+        the next line turns out to be a label; None when no field is open. A guess, not a complete field:
+        a consumer may judge it ahead (keyed by its text), never use it unless :meth:`final` later
+        reports that field complete with the same text."""
+        if self._block is None or self._block[0].kind == "final":
+            return None
+        label, lines = self._block
+        index = len(self._steps.steps) - (0 if self._steps.starts_step(label.kind) else 1)
+        return index, label.kind, "\n".join(lines).strip()  # type: ignore[return-value]
 
     def final(self, index: int, name: Field) -> bool:
         """Whether field ``name`` of step ``index`` (0-based) is complete: it cannot change any more."""

@@ -291,6 +291,36 @@ def test_early_exit_gives_the_full_computation_result(judge_name):
     assert stats["stopped"] > 20 and stats["failed"] > 10 and stats["scored past a failure point"] > 3, stats
 
 
+class RecordingJudge(Judge):
+    """Text equality that records every pair it is asked about."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+
+    def judge_one(self, request: JudgeRequest) -> Verdict:
+        self.asked.append((request.field, request.student))
+        return Verdict(request.teacher == request.student, self.name)
+
+
+@pytest.mark.parametrize("text, reward, metas_asked", [
+    # one line per field: each meta-reasoning is judged once, at its line break, and that verdict is used
+    ("[Meta-reasoning 1]: plan a\n[Sub-problem 1]: q\n[Answer 1]: 1\n[Meta-reasoning 2]: plan c\n"
+     "[Sub-problem 2]: r\n[Answer 2]: 2\n", 1.0, ["plan a", "plan c"]),
+    # the first line alone would match, but the field goes on: that guess is judged, then never used
+    ("[Meta-reasoning 1]: plan a\nand more\n[Sub-problem 1]: q\n[Answer 1]: 1\n", 0.0,
+     ["plan a", "plan a\nand more"]),
+])
+def test_a_meta_reasoning_judged_ahead_counts_only_if_the_field_ends_there(text, reward, metas_asked):
+    teacher = Decomposition([Step("plan a", "q", "1"), Step("plan b", "r", "2")])
+    judge = RecordingJudge()
+    result, completion = asyncio.run(_early(teacher, text, judge, "paper", None))
+    full = asyncio.run(score_structure(teacher, parse_decomposition(text), RecordingJudge()))
+    assert result.reward == full.reward == reward
+    assert [student for field, student in judge.asked if field == "meta"] == metas_asked
+
+
 # --------------------------------------------------------------------------------------------------
 # rlkd score --completions: against a real HTTP server that streams (the benchmarks' latency server)
 
