@@ -285,11 +285,23 @@ class EarlyExitSink:
 
     def __init__(self) -> None:
         self.parser = IncrementalParser()
-        self.stop_requested = False
+        self.stop_event = asyncio.Event()  # set with the stop request: a streaming backend closes at once
         self.completion = None  # the backend's Completion, once the request is over
         self.student: Decomposition | None = None
         self.changed = asyncio.Event()
         self._closed = 0
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the reward is decided and the generation should stop."""
+        return self.stop_event.is_set()
+
+    @stop_requested.setter
+    def stop_requested(self, value: bool) -> None:
+        if value:
+            self.stop_event.set()
+        else:
+            self.stop_event.clear()
 
     def feed(self, piece: str) -> None:
         self.parser.feed(piece)
