@@ -267,6 +267,7 @@ class Cost:
     stopped: int = 0  # GSRM streams stopped early (early exit)
     client_tokens: int = 0  # with early exit: what the client counted (the server's count is reported)
     streams: list[dict[str, Any]] = field(default_factory=list)  # with early exit: the server's GSRM streams
+    repeat_generated: list[int] = field(default_factory=list)  # generated tokens of each repeat
 
     @property
     def calls(self) -> int:
@@ -527,6 +528,7 @@ def compare(batch: Batch, base_url: str, model: str, *, variants: Sequence[str],
     for scheme in schemes:
         first = runs[scheme][0]
         first.walls = [c.wall_s for c in runs[scheme]]
+        first.repeat_generated = [c.completion_tokens for c in runs[scheme]]
         pick = sorted(runs[scheme], key=lambda c: c.wall_s)[len(runs[scheme]) // 2]
         first.wall_s, first.gsrm_s, first.judge_s = pick.wall_s, pick.gsrm_s, pick.judge_s
         costs.append(first)
@@ -610,7 +612,8 @@ def slack_lines(batch: Batch, teacher_structures: list[dict[str, Any]], cost: Co
         lines.append(f"  mismatch at {group}: {len(rows)} completions, settled {m / len(rows):.1f}, parser "
                      f"{q / len(rows):.1f}, sent {g / len(rows):.1f} (slack after the parser {(g - q) / len(rows):.1f}); "
                      f"totals {m} / {q} / {g}")
-    lines.append(f"  all {total[0]}: settled {total[1]}, parser {total[2]}, sent {total[3]} tokens")
+    lines.append(f"  all {total[0]}: settled {total[1]}, parser {total[2]}, sent {total[3]} tokens; the longest "
+                 f"stream the reward needs: {max(r[0] for rows in groups.values() for r in rows)} tokens")
     return lines
 
 
@@ -715,6 +718,10 @@ def ratio_lines(result: dict[str, Any]) -> list[str]:
                      f"(best {best_generated:.1f}x); goal >= 5x less wall time: "
                      f"{'reached' if best_early_wall >= 5 else 'missed'} (best {best_early_wall:.1f}x); GSRM streams "
                      f"stopped early: {', '.join(f'{c.scheme} {c.stopped}' for c in early)}")
+        if any(len(c.repeat_generated) > 1 for c in early):  # early exit's tokens depend on timing
+            lines.append("early exit: generated tokens of each repeat (the tables show the first): " + "; ".join(
+                f"{c.scheme} {', '.join(map(str, c.repeat_generated))} (ratios "
+                f"{', '.join(f'{authors.completion_tokens / g:.1f}x' for g in c.repeat_generated)})" for c in early))
     return lines
 
 
