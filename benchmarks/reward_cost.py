@@ -34,7 +34,9 @@ Schemes, all through one OpenAI-compatible server, timed side by side in one run
 ``--batch rl`` replaces the edits batch by one whose first meta-reasoning mismatches follow those of the
 demo's RL runs (133 of 192 at step 1, 180 of 192 by step 2): what the structure reward sees in training.
 With early exit the server's token counts are reported (a stopped stream's usage never reaches the
-client); the benchmark checks that they cover what the client received.
+client); the benchmark checks that they cover what the client received, and prints where each early
+variant's GSRM tokens went: per first-mismatch step, the tokens the server sent against the least that
+settles the reward (:func:`needed_tokens`) and against what the incremental parser reads first.
 
 The same GSRM prompt (``rlkd/prompts/gsrm_math.txt``) and per-pair judge prompts serve every scheme, so
 the schemes differ only in what they ask and how they schedule it. With the latency server
