@@ -416,6 +416,44 @@ class _StopAfterWords:
         self.completion = completion
 
 
+@pytest.mark.server
+def test_a_stop_requested_between_tokens_closes_the_stream_without_waiting_for_the_next():
+    """A verdict that arrives while the backend waits for the next token (an LLM judge's) ends the stream
+    there: with a token due only after 1.5 s, the stop 0.1 s after the first one leaves a single token."""
+    import sys
+    from pathlib import Path
+
+    from rlkd.backends import OpenAIBackend
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from latency_server import LatencyServer
+
+    class StopSoonSink(EarlyExitSink):
+        def feed(self, piece: str) -> None:
+            super().feed(piece)
+            asyncio.get_running_loop().call_later(0.1, setattr, self, "stop_requested", True)
+
+    with LatencyServer(latency_ms=0, per_token_ms=1500) as server:
+        backend = OpenAIBackend(server.base_url, "m", api_key_env=None, max_retries=0, timeout=30)
+        from rlkd.gsrm import Decomposer
+        from rlkd.testbed import generate_tasks
+
+        task = generate_tasks(1, split="ood", seed=0, depth=(4, 5))[0]
+        request = Decomposer(backend).request(task.problem, task.trace)[0]  # a reply of many tokens
+
+        async def go():
+            sink = StopSoonSink()
+            try:
+                [completion] = await backend.generate_stream([request], [sink])
+            finally:
+                await backend.aclose()
+            return completion
+
+        completion = asyncio.run(go())
+    assert completion.stopped and completion.text == "[" and completion.completion_tokens == 1
+    assert server.counters.completion_tokens["gsrm"] == 1
+
+
 def test_cache_stores_only_complete_streams(tmp_path):
     from rlkd.cache import CachedBackend
 
