@@ -621,9 +621,9 @@ class OpenAIBackend(Backend):
 
     async def _attempts(self, request: GenerationRequest, n: int, seed: int | None) -> tuple[list[str], int, int]:
         """One API call with bounded retries; raises _Transient/_Permanent when it fails for good."""
-        client, semaphore = self._loop_state()
         from openai.types.chat import ChatCompletion
 
+        client, semaphore = self._loop_state()
         kwargs = self._request_kwargs(request, n, seed)
         body = {**{k: v for k, v in kwargs.items() if k != "extra_body"}, **kwargs.get("extra_body", {})}
         attempt = 0
