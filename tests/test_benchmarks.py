@@ -71,6 +71,33 @@ class TestLatencyServer:
         assert sum(counters["prompt_tokens"].values()) == backend.stats.prompt_tokens
         assert sum(counters["completion_tokens"].values()) == backend.stats.completion_tokens
 
+    @pytest.mark.server
+    def test_a_closed_stream_stops_the_generation_at_once_and_is_recorded(self, task):
+        """vLLM aborts a request whose client disconnected: the server must not write on after a close."""
+        import http.client
+        import json
+        import time
+
+        server_module = load("latency_server")
+        with server_module.LatencyServer(latency_ms=0, per_token_ms=200) as server:
+            request = Decomposer(None).request(task.problem, task.trace)[0]
+            body = json.dumps({"model": "m", "messages": request.as_openai_messages(), "stream": True})
+            connection = http.client.HTTPConnection("127.0.0.1", server._server.server_address[1], timeout=10)
+            connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            events = 0
+            while events < 3:
+                events += response.readline().startswith(b"data: ")
+            response.close()  # after 3 tokens, 200 ms before the 4th is due
+            connection.close()
+            deadline = time.monotonic() + 5
+            while not server.counters.streams and time.monotonic() < deadline:
+                time.sleep(0.02)
+            [record] = server.counters.as_dict(streams=True)["streams"]
+        assert record["sent"] == 3 and record["aborted"] and record["tokens"] > 100
+        assert record["reply"] == server_module.reply_key(task.decomposition.render())
+        assert server.counters.completion_tokens["gsrm"] == 3
+
     def test_token_count_and_cut(self):
         server_module = load("latency_server")
         assert server_module.count_tokens('{"1": "yes"}') == 9  # { " 1 " : " yes " }
@@ -125,6 +152,18 @@ class TestRewardCostPieces:
             first.append(next((s.index for s in result.steps if s.meta is False), None))
         assert len(first) == 192 and first.count(1) == 133 and first.count(1) + first.count(2) == 180
         assert first.count(None) == 6  # copies and slips: the GSRM must write these to the end
+
+    def test_needed_tokens_stop_at_the_bracket_of_the_label_after_the_deciding_field(self):
+        bench = load("reward_cost")
+        count = load("latency_server").count_tokens
+        teacher = Decomposition([Step("start from x.", "What is x?", "2"), Step("then y.", "What is y?", "3")])
+        reply = ("[Meta-reasoning 1]: start from x.\n[Sub-problem 1]: What is x?\n[Answer 1]: 2\n"
+                 "[Meta-reasoning 2]: then z.\n[Sub-problem 2]: What is z?\n[Answer 2]: 4")
+        settled = count(reply[: reply.index("[Sub-problem 2]") + len("[Sub-problem 2]")])
+        assert settled == 44
+        assert bench.needed_tokens(reply, teacher) == (2, 44, 44)  # the parser reads no more than that
+        matching = reply.replace("then z", "then y")  # all k steps match: the whole reply is needed
+        assert bench.needed_tokens(matching, teacher) == (None, count(matching), count(matching))
 
     def test_batch_has_every_edit_and_teacher_steps_in_range(self):
         bench = load("reward_cost")
