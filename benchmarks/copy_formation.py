@@ -25,7 +25,10 @@ leaves chance (1/80 names) and climbs. Surfaces:
 ``--task mqar`` strips the testbed away to the look-up alone (multi-query associative recall):
 ``--pairs`` sentences ``name = value.`` (``name value.`` with ``--fused``: a one-token key), then half of
 them asked again in a random order, the loss on the values only; ``copy_definition`` is then the
-share of asked values found. It tells whether a shape can learn content look-ups at all in a budget.
+share of asked values found. It tells whether a shape can learn content look-ups at all in a budget. ``--task induction`` is the
+plainest copy there is: a run of 20 random names, repeated after a gap, at a random offset (so that
+no fixed-distance attention solves it), the loss on the repeat; ``copy_definition`` is then the share
+of the repeat predicted right.
 
 Results and the commands behind them are in ``docs/demo-results.md`` ("When copying forms").
 """
@@ -94,6 +97,23 @@ def mqar_example(tokenizer, pairs: int, fused: bool, rng: random.Random) -> tupl
     return ids, labels
 
 
+def induction_example(tokenizer, rng: random.Random, run: int = 20, width: int = 80) -> tuple[list[int], list[int]]:
+    """(token ids, labels) of one copying text: random names, a run of ``run`` names, a random gap, the
+    run again, random names up to ``width``; the labels are the repeat's names after its first."""
+    from rlkd.testbed import NAMES
+
+    def names(k: int) -> list[int]:
+        return [tokenizer.encode(" " + rng.choice(NAMES), add_special_tokens=False)[0] for _ in range(k)]
+
+    before, gap = rng.randint(0, 30), rng.randint(0, 10)
+    chunk = names(run)
+    ids = names(before) + chunk + names(gap) + chunk + names(width - 2 * run - before - gap)
+    start = before + run + gap
+    labels = [-100] * len(ids)
+    labels[start + 1: start + run] = ids[start + 1: start + run]
+    return ids, labels
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="plain: the testbed's text; capital: sentence case (see the module docstring)")
     parser.add_argument("--recall", action="store_true", help="restate the problem's sentences before the "
                         "computations (loss on them too)")
-    parser.add_argument("--task", choices=("testbed", "mqar"), default="testbed",
-                        help="testbed: the problem language; mqar: the bare look-up (see the module docstring)")
+    parser.add_argument("--task", choices=("testbed", "mqar", "induction"), default="testbed",
+                        help="testbed: the problem language; mqar: the bare look-up; induction: copy a "
+                        "repeated run of names (see the module docstring)")
     parser.add_argument("--pairs", type=int, default=10, help="mqar: name-value sentences per text (default 10)")
     parser.add_argument("--fused", action="store_true", help="mqar: no ' =' between name and value")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
@@ -130,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    # the mqar texts use the testbed's tokenizer too (built from 3,000 problems)
+    # the synthetic texts use the testbed's tokenizer too (built from 3,000 problems)
     tasks = generate_tasks(args.tasks + args.probe_tasks if args.task == "testbed" else 3000, "id", seed=1000)
     train, probe = tasks[: args.tasks], tasks[args.tasks:]
     rng = random.Random(args.seed)
@@ -147,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                          eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
     model = LlamaForCausalLM(config)
     params = sum(p.numel() for p in model.parameters())
-    what = (f"surface {args.surface}{' + recall' if args.recall else ''}" if args.task == "testbed" else
-            f"mqar, {args.pairs} pairs{', fused' if args.fused else ''}")
+    what = {"testbed": f"surface {args.surface}{' + recall' if args.recall else ''}",
+            "mqar": f"mqar, {args.pairs} pairs{', fused' if args.fused else ''}",
+            "induction": "induction (a run of 20 names repeated at a random offset)"}[args.task]
     print(f"# hidden {args.hidden}, layers {args.layers}, heads {args.heads}, rope_theta {args.rope_theta:g}, "
           f"{what}: {params} parameters", flush=True)
 
@@ -158,11 +180,15 @@ def main(argv: list[str] | None = None) -> int:
         computations_start = len(tokenizer.encode(text.rsplit("\n", 1)[0] + "\n", add_special_tokens=False))
         return ids, len(tokenizer.encode(context, add_special_tokens=False)), computations_start
 
-    if args.task == "mqar":
-        probe_set = [mqar_example(tokenizer, args.pairs, args.fused, random.Random(10**6 + k))
-                     for k in range(args.probe_tasks)]
+    def synthetic(example_rng: random.Random) -> tuple[list[int], list[int]]:
+        if args.task == "mqar":
+            return mqar_example(tokenizer, args.pairs, args.fused, example_rng)
+        return induction_example(tokenizer, example_rng)
 
-    def probe_mqar() -> dict[str, float]:
+    if args.task != "testbed":
+        probe_set = [synthetic(random.Random(10**6 + k)) for k in range(args.probe_tasks)]
+
+    def probe_synthetic() -> dict[str, float]:
         model.eval()
         right = seen = 0
         for ids, labels in probe_set:
@@ -176,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"copy_definition": right / seen}
 
     def probe_roles() -> dict[str, float]:
-        if args.task == "mqar":
-            return probe_mqar()
+        if args.task != "testbed":
+            return probe_synthetic()
         hits = {role: [0, 0] for role in ROLES if role}
         recall = [0, 0]
         model.eval()
@@ -220,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         scale = min(1.0, step / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
         for group in optimizer.param_groups:
             group["lr"] = args.lr * scale
-        if args.task == "mqar":
-            batch = [mqar_example(tokenizer, args.pairs, args.fused, rng) for _ in range(args.batch)]
+        if args.task != "testbed":
+            batch = [synthetic(rng) for _ in range(args.batch)]
         else:
             batch = []
             for i in range(args.batch):
