@@ -429,6 +429,32 @@ def base_text(task: Task) -> str:
     return task.problem + "\n" + " ".join(lines)
 
 
+def copying_texts(n: int, seed: int = 0, run: int = 20, before: int = 30, gap: int = 10) -> list[dict[str, str]]:
+    """``n`` texts that teach a small model to copy, for the base student's warm-up (issue 17).
+
+    Each is random testbed names (0 to ``before``), a run of ``run`` names, a gap of 0 to ``gap``
+    names, then the same run again; ``problem`` holds everything before the repeat and ``text`` the
+    repeat, so the loss (``prompt_column: problem``) is on the copy alone. The offsets are random, so no
+    fixed-distance attention solves it: the model must find the run by its content (an induction
+    head). A model of the base's size forms that in about 2,500 steps here and keeps it, and only
+    then does it learn to copy a definition out of a problem; trained on problems alone it did not by
+    3,000 (``benchmarks/copy_formation.py``, docs/demo-results.md).
+
+    >>> row = copying_texts(1, seed=0, run=3)[0]
+    >>> len(row["text"].split()), row["text"].strip() in row["problem"]
+    (3, True)
+    """
+    rng = random.Random(f"rlkd-testbed:copying:{seed}")
+    rows = []
+    for i in range(n):
+        names = [rng.choice(NAMES) for _ in range(rng.randint(0, before))]
+        chunk = [rng.choice(NAMES) for _ in range(run)]
+        middle = [rng.choice(NAMES) for _ in range(rng.randint(0, gap))]
+        rows.append({"id": f"copy-{seed}-{i}", "problem": " ".join(names + chunk + middle),
+                     "text": " " + " ".join(chunk)})
+    return rows
+
+
 def teacher_trace(task: Task, seed: int | None = None) -> str:
     """The oracle's flat narrative for ``task``: ``<think>...</think>\\n<answer>\\boxed{N}</answer>``.
 

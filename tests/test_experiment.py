@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 MICRO = """\
 seeds: [0]
 data: {{train: 8, test_id: 2, test_ood: 2, gsrm_train: 8, gsrm_test: 2, zero_fraction: 0.25}}
-base: {{path: {base}, tasks: 40, probe_tasks: 2, hidden_size: 16, num_layers: 1, num_heads: 2}}
+base: {{path: {base}, tasks: 40, probe_tasks: 2, hidden_size: 16, num_layers: 1, num_heads: 2, copying_steps: 2,
+       copying_texts: 16}}
 pretraining: {{max_steps: 2, save_steps: 1, per_device_train_batch_size: 4, logging_steps: 1}}
 gsrm_training: {{max_steps: 1, per_device_train_batch_size: 4}}
 sft: {{max_steps: 1, per_device_train_batch_size: 4}}
@@ -126,6 +127,11 @@ def test_micro_run_end_to_end_and_resume(tmp_path, capsys):
                                                          "look_up_value", "arithmetic"}
     assert (base / "model.safetensors").is_file() and (base / "tokenizer.json").is_file()
     assert card["recipe"]["base"]["tasks"] == 40 and card["parameters"] > 0
+    # the copying warm-up ran first, and the problem language started from its model
+    assert [r["step"] for r in card["copying_loss"]] == [1, 2]
+    build = tmp_path / "base-build"
+    assert (build / "copying" / "config.json").is_file()
+    assert f"model: {build / 'copying'}" in (build / "train" / "rlkd_config.yaml").read_text()
 
     assert main(["demo", "--config", str(recipe), "--output", str(out)]) == 0
     printed = capsys.readouterr().out
