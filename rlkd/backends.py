@@ -1230,8 +1230,8 @@ def backend_from_config(config: Mapping[str, Any], where: str = "backend") -> Ba
 
 
 def backend_from_args(args: argparse.Namespace) -> Backend:
-    """Build the backend named by the options of :func:`add_backend_arguments`; CliError on bad options."""
-    from rlkd.cli import CliError
+    """Build the backend named by the options of :func:`add_backend_arguments`; InputError on bad options."""
+    from rlkd.errors import InputError
 
     config = {
         "base_url": getattr(args, "base_url", None),
@@ -1245,15 +1245,15 @@ def backend_from_args(args: argparse.Namespace) -> Backend:
         "cache": getattr(args, "cache", None),
     }
     if bool(config["base_url"]) == bool(config["local_model"]):
-        raise CliError("give exactly one of --base-url URL (an OpenAI-compatible server) or "
+        raise InputError("give exactly one of --base-url URL (an OpenAI-compatible server) or "
                        "--local-model PATH_OR_NAME (generate in this process)")
     if config["base_url"] and not config["model"]:
-        raise CliError(f"--model NAME is required with --base-url (the model name the server at "
+        raise InputError(f"--model NAME is required with --base-url (the model name the server at "
                        f"{config['base_url']} knows)")
     try:
         check_backend_numbers(config, lambda f: "--" + f.replace("_", "-"))
         return backend_from_config(config, where="backend options")
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise InputError(str(exc)) from None
     except OSError as exc:  # a folder that is not there, a hub name that cannot be fetched
-        raise CliError(f"--local-model {config['local_model']}: cannot load: {exc}") from None
+        raise InputError(f"--local-model {config['local_model']}: cannot load: {exc}") from None

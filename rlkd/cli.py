@@ -18,8 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from rlkd.backends import add_backend_arguments  # noqa: F401 - commands import it from here too
-from rlkd.structure import MODES, Decomposition, as_decomposition, parse_decomposition
+from rlkd.backends import add_backend_arguments
+from rlkd.errors import RlkdError
+from rlkd.files import JsonlWriter, id_key, iter_jsonl, read_done_ids, read_text
+from rlkd.judges import decomposition_field
+from rlkd.structure import MODES, as_decomposition, parse_decomposition
 
 # sub-command -> module with add_parser(subparsers); listed in the order --help shows them
 MODULE_COMMANDS = [
@@ -37,49 +40,7 @@ MODULE_COMMANDS = [
 log = logging.getLogger("rlkd")
 
 
-class CliError(Exception):
-    """A user-facing error: printed without a traceback, exit status 2."""
-
-
-def read_text(path: str) -> str:
-    """Read a file as UTF-8 (``-`` is standard input); a clear error names the file on failure."""
-    if path == "-":
-        return sys.stdin.read()
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CliError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CliError(f"{path}: is a folder, not a file") from None
-    except UnicodeDecodeError as exc:
-        raise CliError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-
-
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; a bad line raises CliError naming it."""
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        raise CliError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CliError(f"{path}: is a folder, not a JSONL file") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise CliError(f"{path}:{number}: not UTF-8 text") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CliError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            except RecursionError:
-                raise CliError(f"{path}:{number}: JSON nested too deeply to read") from None
-            if not isinstance(obj, dict):
-                raise CliError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
-            yield number, obj
+CliError = RlkdError  # the command line's name for the user-facing error (rlkd.errors.RlkdError itself)
 
 
 def _dump(obj: Any) -> str:
@@ -101,32 +62,6 @@ def cmd_parse(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------------
 # rlkd score
-
-
-def decomposition_field(obj: dict[str, Any], name: str, where: str) -> Decomposition:
-    """Field ``name`` of a JSONL record as a Decomposition; CliError naming ``where`` and the field when it is
-    missing or is neither GSRM text nor a decomposition object (a number or null is a broken record)."""
-    if name not in obj:
-        raise CliError(f"{where}: missing field '{name}'")
-    value = obj[name]
-    if not isinstance(value, (str, dict)):  # a number or null is a broken record, not an empty decomposition
-        raise CliError(f"{where}: field '{name}' must be GSRM text or a decomposition object, got "
-                       f"{json_type(value)}")
-    try:
-        return as_decomposition(value)
-    except ValueError as exc:
-        raise CliError(f"{where}: field '{name}': {exc}") from None
-
-
-def json_type(value: Any) -> str:
-    """The JSON name of a value's type, for error messages (``null``, ``number``, ``list``, ...)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return {"str": "text", "dict": "an object", "list": "a list"}.get(type(value).__name__, type(value).__name__)
 
 
 def build_judge(args: argparse.Namespace):
@@ -260,7 +195,6 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def _completion_items(args: argparse.Namespace, done: set[str], counts: dict[str, int]) -> Iterator[dict[str, Any]]:
     """The lines of ``--completions`` still to score, checked: id, problem, teacher_structure, completion."""
-    from rlkd.gsrm import id_key
 
     seen: set[str] = set()
     for number, obj in iter_jsonl(args.completions):
@@ -291,7 +225,6 @@ def cmd_score_completions(args: argparse.Namespace) -> int:
 
     from rlkd.backends import FailureBudget, TooManyFailures
     from rlkd.config import BackendConfig, ConfigError, StructureConfig
-    from rlkd.gsrm import JsonlWriter, read_done_ids
     from rlkd.train import build_structure_reward
 
     if not args.output or args.output == "-":
@@ -485,8 +418,6 @@ def os_error_line(exc: OSError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from rlkd.files import OutputRefused
-
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
@@ -495,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (CliError, OutputRefused) as exc:
+    except RlkdError as exc:  # ConfigError, InputError, OutputRefused, ...
         print(f"rlkd {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a folder where a file belongs, a name too long, a permission denied

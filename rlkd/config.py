@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from rlkd.cli import CliError
+from rlkd.errors import ConfigError
 from rlkd.rewards import REWARD_NAMES, REWARD_SETS
 
 JUDGES = ("text", "overlap", "math", "hybrid", "llm")
@@ -49,10 +49,6 @@ SYSTEM_PROMPT = (
     "result written as \\boxed{...}. Use exactly this layout:\n"
     "<think>\nyour reasoning\n</think>\n<answer>\nyour answer with \\boxed{...}\n</answer>"
 )
-
-
-class ConfigError(CliError):
-    """A recipe or override that cannot be used; the message starts with the dotted field name."""
 
 
 def option(default: Any, help: str, choices: Sequence[Any] | None = None) -> Any:

@@ -38,7 +38,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from rlkd.cli import CliError, iter_jsonl
+from rlkd.errors import InputError
+from rlkd.files import iter_jsonl
 from rlkd.gsrm import (
     DOMAINS,
     Decomposer,
@@ -75,7 +76,7 @@ def is_local(path: str) -> bool:
 class Records:
     """The records of an input, numbered from 0, each with a location for error messages.
 
-    JSONL files are streamed (a bad line raises :class:`~rlkd.cli.CliError` naming it); JSON, parquet,
+    JSONL files are streamed (a bad line raises :class:`~rlkd.errors.InputError` naming it); JSON, parquet,
     ``datasets`` folders and hub datasets are opened with ``datasets`` (memory-mapped).
     """
 
@@ -87,7 +88,7 @@ class Records:
         self._count: int | None = None
         if path.endswith(".jsonl"):
             if not Path(path).is_file():
-                raise CliError(f"{path}: no such file")
+                raise InputError(f"{path}: no such file")
         else:
             self._table = _open_table(path, split, subset)
 
@@ -135,21 +136,21 @@ def _open_table(path: str, split: str, subset: str | None):
             loaded = datasets.load_from_disk(str(p))
             if isinstance(loaded, datasets.DatasetDict):
                 if split not in loaded:
-                    raise CliError(f"{path}: no split {split!r} (has {', '.join(loaded)})")
+                    raise InputError(f"{path}: no split {split!r} (has {', '.join(loaded)})")
                 loaded = loaded[split]
             return loaded
         if p.is_file():
             kind = {".json": "json", ".parquet": "parquet"}.get(p.suffix)
             if kind is None:
-                raise CliError(f"{path}: unknown file type (expected .jsonl, .json or .parquet)")
+                raise InputError(f"{path}: unknown file type (expected .jsonl, .json or .parquet)")
             return datasets.load_dataset(kind, data_files=str(p), split="train")
         if is_local(path):
-            raise CliError(f"{path}: no such file or folder")
+            raise InputError(f"{path}: no such file or folder")
         return datasets.load_dataset(path, subset, split=split)
-    except CliError:
+    except InputError:
         raise
     except Exception as exc:  # datasets raises many types; name the input either way
-        raise CliError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
 
 
 def first_columns(path: str, split: str = "train", subset: str | None = None) -> list[str] | None:
@@ -162,7 +163,7 @@ def first_columns(path: str, split: str = "train", subset: str | None = None) ->
 def _text(value: Any, column: str, where: str) -> str:
     if not isinstance(value, str):
         got = "missing" if value is None else f"a {type(value).__name__}, not text"
-        raise CliError(f"{where}: column '{column}' is {got}")
+        raise InputError(f"{where}: column '{column}' is {got}")
     return value
 
 
@@ -187,17 +188,17 @@ def grpo_rows(records: Records, data: Any, need_structure: bool, limit: int | No
         problem = _text(obj.get(data.problem_column), data.problem_column, where)
         answer = obj.get(data.answer_column)
         if answer is None:
-            raise CliError(f"{where}: column '{data.answer_column}' is missing")
+            raise InputError(f"{where}: column '{data.answer_column}' is missing")
         row = {"prompt": chat_prompt(problem, data.system_prompt), "problem": problem, "answer": str(answer)}
         if need_structure:
             structure = obj.get(data.teacher_structure_column)
             if structure is None:
-                raise CliError(f"{where}: column '{data.teacher_structure_column}' is missing (the structure "
+                raise InputError(f"{where}: column '{data.teacher_structure_column}' is missing (the structure "
                                "reward needs the teacher's decomposition: build the data with rlkd data rlkd)")
             row["teacher_structure"] = structure if isinstance(structure, str) else json.dumps(structure)
         rows.append(row)
     if not rows:
-        raise CliError(f"{records.path}: no training rows")
+        raise InputError(f"{records.path}: no training rows")
     return rows
 
 
@@ -241,19 +242,19 @@ def sft_rows(records: Records, data: Any, limit: int | None = None) -> list[dict
                 rows.append({"prompt": _messages(obj["prompt"], "prompt", where),
                              "completion": _messages(obj["completion"], "completion", where)})
             else:
-                raise CliError(f"{where}: chat data needs a 'messages' column or 'prompt' and 'completion' columns")
+                raise InputError(f"{where}: chat data needs a 'messages' column or 'prompt' and 'completion' columns")
             continue
         problem = _text(obj.get(data.problem_column), data.problem_column, where)
         reasoning = _text(obj.get(data.reasoning_column), data.reasoning_column, where)
         answer = obj.get(data.answer_column)
         if answer is None:
-            raise CliError(f"{where}: column '{data.answer_column}' is missing")
+            raise InputError(f"{where}: column '{data.answer_column}' is missing")
         solution = obj.get(data.solution_column) if data.solution_column else None
         rows.append({"prompt": chat_prompt(problem, data.system_prompt),
                      "completion": [{"role": "assistant",
                                      "content": teacher_completion(reasoning, solution, str(answer))}]})
     if not rows:
-        raise CliError(f"{records.path}: no training rows")
+        raise InputError(f"{records.path}: no training rows")
     return rows
 
 
@@ -262,7 +263,7 @@ def _messages(value: Any, column: str, where: str) -> list[dict[str, str]]:
         isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
         for m in value
     ):
-        raise CliError(f"{where}: column '{column}' must be a list of {{role, content}} messages")
+        raise InputError(f"{where}: column '{column}' must be a list of {{role, content}} messages")
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
@@ -277,11 +278,11 @@ def _record_id(obj: Mapping[str, Any], index: int, id_column: str | None, where:
     if id_column is None:
         return index
     if id_column not in obj or obj[id_column] is None:
-        raise CliError(f"{where}: id column '{id_column}' is missing")
+        raise InputError(f"{where}: id column '{id_column}' is missing")
     if seen is not None:
         key = id_key(obj[id_column])
         if key in seen:
-            raise CliError(f"{where}: id {obj[id_column]!r} appears twice in the input (column '{id_column}')")
+            raise InputError(f"{where}: id {obj[id_column]!r} appears twice in the input (column '{id_column}')")
         seen.add(key)
     return obj[id_column]
 
@@ -292,7 +293,7 @@ def _backend(config: Any, cache: str | None, where: str):
     try:
         return backend_from_config(config.as_backend_config(cache=cache), where=where)
     except (ValueError, OSError) as exc:
-        raise CliError(f"{where}: {exc}") from None
+        raise InputError(f"{where}: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -341,7 +342,7 @@ def _data_gsrm_locked(job: Any, backend: Any, records: "Records", output: Path, 
             reasoning = _text(obj.get(job.reasoning_column), job.reasoning_column, where)
             domain = obj.get(job.domain_column) if job.domain_column else None
             if domain is not None and domain not in DOMAINS:
-                raise CliError(f"{where}: column '{job.domain_column}' is {domain!r}; expected one of "
+                raise InputError(f"{where}: column '{job.domain_column}' is {domain!r}; expected one of "
                                f"{', '.join(DOMAINS)}")
             if id_key(record_id) in done:
                 counts["already_done"] += 1
@@ -378,11 +379,11 @@ def _data_gsrm_locked(job: Any, backend: Any, records: "Records", output: Path, 
 def first_correct(generations: Any, flags: Any, where: str, job: Any) -> int | None:
     """Index of the first generation flagged correct (None if none is); errors name the record."""
     if not isinstance(generations, list) or not all(isinstance(g, str) for g in generations):
-        raise CliError(f"{where}: column '{job.generations_column}' must be a list of texts")
+        raise InputError(f"{where}: column '{job.generations_column}' must be a list of texts")
     if not isinstance(flags, list):
-        raise CliError(f"{where}: column '{job.correctness_column}' must be a list of true/false flags")
+        raise InputError(f"{where}: column '{job.correctness_column}' must be a list of true/false flags")
     if len(flags) != len(generations):
-        raise CliError(f"{where}: {len(generations)} generations but {len(flags)} correctness flags")
+        raise InputError(f"{where}: {len(generations)} generations but {len(flags)} correctness flags")
     for i, flag in enumerate(flags):
         if flag is True:
             return i
@@ -414,7 +415,7 @@ def run_data_rlkd(job: Any, backend: Any = None) -> dict[str, int]:
     records = Records(job.input, job.split, job.subset)
     out = Path(job.output_dir)
     if out.exists() and not out.is_dir():
-        raise CliError(f"output_dir: {out} is a file, not a folder")
+        raise InputError(f"output_dir: {out} is a file, not a folder")
     paths = {"train": out / "train.jsonl", "test": out / "test.jsonl", "skipped": out / "skipped.jsonl"}
     for name, path in paths.items():
         check_output_path(path, f"output_dir's {name}.jsonl", same_as=[job.input])
@@ -467,7 +468,7 @@ def _data_rlkd_locked(job: Any, backend: Any, records: "Records", out: Path, pat
                     continue
                 problem = _text(obj.get(job.problem_column), job.problem_column, where)
                 if obj.get(job.answer_column) is None:
-                    raise CliError(f"{where}: column '{job.answer_column}' is missing")
+                    raise InputError(f"{where}: column '{job.answer_column}' is missing")
                 yield WorkItem(record_id, problem, gens[chosen], extra=(str(obj[job.answer_column]), chosen))
 
         def write(item: WorkItem, result: DecomposeResult) -> None:
@@ -591,13 +592,13 @@ def add_parser(subparsers) -> None:
 
 
 def _no_kind(args: argparse.Namespace) -> int:
-    raise CliError("choose a kind: rlkd data gsrm|rlkd|tiny ...")
+    raise InputError("choose a kind: rlkd data gsrm|rlkd|tiny ...")
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
     """``rlkd data tiny``."""
     if args.train < 1 or args.test < 0:
-        raise CliError("--train must be >= 1 and --test >= 0")
+        raise InputError("--train must be >= 1 and --test >= 0")
     paths = build_tiny(args.output_dir, train=args.train, test=args.test, seed=args.seed)
     for name, path in paths.items():
         print(f"{name:12} {path}")
@@ -608,7 +609,7 @@ def _check_columns(records: Records, wanted: Sequence[str | None]) -> None:
     found = records.columns()
     missing = [c for c in wanted if c and c not in found]
     if missing:
-        raise CliError(f"{records.path}: missing column(s) {', '.join(missing)}; found {', '.join(found) or 'none'}")
+        raise InputError(f"{records.path}: missing column(s) {', '.join(missing)}; found {', '.join(found) or 'none'}")
 
 
 def cmd_data(args: argparse.Namespace) -> int:

@@ -51,7 +51,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from rlkd.cli import CliError, iter_jsonl
+from rlkd.errors import InputError
+from rlkd.files import atomic_write_jsonl, atomic_write_text, iter_jsonl, read_text
 
 log = logging.getLogger("rlkd.evaluate")
 
@@ -171,7 +172,7 @@ def resolve_benchmark(args: argparse.Namespace) -> tuple[Benchmark, str, str | N
         if args.data:
             return spec, args.data, None, args.split or "train"
         if _offline():
-            raise CliError(
+            raise InputError(
                 f"benchmark {name!r} lives on the Hugging Face hub ({spec.hub_path}"
                 f"{', config ' + spec.subset if spec.subset else ''}) and the hub is offline here "
                 "(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set). Download it where you have access and pass "
@@ -179,7 +180,7 @@ def resolve_benchmark(args: argparse.Namespace) -> tuple[Benchmark, str, str | N
         return spec, spec.hub_path or name, spec.subset, args.split or spec.split
     path = Path(name).expanduser()
     if not path.exists():
-        raise CliError(f"--benchmark {name!r}: not a built-in benchmark ({', '.join(BENCHMARKS)}) and no such file")
+        raise InputError(f"--benchmark {name!r}: not a built-in benchmark ({', '.join(BENCHMARKS)}) and no such file")
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem) or "custom"
     return Benchmark(stem, "auto", DEFAULT_CUSTOM_N), str(path), None, args.split or "train"
 
@@ -187,18 +188,18 @@ def resolve_benchmark(args: argparse.Namespace) -> tuple[Benchmark, str, str | N
 def _pick_column(columns: Sequence[str], given: str | None, candidates: Sequence[str], what: str, where: str) -> str:
     if given:
         if given not in columns:
-            raise CliError(f"{where}: no column {given!r} ({what}); columns are {', '.join(columns)}")
+            raise InputError(f"{where}: no column {given!r} ({what}); columns are {', '.join(columns)}")
         return given
     for c in candidates:
         if c in columns:
             return c
-    raise CliError(f"{where}: cannot tell which column holds the {what}; columns are {', '.join(columns)}. "
+    raise InputError(f"{where}: cannot tell which column holds the {what}; columns are {', '.join(columns)}. "
                    f"Name it with --{what.split()[0]}-column")
 
 
 def _option_text(value: Any, column: str, where: str) -> str:
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise CliError(f"{where}: column '{column}' is empty")
+        raise InputError(f"{where}: column '{column}' is empty")
     return str(value).strip()
 
 
@@ -209,9 +210,9 @@ def load_problems(args: argparse.Namespace) -> tuple[Benchmark, list[Problem]]:
     spec, source, subset, split = resolve_benchmark(args)
     try:
         records = Records(source, split=split, subset=subset)
-    except CliError as exc:
+    except InputError as exc:
         if spec.hub_path and source == spec.hub_path:
-            raise CliError(f"{exc}. Without hub access, download the benchmark elsewhere and pass it with "
+            raise InputError(f"{exc}. Without hub access, download the benchmark elsewhere and pass it with "
                            f"--data FILE") from None
         raise
     columns = records.columns()
@@ -226,7 +227,7 @@ def load_problems(args: argparse.Namespace) -> tuple[Benchmark, list[Problem]]:
     if kind == "choice":
         missing = [c for c in incorrect if c not in columns]
         if len(incorrect) != 3 or missing:
-            raise CliError(f"{where}: a multiple-choice benchmark needs three incorrect-answer columns "
+            raise InputError(f"{where}: a multiple-choice benchmark needs three incorrect-answer columns "
                            f"(--incorrect-columns A,B,C); missing {missing or incorrect}")
         problem_col = _pick_column(columns, args.problem_column or (spec.problem_column if spec.kind == "choice" else None),
                                    ["Question", "question", "problem"], "problem column", where)
@@ -239,7 +240,7 @@ def load_problems(args: argparse.Namespace) -> tuple[Benchmark, list[Problem]]:
                                   ["answer", "Answer", "solution", "gold"], "answer column", where)
     id_col = args.id_column or next((c for c in (spec.id_column, *_ID_COLUMNS) if c and c in columns), None)
     if id_col and id_col not in columns:
-        raise CliError(f"{where}: no id column {id_col!r}; columns are {', '.join(columns)}")
+        raise InputError(f"{where}: no id column {id_col!r}; columns are {', '.join(columns)}")
     template = _template(args, kind)
     problems: list[Problem] = []
     seen: set[str] = set()
@@ -248,14 +249,14 @@ def load_problems(args: argparse.Namespace) -> tuple[Benchmark, list[Problem]]:
             break
         pid = str(row.get(id_col)) if id_col and row.get(id_col) is not None else str(index)
         if pid in seen:
-            raise CliError(f"{location}: id {pid!r} appears twice (ids must be unique; name another --id-column)")
+            raise InputError(f"{location}: id {pid!r} appears twice (ids must be unique; name another --id-column)")
         seen.add(pid)
         text = row.get(problem_col)
         if not isinstance(text, str) or not text.strip():
-            raise CliError(f"{location}: column '{problem_col}' is empty or not text")
+            raise InputError(f"{location}: column '{problem_col}' is empty or not text")
         gold = row.get(answer_col)
         if gold is None or str(gold).strip() == "":
-            raise CliError(f"{location}: column '{answer_col}' (the answer) is empty")
+            raise InputError(f"{location}: column '{answer_col}' (the answer) is empty")
         if kind == "choice":
             texts = [_option_text(gold, answer_col, location)] + [
                 _option_text(row.get(c), c, location) for c in incorrect]
@@ -268,17 +269,16 @@ def load_problems(args: argparse.Namespace) -> tuple[Benchmark, list[Problem]]:
         else:
             problems.append(Problem(pid, template.replace("{problem}", text.strip()), str(gold).strip(), kind))
     if not problems:
-        raise CliError(f"{where}: no problems to evaluate")
+        raise InputError(f"{where}: no problems to evaluate")
     return BENCHMARKS.get(spec.name, Benchmark(spec.name, kind, spec.n)), problems
 
 
 def _template(args: argparse.Namespace, kind: str) -> str:
     if args.prompt_template:
-        from rlkd.cli import read_text
 
         text = read_text(args.prompt_template)
         if "{problem}" not in text:
-            raise CliError(f"{args.prompt_template}: the prompt template must contain {{problem}}")
+            raise InputError(f"{args.prompt_template}: the prompt template must contain {{problem}}")
         return text
     return CHOICE_TEMPLATE if kind == "choice" else MATH_TEMPLATE
 
@@ -297,7 +297,7 @@ def _read_cache(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
     cache: dict[tuple[str, int], dict[str, Any]] = {}
     for number, obj in iter_jsonl(path):
         if "sample" not in obj or "completion" not in obj:
-            raise CliError(f"{path}:{number}: not a generation record (needs id, sample, completion)")
+            raise InputError(f"{path}:{number}: not a generation record (needs id, sample, completion)")
         cache[(str(obj["id"]), int(obj["sample"]))] = obj
     return cache
 
@@ -317,7 +317,7 @@ class _TransformersEngine:
             self.backend = TransformersBackend(args.model, batch_size=args.batch_size or 8,
                                                device=args.device, dtype=args.dtype)
         except OSError as exc:
-            raise CliError(f"cannot load model {args.model!r}: {exc}") from None
+            raise InputError(f"cannot load model {args.model!r}: {exc}") from None
         self.batch_size = self.backend.batch_size
         self.args = args
 
@@ -345,7 +345,7 @@ class _VllmEngine:
         try:
             import vllm
         except ImportError:
-            raise CliError("--engine vllm needs vLLM, which is not installed here: pip install vllm "
+            raise InputError("--engine vllm needs vLLM, which is not installed here: pip install vllm "
                            "(on a CUDA machine), or use --engine transformers") from None
         from rlkd.models import ModelFileError, resolve_model
 
@@ -353,7 +353,7 @@ class _VllmEngine:
         try:
             model = resolve_model(args.model)  # a .gguf file: its converted folder
         except ModelFileError as exc:
-            raise CliError(f"cannot load model {args.model!r}: {exc}") from None
+            raise InputError(f"cannot load model {args.model!r}: {exc}") from None
         kwargs: dict[str, Any] = {"model": model, "seed": args.seed, "dtype": args.dtype,
                                   "tensor_parallel_size": args.tensor_parallel_size}
         if args.max_model_len:
@@ -544,17 +544,11 @@ def plot_pass_at_k(runs: Sequence[tuple[str, dict[str, Any]]], path: Path, title
 
 def _write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     """Write a whole file atomically (temp file then rename), so a kill never leaves half of it."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for r in records:
-            handle.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_jsonl(path, records)
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -571,11 +565,11 @@ def _check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise CliError(f"{path}: unreadable ({exc}); remove it to start over") from None
+            raise InputError(f"{path}: unreadable ({exc}); remove it to start over") from None
         diff = [k for k in _CACHE_SETTINGS if old.get(k) != settings.get(k)]
         if diff:
             shown = "; ".join(f"{k}: {old.get(k)!r} then, {settings.get(k)!r} now" for k in diff)
-            raise CliError(f"{out_dir} holds generations made with other settings ({shown}). Use another "
+            raise InputError(f"{out_dir} holds generations made with other settings ({shown}). Use another "
                            "--output, or delete the folder to start over")
     _write_json(path, settings)
 
@@ -592,9 +586,9 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     from rlkd.answers import STATS
 
     if args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise CliError("--temperature must be >= 0 and --top-p in (0, 1]")
+        raise InputError("--temperature must be >= 0 and --top-p in (0, 1]")
     if args.max_new_tokens < 1 or (args.n is not None and args.n < 1) or (args.limit is not None and args.limit < 1):
-        raise CliError("--max-new-tokens, --n and --limit must be at least 1")
+        raise InputError("--max-new-tokens, --n and --limit must be at least 1")
     spec, problems = load_problems(args)
     n = args.n or spec.n
     if args.temperature == 0 and n > 1:
@@ -629,11 +623,11 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.compare:
         if args.model or args.benchmark:
-            raise CliError("--compare takes result folders; leave out --model and --benchmark")
+            raise InputError("--compare takes result folders; leave out --model and --benchmark")
         print(compare_runs(args.compare, Path(args.output) if args.output else Path("eval_results") / "compare"))
         return 0
     if not args.model or not args.benchmark:
-        raise CliError("give --model and --benchmark (or --compare DIR ...)")
+        raise InputError("give --model and --benchmark (or --compare DIR ...)")
     summary = run_eval(args)
     print(format_summary(summary))
     gen = summary["generation"]
@@ -656,11 +650,11 @@ def compare_runs(dirs: Sequence[str], out_dir: Path) -> str:
     for d in dirs:
         path = Path(d) / "summary.json"
         if not path.exists():
-            raise CliError(f"{d}: no summary.json (not an rlkd eval output folder, or the run has not finished)")
+            raise InputError(f"{d}: no summary.json (not an rlkd eval output folder, or the run has not finished)")
         try:
             summary = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as exc:
-            raise CliError(f"{path}: not valid JSON ({exc})") from None
+            raise InputError(f"{path}: not valid JSON ({exc})") from None
         runs.append((Path(d).name, summary))
     ks = sorted({int(k) for _, s in runs for k in s.get("pass_at_k", {})})
     header = ["run", "benchmark", "model", "problems", "n"] + [f"pass@{k}" for k in ks] + ["mean tokens"]

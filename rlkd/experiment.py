@@ -71,7 +71,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from rlkd.cli import CliError, iter_jsonl
+from rlkd.errors import InputError
+from rlkd.files import atomic_write_jsonl, atomic_write_text, iter_jsonl
 from rlkd.config import (
     ConfigError,
     GRPOJob,
@@ -360,10 +361,7 @@ class Stages:
         log.info("%s: %.1f s (run so far %s)", prefix, seconds, _clock(elapsed))
 
     def _write(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.records, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(self.path)
+        atomic_write_text(self.path, json.dumps(self.records, indent=2) + "\n")
 
 
 def _clock(seconds: float) -> str:
@@ -376,12 +374,7 @@ def _clock(seconds: float) -> str:
 
 
 def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    atomic_write_jsonl(path, rows)
     return path
 
 
@@ -577,7 +570,7 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
         tokenizer = build_tokenizer(texts, b.vocab_size)
         split = whole_word_check(tokenizer)
         if split:
-            raise CliError(f"base.vocab_size: {b.vocab_size} is too small to keep every name and number one token "
+            raise InputError(f"base.vocab_size: {b.vocab_size} is too small to keep every name and number one token "
                            f"({len(split)} are split, e.g. {split[:5]}); raise it")
         build_tiny_model(init, tokenizer=tokenizer, hidden_size=b.hidden_size, num_layers=b.num_layers,
                          num_heads=b.num_heads, max_position_embeddings=b.max_position_embeddings, seed=b.seed)
@@ -696,7 +689,7 @@ def evaluate_model(model_dir: Path, tasks: Sequence[Any], benchmark: Path, outpu
                           top_p=top_p, seed=seed, batch_size=batch_size, system_prompt=system_prompt)
     summary = run_eval(args)
     if summary["missing_problems"] or summary["generation"]["failed"]:
-        raise CliError(f"{output}: {summary['generation']['failed']} generations failed; run again to resume")
+        raise InputError(f"{output}: {summary['generation']['failed']} generations failed; run again to resume")
     by_id = {t.id: t for t in tasks}
     keys = ("meta_prefix_share", "meta_match", "answer_match", "answers_found")
     rows = []
@@ -802,7 +795,7 @@ class Experiment:
         self.fresh = fresh
         if fresh and self.root.exists():
             if any(self.root.iterdir()) and not (self.root / STAGES_FILE).exists():
-                raise CliError(f"--fresh: {self.root} is not empty and is not a demo run folder (no {STAGES_FILE}); "
+                raise InputError(f"--fresh: {self.root} is not empty and is not a demo run folder (no {STAGES_FILE}); "
                                "not deleting it")
             shutil.rmtree(self.root)
         self._check_same_recipe()
@@ -827,7 +820,7 @@ class Experiment:
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)
                          and k not in ("output", "seeds"))
         if changed:
-            raise CliError(f"{self.root} holds a run made with another recipe (changed: {', '.join(changed[:8])}"
+            raise InputError(f"{self.root} holds a run made with another recipe (changed: {', '.join(changed[:8])}"
                            f"{' ...' if len(changed) > 8 else ''}); use --fresh to start over or another --output")
 
     # ---- paths
@@ -885,7 +878,7 @@ class Experiment:
         if self.job.gsrm_prompt in DOMAINS:
             return self.job.gsrm_prompt
         if not Path(self.job.gsrm_prompt).is_file():
-            raise CliError(f"gsrm_prompt: {self.job.gsrm_prompt}: no such prompt file (or use testbed or a domain)")
+            raise InputError(f"gsrm_prompt: {self.job.gsrm_prompt}: no such prompt file (or use testbed or a domain)")
         return str(Path(self.job.gsrm_prompt).resolve())
 
     def zero_tasks(self) -> list[Any]:
@@ -904,12 +897,12 @@ class Experiment:
                 return
             for field, name in (("student_model", self.student_model()), ("gsrm_model", self.gsrm_model())):
                 if name == self.job.base.path and not (Path(name) / "config.json").is_file():
-                    raise CliError(f"base.path: {name}: no base student there. Rebuild it with "
+                    raise InputError(f"base.path: {name}: no base student there. Rebuild it with "
                                    f"`rlkd demo --build-base` (see docs/demo-results.md), or set student_model")
                 try:
                     resolve_model(name)  # a .gguf file is converted once here, not in every stage
                 except OSError as exc:
-                    raise CliError(f"{field}: {exc}") from None
+                    raise InputError(f"{field}: {exc}") from None
             tokenizer = load_tokenizer(self.student_model())
             stats: dict[str, Any] = {name: token_stats(self.tasks[name], tokenizer)
                                      for name in ("train", "test_id", "test_ood")}
@@ -1335,7 +1328,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         overrides.append(f"output={args.output}")
     if args.seeds is not None:
         if args.seeds < 1:
-            raise CliError(f"--seeds: must be >= 1, got {args.seeds}")
+            raise InputError(f"--seeds: must be >= 1, got {args.seeds}")
         overrides.append(f"seeds={list(range(args.seeds))}")
     job = load_demo_job(config, overrides)
     root = Path(job.output)
@@ -1353,7 +1346,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.report_only:
         path = root / RESULTS_FILE
         if not path.exists():
-            raise CliError(f"{path}: no results to report (run rlkd demo first)")
+            raise InputError(f"{path}: no results to report (run rlkd demo first)")
         from rlkd.report import write_report
 
         results = json.loads(path.read_text(encoding="utf-8"))

@@ -29,7 +29,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from rlkd.cli import CliError, iter_jsonl
+from rlkd.errors import InputError
+from rlkd.files import iter_jsonl
 
 log = logging.getLogger("rlkd.grade")
 
@@ -37,37 +38,37 @@ BENCHMARK_KINDS = {"math500": "math", "aime24": "math", "gpqa_diamond": "choice"
 
 
 def read_completions(path: str, kind: str) -> list[tuple[dict[str, Any], list[str]]]:
-    """Every line of ``path`` with its completions as a list; CliError naming file and line if bad."""
+    """Every line of ``path`` with its completions as a list; InputError naming file and line if bad."""
     rows: list[tuple[dict[str, Any], list[str]]] = []
     seen: dict[str, int] = {}
     for number, obj in iter_jsonl(path):
         where = f"{path}:{number}"
         if "id" not in obj or obj["id"] is None or isinstance(obj["id"], (dict, list)):
-            raise CliError(f"{where}: missing field 'id' (a string or a number)")
+            raise InputError(f"{where}: missing field 'id' (a string or a number)")
         pid = str(obj["id"])
         if pid in seen:
-            raise CliError(f"{where}: id {pid!r} appears twice (first on line {seen[pid]})")
+            raise InputError(f"{where}: id {pid!r} appears twice (first on line {seen[pid]})")
         seen[pid] = number
         if ("completion" in obj) == ("completions" in obj):
-            raise CliError(f"{where}: give exactly one of 'completion' (a string) or 'completions' (a list of "
+            raise InputError(f"{where}: give exactly one of 'completion' (a string) or 'completions' (a list of "
                            "strings)")
         if "completion" in obj:
             if not isinstance(obj["completion"], str):
-                raise CliError(f"{where}: field 'completion' must be a string, got {type(obj['completion']).__name__}")
+                raise InputError(f"{where}: field 'completion' must be a string, got {type(obj['completion']).__name__}")
             texts = [obj["completion"]]
         else:
             texts = obj["completions"]
             if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-                raise CliError(f"{where}: field 'completions' must be a non-empty list of strings")
+                raise InputError(f"{where}: field 'completions' must be a non-empty list of strings")
         gold = obj.get("answer")
         if gold is None or isinstance(gold, (dict, list, bool)) or str(gold).strip() == "":
-            raise CliError(f"{where}: field 'answer' (the gold) is missing or empty")
+            raise InputError(f"{where}: field 'answer' (the gold) is missing or empty")
         if kind == "choice" and (len(str(gold).strip()) != 1 or str(gold).strip().upper() not in "ABCD"):
-            raise CliError(f"{where}: field 'answer' must be the correct letter (A, B, C or D) for gpqa_diamond, "
+            raise InputError(f"{where}: field 'answer' must be the correct letter (A, B, C or D) for gpqa_diamond, "
                            f"got {gold!r}")
         rows.append((obj, texts))
     if not rows:
-        raise CliError(f"{path}: no problems (the file is empty)")
+        raise InputError(f"{path}: no problems (the file is empty)")
     return rows
 
 
@@ -78,12 +79,12 @@ def regrade(args: argparse.Namespace) -> dict[str, Any]:
 
     kind = BENCHMARK_KINDS[args.benchmark]
     if args.timeout <= 0:
-        raise CliError("--timeout must be positive")
+        raise InputError("--timeout must be positive")
     output = Path(args.output)
     if output.resolve() == Path(args.input).resolve():
-        raise CliError(f"--output {args.output} is the input file: write the grades to another file")
+        raise InputError(f"--output {args.output} is the input file: write the grades to another file")
     if not output.parent.is_dir():
-        raise CliError(f"--output {args.output}: no such folder {output.parent}")
+        raise InputError(f"--output {args.output}: no such folder {output.parent}")
     rows = read_completions(args.input, kind)
     stats_before = dict(STATS)
     items = [(text, obj["answer"]) for obj, texts in rows for text in texts]

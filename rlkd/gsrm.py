@@ -50,6 +50,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
+from rlkd.errors import InputError
+from rlkd.files import JsonlWriter, id_key, iter_jsonl, read_done_ids
 from rlkd.structure import Decomposition, parse_decomposition
 
 if TYPE_CHECKING:
@@ -373,122 +375,6 @@ class RuleDecomposer:
 # Resumable runs: the loop of rlkd decompose, rlkd data gsrm and rlkd data rlkd
 
 
-def id_key(value: Any) -> str:
-    """The key an id is compared by when resuming (the id as canonical JSON, so ``1`` and ``"1"`` differ)."""
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
-
-
-def read_done_ids(*paths: Path | str, fields: Mapping[str, Sequence[str]] | None = None,
-                  statuses: dict[str, int] | None = None) -> set[str]:
-    """Ids already written to any of ``paths`` (a missing file has none), as :func:`id_key` keys.
-
-    Records are written one whole line at a time, so a run killed mid-write leaves at most a torn
-    last line without its newline: that line is cut off the file (and its item is redone). Any other
-    unreadable line is an error naming the line; nothing is changed then. A file that is not this
-    command's output (its first line is not a JSON record with an ``id`` and the ``fields`` named for
-    that path, e.g. notes, a JSON config or a binary) is refused with an error before anything is
-    changed, whether or not it ends in a newline. ``statuses``, when given, counts the records' ``status``.
-    """
-    done: set[str] = set()
-    for path in paths:
-        wanted = ("id", *((fields or {}).get(str(path), ())))
-        _read_ids(Path(path), done, wanted, statuses)
-    return done
-
-
-_RECORD_START = b'{"id": '  # how every record JsonlWriter writes begins (json.dumps of a dict led by its id)
-
-
-def _read_ids(path: Path, done: set[str], fields: Sequence[str] = ("id",),
-              statuses: dict[str, int] | None = None) -> None:
-    from rlkd.cli import CliError
-
-    if not path.exists():
-        return
-    if path.is_dir():
-        raise CliError(f"{path}: is a folder, not an output file")
-    pieces = path.read_bytes().split(b"\n")  # the last piece is what follows the final newline ('' normally)
-    position = 0
-    records = 0
-    for number, raw in enumerate(pieces, start=1):
-        last = number == len(pieces)
-        if raw.strip():
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-                if not isinstance(obj, dict) or "id" not in obj:
-                    raise ValueError("not an object with an 'id'")
-                missing = [f for f in fields if f not in obj]
-                if missing:
-                    raise ValueError(f"no field {', '.join(map(repr, missing))}")
-            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-                torn = last and (records > 0 or raw.startswith(_RECORD_START))
-                if not records and not torn:  # not a file rlkd wrote: never truncate or append to it
-                    raise CliError(f"{path}: exists and is not an output of this command (line {number}: "
-                                   f"{_short_reason(exc)}); refusing to change it: move it away or choose "
-                                   "another output") from None
-                if not last:
-                    raise CliError(f"{path}:{number}: unreadable line in the output file ({_short_reason(exc)}); "
-                                   "fix or remove it, then run again") from None
-                log.warning("%s:%d: dropping the torn last line of an interrupted run", path, number)
-                with open(path, "r+b") as handle:
-                    handle.truncate(position)
-                return
-            records += 1
-            done.add(id_key(obj["id"]))
-            if statuses is not None:
-                status = str(obj.get("status"))
-                statuses[status] = statuses.get(status, 0) + 1
-            if last:  # a whole record that lost only its newline
-                with open(path, "ab") as handle:
-                    handle.write(b"\n")
-        position += len(raw) + 1
-
-
-def _short_reason(exc: BaseException) -> str:
-    if isinstance(exc, UnicodeDecodeError):
-        return "not UTF-8 text"
-    if isinstance(exc, RecursionError):
-        return "JSON nested too deeply"
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
-class JsonlWriter:
-    """Append JSON records to named files, one whole line per write, flushed at once, so a killed run
-    leaves at most a torn last line (which :func:`read_done_ids` cuts off). Use it in a ``with``.
-
-    >>> import tempfile
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> with JsonlWriter(output=folder / "out.jsonl") as out:
-    ...     out.write("output", {"id": 1})
-    >>> (folder / "out.jsonl").read_text()
-    '{"id": 1}\\n'
-    """
-
-    def __init__(self, **paths: Path | str) -> None:
-        self.handles = {}
-        for name, path in paths.items():
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.handles[name] = open(path, "a", encoding="utf-8")
-
-    def write(self, name: str, record: Mapping[str, Any]) -> None:
-        """Append ``record`` to the file named ``name`` and flush."""
-        handle = self.handles[name]
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        handle.flush()
-
-    def close(self) -> None:
-        """Close every file."""
-        for handle in self.handles.values():
-            handle.close()
-
-    def __enter__(self) -> "JsonlWriter":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-
 class WorkItem(NamedTuple):
     """One trace for :func:`decompose_resumably`: its id, the problem, the reasoning, the domain (None:
     the decomposer's) and whatever else the caller's ``write`` needs (``extra``)."""
@@ -508,21 +394,19 @@ def decompose_resumably(decomposer: Decomposer, items: Iterable[WorkItem],
     """Decompose ``items`` batch by batch, writing as they come back; the loop of every resumable job.
 
     ``items`` yields the traces still to do (the caller skips the ids :func:`read_done_ids` found, and
-    may raise :class:`~rlkd.cli.CliError` at a bad input line: batches already written stay). For each
+    may raise :class:`~rlkd.errors.InputError` at a bad input line: batches already written stay). For each
     result, in input order, ``write(item, result)`` writes the record or the failure line and counts it;
     for a backend failure (status ``error``) it writes nothing, so the next run retries the item, and the
     failure is logged here as ``id <id>: <failure_log>: <error>``. Every result is then recorded in
     ``budget``, after writing, so a stop loses nothing already done. At the end the budget is finished and
     the backend closed. The progress bar ``label`` counts ``total`` input records, the ``skipped()`` ones
-    included. Raises CliError when failures pass the budget, saying that what was written is kept in
+    included. Raises InputError when failures pass the budget, saying that what was written is kept in
     ``kept_in`` and what a rerun will do (:func:`rerun_advice`; ``retry_no_steps`` says how to ask again
     for traces whose reply had no steps).
     """
     from tqdm.auto import tqdm
 
     from rlkd.backends import TooManyFailures
-    from rlkd.cli import CliError
-
     backend = decomposer.backend
     tally = {"ok": 0, "no_steps": 0, "error": 0}
     bar = tqdm(total=total, desc=label, unit="rec", dynamic_ncols=True)
@@ -555,7 +439,7 @@ def decompose_resumably(decomposer: Decomposer, items: Iterable[WorkItem],
         asyncio.run(run())
     except TooManyFailures as exc:
         unsent = max(total - skipped() - sum(tally.values()), 0)
-        raise CliError(f"stopped: {exc}. Everything written so far is kept in {kept_in}; "
+        raise InputError(f"stopped: {exc}. Everything written so far is kept in {kept_in}; "
                        f"{rerun_advice(tally['error'], tally['no_steps'], unsent, retry_no_steps)}") from None
     finally:
         bar.close()
@@ -604,22 +488,20 @@ def _count_lines(path: str) -> int:
 
 def _work_items(args: argparse.Namespace, done: set[str], counts: dict[str, int]) -> Iterator[WorkItem]:
     """Input lines still to do; checks columns and duplicate ids on the way."""
-    from rlkd.cli import CliError, iter_jsonl
-
     seen: set[str] = set()
     for number, obj in iter_jsonl(args.input):
         where = f"{args.input}:{number}"
         item_id = obj.get(args.id_column, number) if args.id_column else number
         key = id_key(item_id)
         if key in seen:
-            raise CliError(f"{where}: id {item_id!r} appears twice in the input")
+            raise InputError(f"{where}: id {item_id!r} appears twice in the input")
         seen.add(key)
         for column in (args.problem_column, args.reasoning_column):
             if not isinstance(obj.get(column), str):
                 got = "missing" if column not in obj else f"a {type(obj[column]).__name__}, not text"
-                raise CliError(f"{where}: column '{column}' is {got}")
+                raise InputError(f"{where}: column '{column}' is {got}")
         if args.domain_column and obj.get(args.domain_column) not in (None, *DOMAINS):
-            raise CliError(f"{where}: column '{args.domain_column}' is {obj[args.domain_column]!r}; "
+            raise InputError(f"{where}: column '{args.domain_column}' is {obj[args.domain_column]!r}; "
                            f"expected one of {', '.join(DOMAINS)}")
         if key in done:
             counts["skipped"] += 1
@@ -630,32 +512,30 @@ def _work_items(args: argparse.Namespace, done: set[str], counts: dict[str, int]
 
 def _check_args(args: argparse.Namespace) -> str:
     """Validate ``rlkd decompose`` options; returns the prompt (domain name or file)."""
-    from rlkd.cli import CliError
-
     if args.batch_size < 1:
-        raise CliError("--batch-size must be at least 1")
+        raise InputError("--batch-size must be at least 1")
     if not 0.0 <= args.max_failure_share <= 1.0:
-        raise CliError("--max-failure-share must be between 0 and 1")
+        raise InputError("--max-failure-share must be between 0 and 1")
     if args.max_tokens < 1:
-        raise CliError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+        raise InputError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     if args.max_trace_chars < 0:
-        raise CliError(f"--max-trace-chars must be 0 (never cut) or more, got {args.max_trace_chars}")
+        raise InputError(f"--max-trace-chars must be 0 (never cut) or more, got {args.max_trace_chars}")
     if args.min_failures < 1:
-        raise CliError(f"--min-failures must be at least 1, got {args.min_failures}")
+        raise InputError(f"--min-failures must be at least 1, got {args.min_failures}")
     if Path(args.input).is_dir():
-        raise CliError(f"{args.input}: is a folder, not a JSONL file")
+        raise InputError(f"{args.input}: is a folder, not a JSONL file")
     if not Path(args.input).is_file():
-        raise CliError(f"{args.input}: no such file")
+        raise InputError(f"{args.input}: no such file")
     from rlkd.files import check_output_path
 
     check_output_path(args.output, "--output", same_as=[args.input])
     if args.prompt_file and not Path(args.prompt_file).is_file():
-        raise CliError(f"{args.prompt_file}: no such file")
+        raise InputError(f"{args.prompt_file}: no such file")
     prompt = args.prompt_file or args.domain
     try:
         load_prompt(prompt)
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise InputError(str(exc)) from None
     return prompt
 
 
@@ -664,7 +544,7 @@ def decompose_file(args: argparse.Namespace, backend) -> dict[str, int]:
 
     Input lines whose id is already in the output are skipped; each batch's records are appended and
     flushed before the next batch starts; lines whose backend call failed are not written (a re-run
-    retries them). Raises CliError when failures pass ``--max-failure-share``, after writing what came
+    retries them). Raises InputError when failures pass ``--max-failure-share``, after writing what came
     back.
     """
     from rlkd.files import OutputLock
@@ -727,8 +607,6 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     """``rlkd decompose``: exit status 0, or 1 when some backend calls failed (run again to retry); 2 when
     failures passed the share, or when the output holds records but none with steps."""
     from rlkd.backends import backend_from_args
-    from rlkd.cli import CliError
-
     _check_args(args)
     if args.no_cache:
         args.cache = None
@@ -745,7 +623,7 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     records, without = counts["records_in_output"], counts["records_in_output"] - counts["ok_in_output"]
     if records and without / records > args.max_failure_share and not counts["error"]:
         # the budget over the whole output: a rerun that had nothing left to send must not look like success
-        raise CliError(f"{args.output}: {without} of its {records} records have no steps ({without / records:.1%} > "
+        raise InputError(f"{args.output}: {without} of its {records} records have no steps ({without / records:.1%} > "
                        f"{args.max_failure_share:.1%} allowed; see their 'reason'); running the same command again "
                        "does not ask again for lines already written: fix the prompt or the GSRM, then run again "
                        "with --retry-no-steps")
@@ -757,7 +635,7 @@ def add_parser(subparsers) -> None:
     try:
         from rlkd.backends import add_backend_arguments
     except ImportError:
-        from rlkd.cli import add_backend_arguments
+        from rlkd.backends import add_backend_arguments
 
     p = subparsers.add_parser(
         "decompose",

@@ -26,6 +26,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from rlkd.errors import InputError
+from rlkd.files import iter_jsonl, json_type
 from rlkd.structure import FIELDS, Decomposition, StepVerdict, StructureResult
 
 _FIELD_TITLES = {"meta": "meta-reasoning", "subproblem": "sub-problem", "answer": "answer"}
@@ -48,7 +50,7 @@ def load_pairs(path: str, judge_name: str = "hybrid") -> list[InspectedPair]:
     """Read scored pairs; records with no verdicts are scored with ``judge_name``."""
     import asyncio
 
-    from rlkd.cli import CliError, decomposition_field, iter_jsonl
+    from rlkd.judges import decomposition_field
     from rlkd.judges import make_judge, score_structure
 
     pairs: list[InspectedPair] = []
@@ -57,17 +59,17 @@ def load_pairs(path: str, judge_name: str = "hybrid") -> list[InspectedPair]:
         where = f"{path}:{number}"
         for name in ("teacher", "student"):
             if name not in obj:
-                raise CliError(f"{where}: missing field '{name}' (inspect needs the teacher and student decompositions)")
+                raise InputError(f"{where}: missing field '{name}' (inspect needs the teacher and student decompositions)")
         teacher, student = decomposition_field(obj, "teacher", where), decomposition_field(obj, "student", where)
         extra = {k: v for k, v in obj.items() if k not in _RESULT_KEYS and k not in ("teacher", "student", "id")}
         if "reward" in obj and "steps" in obj:
             problem = scored_record_problem(obj)
             if problem:
-                raise CliError(f"{where}: not a scored record: {problem}")
+                raise InputError(f"{where}: not a scored record: {problem}")
             try:
                 result = StructureResult.from_dict({**obj, "reward": obj["reward"] if obj["reward"] is not None else 0.0})
             except (KeyError, TypeError, ValueError) as exc:
-                raise CliError(f"{where}: not a scored record ({exc})") from None
+                raise InputError(f"{where}: not a scored record ({exc})") from None
             if obj["reward"] is None:
                 result.reward = None  # type: ignore[assignment]  # unjudged: shown as such, never as 0
         else:
@@ -99,7 +101,6 @@ def scored_record_problem(obj: dict[str, Any]) -> str | None:
     ...                        "matched_prefix": 1, "steps": [{"index": 1, "failures": "x"}]})
     "field 'steps[0].failures' must be an object, got text"
     """
-    from rlkd.cli import json_type
 
     def number(value: Any, optional: bool = False) -> bool:
         return (value is None and optional) or (isinstance(value, _NUMBER) and not isinstance(value, bool)
@@ -314,16 +315,14 @@ def render_html(pairs: Sequence[InspectedPair], title: str = "rlkd structure ins
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from rlkd.cli import CliError
-
     from rlkd.files import OutputLock, atomic_write_text, check_output_path, refuse_foreign_page
 
     for name in ("min_reward", "max_reward"):
         value = getattr(args, name)
         if value is not None and not math.isfinite(value):
-            raise CliError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+            raise InputError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     if args.page < 1 or args.page_size < 1 or args.width < 0:
-        raise CliError("--page and --page-size must be at least 1, --width 0 (detect) or more")
+        raise InputError("--page and --page-size must be at least 1, --width 0 (detect) or more")
     if args.html:  # before reading: a page that is not ours, a folder, a path that cannot be written
         check_output_path(args.html, "--html", same_as=[args.pairs])
         refuse_foreign_page(args.html, (PAGE_MARKER, "<title>rlkd inspect"), "rlkd inspect")
@@ -335,11 +334,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"wrote {len(pairs)} pairs to {args.html}", file=sys.stderr)
         return 0
     if not pairs:
-        raise CliError("no pair matches the selection")
+        raise InputError("no pair matches the selection")
     start = (args.page - 1) * args.page_size
     page = pairs[start:start + args.page_size]
     if not page:
-        raise CliError(f"page {args.page} is empty: {len(pairs)} pairs, {args.page_size} per page")
+        raise InputError(f"page {args.page} is empty: {len(pairs)} pairs, {args.page_size} per page")
     width = args.width or shutil.get_terminal_size((110, 20)).columns
     print("\n\n".join(render_text(p, width) for p in page))
     pages = (len(pairs) + args.page_size - 1) // args.page_size

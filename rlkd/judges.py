@@ -38,8 +38,10 @@ import string
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
+from rlkd.errors import InputError
+from rlkd.files import json_type
 from rlkd.structure import (
     FIELDS,
     Decomposition,
@@ -48,6 +50,7 @@ from rlkd.structure import (
     Step,
     StructureResult,
     Verdict,
+    as_decomposition,
     needed_pairs,
     structure_reward,
 )
@@ -220,6 +223,21 @@ def make_judge(name: str, *, overlap_threshold: float = 0.5, fields: Mapping[Fie
 
 # --------------------------------------------------------------------------------------------------
 # Scoring a pair
+
+
+def decomposition_field(obj: dict[str, Any], name: str, where: str) -> Decomposition:
+    """Field ``name`` of a JSONL record as a Decomposition; InputError naming ``where`` and the field when it is
+    missing or is neither GSRM text nor a decomposition object (a number or null is a broken record)."""
+    if name not in obj:
+        raise InputError(f"{where}: missing field '{name}'")
+    value = obj[name]
+    if not isinstance(value, (str, dict)):  # a number or null is a broken record, not an empty decomposition
+        raise InputError(f"{where}: field '{name}' must be GSRM text or a decomposition object, got "
+                       f"{json_type(value)}")
+    try:
+        return as_decomposition(value)
+    except ValueError as exc:
+        raise InputError(f"{where}: field '{name}': {exc}") from None
 
 
 def _request(teacher: Decomposition, student: Decomposition, f: Field, i: int) -> JudgeRequest:

@@ -751,11 +751,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """``rlkd serve``: check the recipe and the bind address, build the reward, serve until stopped."""
     import uvicorn
 
-    from rlkd.cli import CliError
+    from rlkd.errors import InputError
 
     token = os.environ.get(args.token_env) or None
     if not is_loopback(args.host) and not token:
-        raise CliError(f"refusing to serve on {args.host} without a token: anyone who can reach it could use "
+        raise InputError(f"refusing to serve on {args.host} without a token: anyone who can reach it could use "
                        f"your GSRM. Set the environment variable {args.token_env} (clients send it as "
                        "'Authorization: Bearer TOKEN' or '?token=TOKEN'), or bind 127.0.0.1")
     job = load_serve_job(args.config, args.set)

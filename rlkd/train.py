@@ -42,7 +42,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from rlkd.cli import CliError
+from rlkd.errors import InputError
+from rlkd.files import atomic_write_text
 from rlkd.config import (
     ConfigError,
     GRPOJob,
@@ -135,7 +136,7 @@ def _check_data(check: Preflight, field: str, path: str, split: str, subset: str
         return
     try:
         found = first_columns(path, split, subset) or []
-    except CliError as exc:
+    except InputError as exc:
         check.error(f"{field} = {path}: {exc}")
         return
     options = [list(columns)] if columns else []
@@ -196,9 +197,7 @@ def drop_logs_after(output_dir: str | Path, checkpoint: Path) -> None:
             else:
                 dropped += 1
         if dropped:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            tmp.replace(path)
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
             log.info("%s: dropped %d line(s) logged after %s (those steps run again)", path, dropped, checkpoint.name)
 
 
@@ -363,9 +362,7 @@ def write_run_record(job: SFTJob | GRPOJob, kind: str, resumed_from: Path | None
         "platform": platform.platform(),
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
     })
-    tmp = run_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(run_path)
+    atomic_write_text(run_path, json.dumps(record, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -505,7 +502,7 @@ def _drop_long_prompts(rows: list[dict[str, Any]], tokenizer: Any, limit: int) -
         log.warning("dropped %d of %d prompts longer than training.max_prompt_length=%d tokens",
                     dropped, len(rows), limit)
     if not kept:
-        raise CliError(f"every prompt is longer than training.max_prompt_length={limit} tokens")
+        raise InputError(f"every prompt is longer than training.max_prompt_length={limit} tokens")
     return kept
 
 
@@ -557,9 +554,9 @@ def train_job(job: SFTJob | GRPOJob, argv: Sequence[str] | None = None) -> dict[
 
     The one path from a job to a trained model, for the command and for Python callers (``rlkd demo``):
     validate the job, check the TRL fields and the inputs (:func:`preflight`; a missing or bad input is a
-    :class:`~rlkd.cli.CliError`), record the launch (``argv``, default ``sys.argv``), find the checkpoint to
+    :class:`~rlkd.errors.InputError`), record the launch (``argv``, default ``sys.argv``), find the checkpoint to
     resume from and drop what was logged after it, then train with :func:`run_grpo` or :func:`run_sft`. A
-    backend that failed too often (:class:`~rlkd.backends.TooManyFailures`) ends in a CliError that says
+    backend that failed too often (:class:`~rlkd.backends.TooManyFailures`) ends in a InputError that says
     how to resume.
     """
     from rlkd.backends import TooManyFailures
@@ -570,7 +567,7 @@ def train_job(job: SFTJob | GRPOJob, argv: Sequence[str] | None = None) -> dict[
     trl_config, _ = build_trl_config(job)
     check = preflight(job)
     if check.errors or check.missing:
-        raise CliError("inputs not ready:\n  " + "\n  ".join(check.errors + check.missing))
+        raise InputError("inputs not ready:\n  " + "\n  ".join(check.errors + check.missing))
     resume_from = resume_point(job)
     if is_main_process():
         write_run_record(job, kind, resume_from, argv)
@@ -585,7 +582,7 @@ def train_job(job: SFTJob | GRPOJob, argv: Sequence[str] | None = None) -> dict[
         metrics = run_grpo(job, trl_config, resume_from) if kind == "grpo" else run_sft(job, trl_config, resume_from)
     except TooManyFailures as exc:
         last = last_checkpoint(job.output_dir)
-        raise CliError(f"stopped before training on noise: {exc}. Fix the backend, then run the same command "
+        raise InputError(f"stopped before training on noise: {exc}. Fix the backend, then run the same command "
                        f"again to resume from {last or 'the start'}.") from None
     if is_main_process():
         log.info("done: %s", json.dumps(metrics))
@@ -612,7 +609,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _no_kind(args: argparse.Namespace) -> int:
-    raise CliError("choose a kind: rlkd train sft|grpo ...")
+    raise InputError("choose a kind: rlkd train sft|grpo ...")
 
 
 def add_parser(subparsers) -> None:

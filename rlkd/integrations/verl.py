@@ -117,11 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import pandas as pd
 
-    from rlkd.cli import CliError
+    from rlkd.errors import InputError
 
     try:
         rows = verl_rows(args.config, args.set)
-    except CliError as exc:
+    except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     pd.DataFrame(rows).to_parquet(args.output)
