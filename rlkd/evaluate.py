@@ -36,7 +36,6 @@ no system prompt, temperature 0.6, top_p 0.95, up to 32768 new tokens, n = 64 (A
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -45,14 +44,13 @@ import os
 import random
 import re
 import statistics
-import sys
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from rlkd.errors import InputError
-from rlkd.files import atomic_write_jsonl, atomic_write_text, iter_jsonl, read_text
+from rlkd.files import atomic_write_jsonl, atomic_write_text, iter_jsonl, read_done_ids, read_text
 
 log = logging.getLogger("rlkd.evaluate")
 
@@ -159,30 +157,64 @@ class Problem:
         return hashlib.sha1(self.prompt.encode("utf-8")).hexdigest()[:16]
 
 
+@dataclass
+class EvalJob:
+    """One evaluation run, what ``rlkd eval`` does (:func:`run_eval`); the command line's options have these
+    names and defaults (SPEC section 6), and ``rlkd demo`` builds one directly."""
+
+    model: str
+    benchmark: str
+    data: str | None = None
+    output: str | None = None
+    problem_column: str | None = None
+    answer_column: str | None = None
+    id_column: str | None = None
+    incorrect_columns: str | None = None
+    kind: str = "auto"
+    split: str | None = None
+    n: int | None = None
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 32768
+    limit: int | None = None
+    seed: int = 0
+    shuffle_seed: int = 0
+    system_prompt: str | None = None
+    prompt_template: str | None = None
+    engine: str = "transformers"
+    batch_size: int | None = None
+    device: str | None = None
+    dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    max_model_len: int | None = None
+    grade_timeout: float = 5.0
+    grading: str = "lighteval"
+
+
 def _offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
                for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
-def resolve_benchmark(args: argparse.Namespace) -> tuple[Benchmark, str, str | None, str]:
+def resolve_benchmark(job: EvalJob) -> tuple[Benchmark, str, str | None, str]:
     """The benchmark spec, the source to read (hub name or local path), its subset and split."""
-    name = args.benchmark
+    name = job.benchmark
     if name in BENCHMARKS:
         spec = BENCHMARKS[name]
-        if args.data:
-            return spec, args.data, None, args.split or "train"
+        if job.data:
+            return spec, job.data, None, job.split or "train"
         if _offline():
             raise InputError(
                 f"benchmark {name!r} lives on the Hugging Face hub ({spec.hub_path}"
                 f"{', config ' + spec.subset if spec.subset else ''}) and the hub is offline here "
                 "(HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set). Download it where you have access and pass "
                 f"the local file: rlkd eval --benchmark {name} --data path/to/{name}.jsonl (or .parquet)")
-        return spec, spec.hub_path or name, spec.subset, args.split or spec.split
+        return spec, spec.hub_path or name, spec.subset, job.split or spec.split
     path = Path(name).expanduser()
     if not path.exists():
         raise InputError(f"--benchmark {name!r}: not a built-in benchmark ({', '.join(BENCHMARKS)}) and no such file")
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem) or "custom"
-    return Benchmark(stem, "auto", DEFAULT_CUSTOM_N), str(path), None, args.split or "train"
+    return Benchmark(stem, "auto", DEFAULT_CUSTOM_N), str(path), None, job.split or "train"
 
 
 def _pick_column(columns: Sequence[str], given: str | None, candidates: Sequence[str], what: str, where: str) -> str:
@@ -203,11 +235,11 @@ def _option_text(value: Any, column: str, where: str) -> str:
     return str(value).strip()
 
 
-def load_problems(args: argparse.Namespace) -> tuple[Benchmark, list[Problem]]:
+def load_problems(job: EvalJob) -> tuple[Benchmark, list[Problem]]:
     """Read the benchmark and build the prompts (``--limit`` keeps the first problems)."""
     from rlkd.data import Records
 
-    spec, source, subset, split = resolve_benchmark(args)
+    spec, source, subset, split = resolve_benchmark(job)
     try:
         records = Records(source, split=split, subset=subset)
     except InputError as exc:
@@ -217,8 +249,8 @@ def load_problems(args: argparse.Namespace) -> tuple[Benchmark, list[Problem]]:
         raise
     columns = records.columns()
     where = source
-    kind = args.kind if args.kind != "auto" else spec.kind
-    incorrect = tuple(args.incorrect_columns.split(",")) if args.incorrect_columns else spec.incorrect_columns
+    kind = job.kind if job.kind != "auto" else spec.kind
+    incorrect = tuple(job.incorrect_columns.split(",")) if job.incorrect_columns else spec.incorrect_columns
     if kind == "auto":
         kind = "choice" if all(c in columns for c in GPQA_COLUMNS[2]) or (incorrect and all(
             c in columns for c in incorrect)) else "math"
@@ -229,23 +261,23 @@ def load_problems(args: argparse.Namespace) -> tuple[Benchmark, list[Problem]]:
         if len(incorrect) != 3 or missing:
             raise InputError(f"{where}: a multiple-choice benchmark needs three incorrect-answer columns "
                            f"(--incorrect-columns A,B,C); missing {missing or incorrect}")
-        problem_col = _pick_column(columns, args.problem_column or (spec.problem_column if spec.kind == "choice" else None),
+        problem_col = _pick_column(columns, job.problem_column or (spec.problem_column if spec.kind == "choice" else None),
                                    ["Question", "question", "problem"], "problem column", where)
-        answer_col = _pick_column(columns, args.answer_column or (spec.answer_column if spec.kind == "choice" else None),
+        answer_col = _pick_column(columns, job.answer_column or (spec.answer_column if spec.kind == "choice" else None),
                                   ["Correct Answer", "correct_answer", "answer"], "answer column", where)
     else:
-        problem_col = _pick_column(columns, args.problem_column or (spec.problem_column if spec.kind == "math" else None),
+        problem_col = _pick_column(columns, job.problem_column or (spec.problem_column if spec.kind == "math" else None),
                                    ["problem", "question", "Question", "prompt"], "problem column", where)
-        answer_col = _pick_column(columns, args.answer_column or (spec.answer_column if spec.kind == "math" else None),
+        answer_col = _pick_column(columns, job.answer_column or (spec.answer_column if spec.kind == "math" else None),
                                   ["answer", "Answer", "solution", "gold"], "answer column", where)
-    id_col = args.id_column or next((c for c in (spec.id_column, *_ID_COLUMNS) if c and c in columns), None)
+    id_col = job.id_column or next((c for c in (spec.id_column, *_ID_COLUMNS) if c and c in columns), None)
     if id_col and id_col not in columns:
         raise InputError(f"{where}: no id column {id_col!r}; columns are {', '.join(columns)}")
-    template = _template(args, kind)
+    template = _template(job, kind)
     problems: list[Problem] = []
     seen: set[str] = set()
     for index, row, location in records:
-        if args.limit is not None and len(problems) >= args.limit:
+        if job.limit is not None and len(problems) >= job.limit:
             break
         pid = str(row.get(id_col)) if id_col and row.get(id_col) is not None else str(index)
         if pid in seen:
@@ -261,7 +293,7 @@ def load_problems(args: argparse.Namespace) -> tuple[Benchmark, list[Problem]]:
             texts = [_option_text(gold, answer_col, location)] + [
                 _option_text(row.get(c), c, location) for c in incorrect]
             permutation = list(range(4))
-            random.Random(f"{args.shuffle_seed}:{pid}").shuffle(permutation)
+            random.Random(f"{job.shuffle_seed}:{pid}").shuffle(permutation)
             options = [texts[j] for j in permutation]
             letter = CHOICE_LETTERS[permutation.index(0)]
             body = text.strip() + "\n\n" + "\n".join(f"{L}) {o}" for L, o in zip(CHOICE_LETTERS, options))
@@ -273,12 +305,12 @@ def load_problems(args: argparse.Namespace) -> tuple[Benchmark, list[Problem]]:
     return BENCHMARKS.get(spec.name, Benchmark(spec.name, kind, spec.n)), problems
 
 
-def _template(args: argparse.Namespace, kind: str) -> str:
-    if args.prompt_template:
+def _template(job: EvalJob, kind: str) -> str:
+    if job.prompt_template:
 
-        text = read_text(args.prompt_template)
+        text = read_text(job.prompt_template)
         if "{problem}" not in text:
-            raise InputError(f"{args.prompt_template}: the prompt template must contain {{problem}}")
+            raise InputError(f"{job.prompt_template}: the prompt template must contain {{problem}}")
         return text
     return CHOICE_TEMPLATE if kind == "choice" else MATH_TEMPLATE
 
@@ -289,8 +321,6 @@ def _template(args: argparse.Namespace, kind: str) -> str:
 
 def _read_cache(path: Path) -> dict[tuple[str, int], dict[str, Any]]:
     """Cached generations by (problem id, sample index); a torn last line is cut off the file."""
-    from rlkd.gsrm import read_done_ids
-
     if not path.exists():
         return {}
     read_done_ids(path)  # repairs a torn last line left by a kill (and checks every other line)
@@ -310,16 +340,16 @@ class _TransformersEngine:
     """Generation with transformers through :class:`rlkd.backends.TransformersBackend` (chat template,
     left padding, batches); one request per sample so each sample has its own token count."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, job: EvalJob):
         from rlkd.backends import TransformersBackend
 
         try:
-            self.backend = TransformersBackend(args.model, batch_size=args.batch_size or 8,
-                                               device=args.device, dtype=args.dtype)
+            self.backend = TransformersBackend(job.model, batch_size=job.batch_size or 8,
+                                               device=job.device, dtype=job.dtype)
         except OSError as exc:
-            raise InputError(f"cannot load model {args.model!r}: {exc}") from None
+            raise InputError(f"cannot load model {job.model!r}: {exc}") from None
         self.batch_size = self.backend.batch_size
-        self.args = args
+        self.args = job
 
     def generate(self, batch: list[tuple[Problem, int]]) -> list[dict[str, Any]]:
         from rlkd.backends import GenerationRequest
@@ -341,7 +371,7 @@ class _TransformersEngine:
 class _VllmEngine:
     """Generation with vLLM's offline ``LLM`` (imported only when chosen), seeded per sample."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, job: EvalJob):
         try:
             import vllm
         except ImportError:
@@ -351,17 +381,17 @@ class _VllmEngine:
 
         self.vllm = vllm
         try:
-            model = resolve_model(args.model)  # a .gguf file: its converted folder
+            model = resolve_model(job.model)  # a .gguf file: its converted folder
         except ModelFileError as exc:
-            raise InputError(f"cannot load model {args.model!r}: {exc}") from None
-        kwargs: dict[str, Any] = {"model": model, "seed": args.seed, "dtype": args.dtype,
-                                  "tensor_parallel_size": args.tensor_parallel_size}
-        if args.max_model_len:
-            kwargs["max_model_len"] = args.max_model_len
+            raise InputError(f"cannot load model {job.model!r}: {exc}") from None
+        kwargs: dict[str, Any] = {"model": model, "seed": job.seed, "dtype": job.dtype,
+                                  "tensor_parallel_size": job.tensor_parallel_size}
+        if job.max_model_len:
+            kwargs["max_model_len"] = job.max_model_len
         self.llm = vllm.LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
-        self.batch_size = args.batch_size or 512
-        self.args = args
+        self.batch_size = job.batch_size or 512
+        self.args = job
 
     def generate(self, batch: list[tuple[Problem, int]]) -> list[dict[str, Any]]:
         a = self.args
@@ -380,12 +410,12 @@ class _VllmEngine:
         return out
 
 
-def _messages(args: argparse.Namespace, problem: Problem) -> list[dict[str, str]]:
-    messages = [{"role": "system", "content": args.system_prompt}] if args.system_prompt else []
+def _messages(job: EvalJob, problem: Problem) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": job.system_prompt}] if job.system_prompt else []
     return messages + [{"role": "user", "content": problem.prompt}]
 
 
-def generate_missing(args: argparse.Namespace, problems: list[Problem], n: int, out_dir: Path) -> dict[str, int]:
+def generate_missing(job: EvalJob, problems: list[Problem], n: int, out_dir: Path) -> dict[str, int]:
     """Generate every (problem, sample) not yet in ``generations.jsonl``, appending as batches finish."""
     from tqdm.auto import tqdm
 
@@ -404,10 +434,10 @@ def generate_missing(args: argparse.Namespace, problems: list[Problem], n: int, 
         log.warning("%d cached generations were made for a different prompt; generating them again", stale)
     if not todo:
         return counts
-    engine = _VllmEngine(args) if args.engine == "vllm" else _TransformersEngine(args)
+    engine = _VllmEngine(job) if job.engine == "vllm" else _TransformersEngine(job)
     failures: list[str] = []
     with open(path, "a", encoding="utf-8") as handle, \
-            tqdm(total=len(todo), desc=f"generating ({args.engine})", unit="sample", dynamic_ncols=True) as bar:
+            tqdm(total=len(todo), desc=f"generating ({job.engine})", unit="sample", dynamic_ncols=True) as bar:
         for start in range(0, len(todo), engine.batch_size):
             batch = todo[start:start + engine.batch_size]
             for (p, s), result in zip(batch, engine.generate(batch)):
@@ -581,29 +611,29 @@ def default_output(model: str, benchmark: str) -> Path:
     return Path("eval_results") / f"{bench}__{model_name}"
 
 
-def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+def run_eval(job: EvalJob) -> dict[str, Any]:
     """Generate what is missing, grade, and write samples, problems, summary and plot; the summary."""
     from rlkd.answers import STATS
 
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
+    if job.temperature < 0 or not 0 < job.top_p <= 1:
         raise InputError("--temperature must be >= 0 and --top-p in (0, 1]")
-    if args.max_new_tokens < 1 or (args.n is not None and args.n < 1) or (args.limit is not None and args.limit < 1):
+    if job.max_new_tokens < 1 or (job.n is not None and job.n < 1) or (job.limit is not None and job.limit < 1):
         raise InputError("--max-new-tokens, --n and --limit must be at least 1")
-    spec, problems = load_problems(args)
-    n = args.n or spec.n
-    if args.temperature == 0 and n > 1:
+    spec, problems = load_problems(job)
+    n = job.n or spec.n
+    if job.temperature == 0 and n > 1:
         log.warning("temperature 0 is greedy: the %d samples per problem will be identical", n)
-    out_dir = Path(args.output) if args.output else default_output(args.model, args.benchmark)
+    out_dir = Path(job.output) if job.output else default_output(job.model, job.benchmark)
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = {k: getattr(args, k) for k in
+    settings = {k: getattr(job, k) for k in
                 ("model", "benchmark", "data", "temperature", "top_p", "max_new_tokens", "system_prompt", "seed",
                  "shuffle_seed", "engine", "batch_size", "limit", "prompt_template", "grading")}
     settings["n"] = n
     _check_settings(out_dir, settings)
-    counts = generate_missing(args, problems, n, out_dir)
+    counts = generate_missing(job, problems, n, out_dir)
     stats_before = dict(STATS)
     cache = _read_cache(out_dir / "generations.jsonl")
-    records = grade_samples(problems, cache, n, args.grade_timeout, args.grading)
+    records = grade_samples(problems, cache, n, job.grade_timeout, job.grading)
     _write_jsonl(out_dir / "samples.jsonl", records)
     correct: dict[str, list[bool | None]] = {}
     for r in records:
@@ -611,33 +641,13 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     _write_jsonl(out_dir / "problems.jsonl", (
         {**asdict(p), "n": len(correct.get(p.id, [])), "correct": sum(bool(c) for c in correct.get(p.id, []))}
         for p in problems))
-    summary = {"benchmark": spec.name, "model": args.model, "kind": problems[0].kind, **summarize(problems, records),
+    summary = {"benchmark": spec.name, "model": job.model, "kind": problems[0].kind, **summarize(problems, records),
                "generation": counts, "grading": {k: STATS[k] - stats_before.get(k, 0) for k in STATS},
                "settings": settings}
     _write_json(out_dir / "summary.json", summary)
-    plot_pass_at_k([(Path(args.model.rstrip("/")).name or args.model, summary)], out_dir / "pass_at_k.png",
+    plot_pass_at_k([(Path(job.model.rstrip("/")).name or job.model, summary)], out_dir / "pass_at_k.png",
                    f"{spec.name}: pass@k")
     return summary | {"output": str(out_dir)}
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    if args.compare:
-        if args.model or args.benchmark:
-            raise InputError("--compare takes result folders; leave out --model and --benchmark")
-        print(compare_runs(args.compare, Path(args.output) if args.output else Path("eval_results") / "compare"))
-        return 0
-    if not args.model or not args.benchmark:
-        raise InputError("give --model and --benchmark (or --compare DIR ...)")
-    summary = run_eval(args)
-    print(format_summary(summary))
-    gen = summary["generation"]
-    print(f"  generated {gen['generated']} samples, reused {gen['reused']} from the cache, failed {gen['failed']}; "
-          f"results in {summary['output']}")
-    if summary["missing_problems"] or gen["failed"]:
-        print("  some samples are missing (failed generations): run the same command again to fill them in",
-              file=sys.stderr)
-        return 1
-    return 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -671,81 +681,3 @@ def compare_runs(dirs: Sequence[str], out_dir: Path) -> str:
     benchmarks = sorted({s.get("benchmark", "?") for _, s in runs})
     plot_pass_at_k(runs, out_dir / "compare_pass_at_k.png", f"{', '.join(benchmarks)}: pass@k")
     return table + f"\n\nwritten: {out_dir / 'compare.md'}, {out_dir / 'compare_pass_at_k.png'}"
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_grading_argument(parser) -> None:
-    """``--grading``, shared by ``rlkd eval`` and ``rlkd grade``."""
-    parser.add_argument("--grading", choices=["lighteval", "reward"], default="lighteval",
-                        help="how answers are extracted and compared. lighteval (default): lighteval 0.9.0's "
-                             "protocol, as the authors and open-r1 evaluated (math: math-verify reads the whole "
-                             "reply and the gold with lighteval's extraction rules; GPQA: lighteval's letter "
-                             "rules). reward: the training accuracy reward's grader (right-most \\boxed{}, then "
-                             "an <answer> block, then an 'answer is' phrase; GPQA: a letter cue, decisive ones "
-                             "first). See rlkd/answers.py for every difference")
-
-
-def add_parser(subparsers) -> None:
-    """Register ``rlkd eval``."""
-    p = subparsers.add_parser(
-        "eval",
-        help="pass@1 / pass@k of a model on AIME24, MATH-500, GPQA-Diamond or a local benchmark file",
-        description="Sample n completions per problem (chat template, no system prompt, temperature 0.6, "
-        "top_p 0.95: SPEC section 6), grade them with the training reward's grader, and report pass@1 with n "
-        "beside it, pass@k for k = 1, 2, 4, ... n, and the mean completion length. Generations are cached in "
-        "the output folder: re-running the same command resumes where it stopped. With --compare, put "
-        "several result folders side by side.",
-    )
-    p.add_argument("--model", help="model to evaluate: a hub name, a local folder or a .gguf file")
-    p.add_argument("--benchmark",
-                   help=f"built-in benchmark ({', '.join(BENCHMARKS)}; read from the hub, or from --data) or "
-                        "a local .jsonl/.json/.parquet file with problem and answer columns (GPQA-style files: "
-                        "question, correct answer and three incorrect answers)")
-    p.add_argument("--data", metavar="FILE", help="local copy of a built-in benchmark (same columns as on the hub)")
-    p.add_argument("--output", metavar="DIR",
-                   help="output folder (default eval_results/<benchmark>__<model>; with --compare, "
-                        "eval_results/compare)")
-    p.add_argument("--compare", nargs="+", metavar="DIR", help="compare finished result folders instead of evaluating")
-    g = p.add_argument_group("benchmark file columns (guessed when not given)")
-    g.add_argument("--problem-column", help="column holding the problem text (e.g. problem, question, Question)")
-    g.add_argument("--answer-column", help="column holding the answer (for multiple choice: the correct option's text)")
-    g.add_argument("--id-column", help="column holding a unique problem id (default: the benchmark's, else the row number)")
-    g.add_argument("--incorrect-columns", metavar="A,B,C",
-                   help="multiple choice: the three columns holding the wrong options "
-                        "(default 'Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3')")
-    g.add_argument("--kind", choices=["auto", "math", "choice"], default="auto",
-                   help="math (math-verify) or choice (four options, letter extracted); auto: choice when the "
-                        "incorrect-answer columns exist (default %(default)s)")
-    g.add_argument("--split", help="split to read (default: the benchmark's; train for files)")
-    s = p.add_argument_group("sampling (defaults: SPEC section 6)")
-    s.add_argument("--n", type=int, help="samples per problem (default 64 aime24, 4 math500, 8 gpqa_diamond, "
-                                         f"{DEFAULT_CUSTOM_N} for files)")
-    s.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default %(default)s)")
-    s.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling top_p (default %(default)s)")
-    s.add_argument("--max-new-tokens", type=int, default=32768, help="tokens per completion at most (default %(default)s)")
-    s.add_argument("--limit", type=int, help="evaluate only the first N problems")
-    s.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
-    s.add_argument("--shuffle-seed", type=int, default=0,
-                   help="seed of the per-question option shuffle for multiple choice (default %(default)s)")
-    s.add_argument("--system-prompt", help="system message (default: none, as the protocol says)")
-    s.add_argument("--prompt-template", metavar="FILE",
-                   help="user message template containing {problem} (default: our instruction asking for a "
-                        "\\boxed{} final answer, or 'Answer: LETTER' for multiple choice)")
-    e = p.add_argument_group("engine")
-    e.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
-                   help="transformers generate (CPU or GPU) or vLLM's offline engine if installed (default %(default)s)")
-    e.add_argument("--batch-size", type=int,
-                   help="sequences per generate call (default 8 for transformers, 512 for vLLM); the cache "
-                        "is written after each batch")
-    e.add_argument("--device", help="transformers: cpu, cuda, cuda:1 ... (default: cuda if available)")
-    e.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights dtype (default %(default)s)")
-    e.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM: GPUs per model (default %(default)s)")
-    e.add_argument("--max-model-len", type=int, help="vLLM: context length (default: the model's)")
-    e.add_argument("--grade-timeout", type=float, default=5.0,
-                   help="seconds math-verify may spend on one answer before it counts as wrong (default %(default)s)")
-    add_grading_argument(e)
-    p.set_defaults(func=cmd_eval)

@@ -56,7 +56,6 @@ How this departs from the paper (and why):
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -72,6 +71,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from rlkd.errors import InputError
+from rlkd.evaluate import EvalJob, run_eval
 from rlkd.files import atomic_write_jsonl, atomic_write_text, iter_jsonl
 from rlkd.config import (
     ConfigError,
@@ -649,29 +649,22 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def eval_arguments(model_dir: Path, benchmark: Path, output: Path, *, n: int, max_tokens: int, temperature: float,
-                   top_p: float, seed: int, batch_size: int, system_prompt: str | None) -> argparse.Namespace:
-    """The ``rlkd eval`` options for one model on one testbed split, parsed by ``rlkd eval``'s own parser.
+def eval_job(model_dir: Path, benchmark: Path, output: Path, *, n: int, max_tokens: int, temperature: float,
+             top_p: float, seed: int, batch_size: int, system_prompt: str | None) -> EvalJob:
+    """The :class:`~rlkd.evaluate.EvalJob` of one model on one testbed split (what ``rlkd eval`` would run).
 
     The user message is the bare problem (the prompt template is ``{problem}``), as in training. Grading
-    is the training ``accuracy`` reward's (``--grading reward``: the answer in ``\\boxed{}`` of the answer
+    is the training ``accuracy`` reward's (``grading="reward"``: the answer in ``\\boxed{}`` of the answer
     block), so that a student is scored by the rule it was trained on; lighteval's whole-reply fallback
     would also credit a trace that only states the value in passing.
     """
-    from rlkd.evaluate import add_parser as add_eval_parser
-
     template = output / "prompt_template.txt"
     template.parent.mkdir(parents=True, exist_ok=True)
     template.write_text("{problem}", encoding="utf-8")
-    parser = argparse.ArgumentParser(prog="rlkd")
-    add_eval_parser(parser.add_subparsers(dest="command"))
-    argv = ["eval", "--model", str(model_dir), "--benchmark", str(benchmark), "--output", str(output),
-            "--id-column", "id", "--kind", "math", "--n", str(n), "--max-new-tokens", str(max_tokens),
-            "--temperature", str(temperature), "--top-p", str(top_p), "--seed", str(seed),
-            "--batch-size", str(batch_size), "--prompt-template", str(template), "--grading", "reward"]
-    if system_prompt:
-        argv += ["--system-prompt", system_prompt]
-    return parser.parse_args(argv)
+    return EvalJob(model=str(model_dir), benchmark=str(benchmark), output=str(output), id_column="id", kind="math",
+                   n=n, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                   batch_size=batch_size, prompt_template=str(template), grading="reward",
+                   system_prompt=system_prompt or None)
 
 
 def evaluate_model(model_dir: Path, tasks: Sequence[Any], benchmark: Path, output: Path, *, n: int,
@@ -681,13 +674,11 @@ def evaluate_model(model_dir: Path, tasks: Sequence[Any], benchmark: Path, outpu
     grading by :mod:`rlkd.answers`, pass@k), then add what the testbed can measure exactly: the share of
     well-formatted completions and the structure alignment of each completion (rule-decomposed) with the
     task's oracle decomposition."""
-    from rlkd.evaluate import run_eval
     from rlkd.rewards import format_reward
     from rlkd.testbed import alignment, rule_decompose
 
-    args = eval_arguments(model_dir, benchmark, output, n=n, max_tokens=max_tokens, temperature=temperature,
-                          top_p=top_p, seed=seed, batch_size=batch_size, system_prompt=system_prompt)
-    summary = run_eval(args)
+    summary = run_eval(eval_job(model_dir, benchmark, output, n=n, max_tokens=max_tokens, temperature=temperature,
+                                top_p=top_p, seed=seed, batch_size=batch_size, system_prompt=system_prompt))
     if summary["missing_problems"] or summary["generation"]["failed"]:
         raise InputError(f"{output}: {summary['generation']['failed']} generations failed; run again to resume")
     by_id = {t.id: t for t in tasks}
@@ -1314,81 +1305,3 @@ def stage_times(stages: Mapping[str, Mapping[str, Any]]) -> str:
         totals[kind] = totals.get(kind, 0.0) + float(record.get("seconds", 0.0))
     text = "stage times: " + ", ".join(f"{kind} {seconds:.0f} s" for kind, seconds in totals.items())
     return text + (f" ({skipped} stages done before, skipped)" if skipped else "")
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """``rlkd demo``: run the experiment (or only re-render its report) and print the results table."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("WANDB_DISABLED", "true")
-    config = args.config
-    if config is None and DEFAULT_CONFIG.is_file():
-        config = str(DEFAULT_CONFIG)
-    overrides = list(args.set)
-    if args.output:
-        overrides.append(f"output={args.output}")
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise InputError(f"--seeds: must be >= 1, got {args.seeds}")
-        overrides.append(f"seeds={list(range(args.seeds))}")
-    job = load_demo_job(config, overrides)
-    root = Path(job.output)
-    if args.build_base:
-        card = build_base(job)
-        last = card["final_probe"]
-        print(f"base student: {job.base.path} ({card['parameters']:,} parameters, built in "
-              f"{_clock(card['build_wall_s'])}); held-out look-ups: {last['lines_right']:.1%} of computation "
-              f"sentences right, {last['tasks_right']:.1%} of problems all right")
-        for row in card["probes"]:
-            forced = "  ".join(f"{k} {v:.0%}" for k, v in row["teacher_forced"].items())
-            print(f"  step {row['step']:>5}  wall {_clock(row['wall_s']):>7}  sentences right "
-                  f"{row['lines_right']:.1%}  problems right {row['tasks_right']:.1%}  teacher-forced: {forced}")
-        return 0
-    if args.report_only:
-        path = root / RESULTS_FILE
-        if not path.exists():
-            raise InputError(f"{path}: no results to report (run rlkd demo first)")
-        from rlkd.report import write_report
-
-        results = json.loads(path.read_text(encoding="utf-8"))
-        paths = write_report(results, root / "report")
-    else:
-        log.info("rlkd demo: %s -> %s (seeds %s, methods %s)", config or "built-in defaults", root, job.seeds,
-                 ", ".join(job.methods))
-        results = Experiment(job, fresh=args.fresh).run()
-        paths = {"markdown": root / "report" / "report.md", "html": root / "report" / "report.html"}
-    from rlkd.report import comparisons_text, console_table
-
-    print()
-    print(console_table(results))
-    print()
-    print(comparisons_text(results))
-    print()
-    print(stage_times(results.get("stages", {})))
-    print(f"wall time: {_clock(results.get('wall_time_s', 0))}")
-    print(f"report: {paths['markdown']}  (HTML: {paths['html']})")
-    return 0
-
-
-def add_parser(subparsers) -> None:
-    """Register ``rlkd demo``."""
-    p = subparsers.add_parser(
-        "demo", help="the RLKD experiment in miniature on the synthetic testbed, end to end (CPU, minutes)",
-        description="Generate testbed tasks, build tiny models, train a GSRM, train SFT / SFT+GRPO / SFT+RLKD / "
-        "RLKD-zero students over several seeds, evaluate them on in- and out-of-distribution tests, and write "
-        "a markdown + HTML report with plots. Re-running resumes: finished stages are skipped.",
-    )
-    p.add_argument("--config", metavar="RECIPE.yaml",
-                   help=f"demo recipe (default {DEFAULT_CONFIG} when it exists, else the built-in defaults; "
-                        "configs/demo/full.yaml is the larger run)")
-    p.add_argument("--output", metavar="DIR", help=f"run folder (default: the recipe's output, {DEFAULT_OUTPUT})")
-    p.add_argument("--seeds", type=int, metavar="N", help="number of seeds (0..N-1) instead of the recipe's list")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one recipe field, e.g. --set rl.max_steps=20 (repeatable; value read as YAML)")
-    p.add_argument("--fresh", action="store_true", help="delete the run folder first instead of resuming")
-    p.add_argument("--build-base", action="store_true",
-                   help="(re)build the base student at base.path instead of running the demo: pretrain it on the "
-                        "testbed's problem language with rlkd train sft (resumes after an interruption), probe "
-                        "every checkpoint's look-ups, write base_card.json")
-    p.add_argument("--report-only", action="store_true",
-                   help="only re-render the report from the run folder's results.json")
-    p.set_defaults(func=cmd_demo)

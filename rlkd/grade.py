@@ -24,7 +24,6 @@ an earlier output at that path survives any failure.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any
@@ -72,24 +71,27 @@ def read_completions(path: str, kind: str) -> list[tuple[dict[str, Any], list[st
     return rows
 
 
-def regrade(args: argparse.Namespace) -> dict[str, Any]:
-    """Grade every completion of ``args.input`` and write ``args.output``; the summary."""
+def regrade(input_path: str, output_path: str, benchmark: str, grading: str = "lighteval", timeout: float = 5.0,
+            progress: bool = False) -> dict[str, Any]:
+    """Grade every completion of the JSONL ``input_path`` under the rules of ``benchmark`` (a key of
+    :data:`BENCHMARK_KINDS`) and the ``grading`` protocol, and write ``output_path``; the summary. ``timeout``
+    bounds math-verify on one completion; ``progress`` shows a progress bar."""
     from rlkd.answers import STATS, grade_all
     from rlkd.evaluate import Problem, _write_jsonl, summarize
 
-    kind = BENCHMARK_KINDS[args.benchmark]
-    if args.timeout <= 0:
+    kind = BENCHMARK_KINDS[benchmark]
+    if timeout <= 0:
         raise InputError("--timeout must be positive")
-    output = Path(args.output)
-    if output.resolve() == Path(args.input).resolve():
-        raise InputError(f"--output {args.output} is the input file: write the grades to another file")
+    output_name, output = str(output_path), Path(output_path)
+    if output.resolve() == Path(input_path).resolve():
+        raise InputError(f"--output {output_name} is the input file: write the grades to another file")
     if not output.parent.is_dir():
-        raise InputError(f"--output {args.output}: no such folder {output.parent}")
-    rows = read_completions(args.input, kind)
+        raise InputError(f"--output {output_name}: no such folder {output.parent}")
+    rows = read_completions(input_path, kind)
     stats_before = dict(STATS)
     items = [(text, obj["answer"]) for obj, texts in rows for text in texts]
-    grades = iter(grade_all(items, kind=kind, protocol=args.grading, timeout_s=args.timeout,
-                            progress="grading" if args.progress else None))
+    grades = iter(grade_all(items, kind=kind, protocol=grading, timeout_s=timeout,
+                            progress="grading" if progress else None))
     problems, records, out_rows = [], [], []
     for obj, texts in rows:
         pid = str(obj["id"])
@@ -103,7 +105,7 @@ def regrade(args: argparse.Namespace) -> dict[str, Any]:
                          "extracted": gs[0].answer if single else [g.answer for g in gs],
                          "reason": gs[0].reason if single else [g.reason for g in gs]})
     _write_jsonl(output, out_rows)
-    summary = {"benchmark": args.benchmark, "model": f"graded from {args.input}", "grading_protocol": args.grading,
+    summary = {"benchmark": benchmark, "model": f"graded from {input_path}", "grading_protocol": grading,
                **summarize(problems, records), "grading": {k: STATS[k] - stats_before.get(k, 0) for k in STATS}}
     return summary
 
@@ -126,37 +128,3 @@ def format_grade_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  math-verify: {grading['timeouts']} timeouts, {grading['errors']} errors, "
                      f"{grading['gold_unparsable']} unreadable gold answers")
     return "\n".join(lines)
-
-
-def cmd_grade(args: argparse.Namespace) -> int:
-    summary = regrade(args)
-    print(format_grade_summary(summary))
-    print(f"  grades written to {args.output}")
-    return 0
-
-
-def add_parser(subparsers) -> None:
-    """Register ``rlkd grade``."""
-    from rlkd.evaluate import add_grading_argument
-
-    p = subparsers.add_parser(
-        "grade",
-        help="regrade completions from any harness (vLLM, lighteval, your script) and print pass@1 / pass@k",
-        description="Grade existing completions with the code rlkd eval grades with. Each input line has "
-        "'id', 'completion' (a string) or 'completions' (a list: the n samples of the problem), and 'answer' "
-        "(the gold: the answer or a worked solution for math, the correct letter for gpqa_diamond). Each "
-        "output line is the input line plus 'correct' (a bool, or a list), 'extracted' (the answer(s) read "
-        "from the completion(s)) and 'reason'. Prints pass@1 with n beside it and pass@k.",
-    )
-    p.add_argument("--input", required=True, metavar="FILE.jsonl", help="completions to grade (JSON lines)")
-    p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARK_KINDS),
-                   help="which benchmark's grading rules apply: math500 and aime24 are math (math-verify), "
-                        "gpqa_diamond is four-choice (a letter A-D)")
-    p.add_argument("--output", required=True, metavar="OUT.jsonl",
-                   help="where the graded lines go (written in one step at the end; not the input file)")
-    add_grading_argument(p)
-    p.add_argument("--timeout", type=float, default=5.0,
-                   help="seconds math-verify may spend on one completion before it counts as wrong "
-                        "(default %(default)s)")
-    p.add_argument("--progress", action="store_true", help="show a progress bar while grading")
-    p.set_defaults(func=cmd_grade)

@@ -39,12 +39,10 @@ How this departs from the authors' code:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import re
-import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -478,7 +476,30 @@ def _batched(items: Iterable[WorkItem], size: int) -> Iterator[list[WorkItem]]:
 
 
 # --------------------------------------------------------------------------------------------------
-# rlkd decompose
+# rlkd decompose (the job; its options: rlkd.cli.decompose)
+
+
+@dataclass
+class DecomposeJob:
+    """What ``rlkd decompose`` does, as a library call (:func:`decompose_file`): decompose each line of the
+    JSONL ``input`` into ``output`` (appended to; ids already there are skipped, so a rerun resumes).
+    The command line's options have these names and defaults."""
+
+    input: str
+    output: str
+    domain: str = "math"
+    domain_column: str | None = None
+    prompt_file: str | None = None
+    zero_shot: bool = False
+    problem_column: str = "problem"
+    reasoning_column: str = "reasoning"
+    id_column: str | None = "id"
+    batch_size: int = 64
+    max_trace_chars: int = DEFAULT_MAX_TRACE_CHARS
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_failure_share: float = 0.2
+    min_failures: int = 10
+    retry_no_steps: bool = False
 
 
 def _count_lines(path: str) -> int:
@@ -486,7 +507,7 @@ def _count_lines(path: str) -> int:
         return sum(1 for line in handle if line.strip())
 
 
-def _work_items(args: argparse.Namespace, done: set[str], counts: dict[str, int]) -> Iterator[WorkItem]:
+def _work_items(args: DecomposeJob, done: set[str], counts: dict[str, int]) -> Iterator[WorkItem]:
     """Input lines still to do; checks columns and duplicate ids on the way."""
     seen: set[str] = set()
     for number, obj in iter_jsonl(args.input):
@@ -510,8 +531,8 @@ def _work_items(args: argparse.Namespace, done: set[str], counts: dict[str, int]
                        obj.get(args.domain_column) if args.domain_column else None)
 
 
-def _check_args(args: argparse.Namespace) -> str:
-    """Validate ``rlkd decompose`` options; returns the prompt (domain name or file)."""
+def check_decompose_job(args: DecomposeJob) -> str:
+    """Validate a :class:`DecomposeJob` (an InputError names the option); returns the prompt (domain name or file)."""
     if args.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     if not 0.0 <= args.max_failure_share <= 1.0:
@@ -539,7 +560,7 @@ def _check_args(args: argparse.Namespace) -> str:
     return prompt
 
 
-def decompose_file(args: argparse.Namespace, backend) -> dict[str, int]:
+def decompose_file(args: DecomposeJob, backend) -> dict[str, int]:
     """The work of ``rlkd decompose`` with a given backend (closed at the end); returns counts by status.
 
     Input lines whose id is already in the output are skipped; each batch's records are appended and
@@ -549,7 +570,7 @@ def decompose_file(args: argparse.Namespace, backend) -> dict[str, int]:
     """
     from rlkd.files import OutputLock
 
-    prompt = _check_args(args)
+    prompt = check_decompose_job(args)
     output = Path(args.output)
     with OutputLock(output):  # a second writer of this output is refused, not interleaved
         return _decompose_locked(args, backend, prompt, output)
@@ -570,12 +591,12 @@ def _drop_no_steps(output: Path) -> int:
     return dropped
 
 
-def _decompose_locked(args: argparse.Namespace, backend, prompt: str, output: Path) -> dict[str, int]:
+def _decompose_locked(args: DecomposeJob, backend, prompt: str, output: Path) -> dict[str, int]:
     from rlkd.backends import FailureBudget
 
     earlier: dict[str, int] = {}
     done = read_done_ids(output, fields={str(output): ("status", "structure")}, statuses=earlier)
-    if getattr(args, "retry_no_steps", False) and earlier.get("no_steps"):
+    if args.retry_no_steps and earlier.get("no_steps"):
         dropped = _drop_no_steps(output)
         log.info("%s: asking again for the %d traces whose reply had no steps", output, dropped)
         earlier = {}
@@ -601,86 +622,3 @@ def _decompose_locked(args: argparse.Namespace, backend, prompt: str, output: Pa
     counts["ok_in_output"] = earlier.get("ok", 0) + counts["ok"]
     counts["records_in_output"] = sum(earlier.values()) + counts["ok"] + counts["no_steps"]
     return counts
-
-
-def cmd_decompose(args: argparse.Namespace) -> int:
-    """``rlkd decompose``: exit status 0, or 1 when some backend calls failed (run again to retry); 2 when
-    failures passed the share, or when the output holds records but none with steps."""
-    from rlkd.backends import backend_from_args
-    _check_args(args)
-    if args.no_cache:
-        args.cache = None
-    elif not args.cache:
-        args.cache = str(args.output) + ".cache.sqlite"
-    backend = backend_from_args(args)
-    try:
-        counts = decompose_file(args, backend)
-    finally:
-        backend.log_stats()
-    print(f"{args.output}: {counts['ok']} traces with steps, {counts['no_steps']} without (see 'reason'), "
-          f"{counts['truncated']} truncated, {counts['skipped']} already done, {counts['error']} backend "
-          "failures (not written; run again to retry them)", file=sys.stderr)
-    records, without = counts["records_in_output"], counts["records_in_output"] - counts["ok_in_output"]
-    if records and without / records > args.max_failure_share and not counts["error"]:
-        # the budget over the whole output: a rerun that had nothing left to send must not look like success
-        raise InputError(f"{args.output}: {without} of its {records} records have no steps ({without / records:.1%} > "
-                       f"{args.max_failure_share:.1%} allowed; see their 'reason'); running the same command again "
-                       "does not ask again for lines already written: fix the prompt or the GSRM, then run again "
-                       "with --retry-no-steps")
-    return 1 if counts["error"] else 0
-
-
-def add_parser(subparsers) -> None:
-    """Register ``rlkd decompose``."""
-    try:
-        from rlkd.backends import add_backend_arguments
-    except ImportError:
-        from rlkd.backends import add_backend_arguments
-
-    p = subparsers.add_parser(
-        "decompose",
-        help="rewrite reasoning traces into structure steps with a GSRM (resumable)",
-        description="Decompose each input line's problem + reasoning (the text before </think>) into "
-        "meta-reasoning / sub-problem / answer steps with a GSRM served by an OpenAI-compatible server "
-        "(or --local-model). Writes one line per input line: id, status (ok or no_steps), reason, "
-        "structure, raw GSRM text, truncated. Lines whose id is already in the output are skipped, so "
-        "running the same command again resumes an interrupted run; backend failures are not written "
-        "and are retried by the next run.",
-    )
-    p.add_argument("--input", required=True, metavar="IN.jsonl", help="input JSONL file")
-    p.add_argument("--output", required=True, metavar="OUT.jsonl", help="output JSONL file (appended to)")
-    p.add_argument("--domain", default="math", choices=DOMAINS, help="prompt domain (default %(default)s)")
-    p.add_argument("--domain-column", default=None, metavar="COL",
-                   help="take each line's domain from this column instead (lines without it use --domain)")
-    p.add_argument("--prompt-file", default=None, metavar="FILE",
-                   help="use this prompt file instead of the packaged one for --domain "
-                        "(format: see rlkd/prompts/gsrm_math.txt)")
-    p.add_argument("--zero-shot", action="store_true",
-                   help="drop the worked example from the prompt (for a GSRM fine-tuned on the instruction)")
-    p.add_argument("--problem-column", default="problem", metavar="COL", help="default %(default)s")
-    p.add_argument("--reasoning-column", default="reasoning", metavar="COL",
-                   help="the trace; only the text before </think> is used (default %(default)s)")
-    p.add_argument("--id-column", default="id", metavar="COL",
-                   help="id column (default %(default)s); lines without it get their line number")
-    p.add_argument("--batch-size", type=int, default=64,
-                   help="lines sent together and written when all are back; keep it a few times "
-                        "--concurrency (default %(default)s)")
-    p.add_argument("--max-trace-chars", type=int, default=DEFAULT_MAX_TRACE_CHARS,
-                   help="longer traces keep their first 2/3 and last 1/3 of this many characters, with "
-                        "a marker between (default %(default)s; 0 = never cut)")
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
-                   help="most tokens the GSRM may write per trace (default %(default)s)")
-    p.add_argument("--max-failure-share", type=float, default=0.2,
-                   help="stop when more than this share of lines failed (backend error or no steps), checked "
-                        "once --min-failures lines were sent and again at the end (default %(default)s)")
-    p.add_argument("--min-failures", type=int, default=10,
-                   help="lines sent before the failure share is first checked (the name is historical: it "
-                        "counts lines, failed or not; default %(default)s)")
-    add_backend_arguments(p)
-    p.add_argument("--retry-no-steps", action="store_true",
-                   help="first remove the output's records whose GSRM reply had no steps (the file is rewritten "
-                        "at once), so this run asks again for them, e.g. after fixing the prompt (an unchanged "
-                        "prompt and model answer again from the cache, the same way)")
-    p.add_argument("--no-cache", action="store_true",
-                   help="do not use the request cache (by default OUT.jsonl.cache.sqlite, or --cache DB)")
-    p.set_defaults(func=cmd_decompose)

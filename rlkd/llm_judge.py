@@ -32,7 +32,6 @@ How this departs from the authors' code:
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from functools import lru_cache
@@ -224,13 +223,3 @@ class LLMJudge(Judge):
     def stats(self) -> dict[str, int]:
         """The judge's counters, for logs."""
         return {"calls": self.calls, "verdicts": self.verdicts, "failures": self.failures}
-
-
-def judge_from_args(args: argparse.Namespace) -> LLMJudge:
-    """The LLM judge of ``--judge llm`` (or a hybrid LLM field) over the backend options of the command.
-
-    Reads ``--judge-batched`` when the command defines it (default: one request per pair).
-    """
-    from rlkd.backends import backend_from_args
-
-    return LLMJudge(backend_from_args(args), batched=bool(getattr(args, "judge_batched", False)))

@@ -1,4 +1,4 @@
-"""Training: ``rlkd train sft`` and ``rlkd train grpo`` on Hugging Face TRL.
+"""Training: the work of ``rlkd train sft`` and ``rlkd train grpo`` on Hugging Face TRL (options: :mod:`rlkd.cli.train`).
 
 - ``rlkd train sft --config RECIPE`` runs TRL's ``SFTTrainer``: the SFT-distillation baseline (teacher
   traces turned into ``<think>``/``<answer>`` completions) or GSRM training (chat data from
@@ -31,7 +31,6 @@ How this departs from the authors' code:
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import logging
@@ -52,8 +51,6 @@ from rlkd.config import (
     build_trl_config,
     check_trl_fields,
     dump_yaml,
-    fields_help,
-    load_job,
     shown_trl_values,
 )
 
@@ -556,7 +553,7 @@ def train_job(job: SFTJob | GRPOJob, argv: Sequence[str] | None = None) -> dict[
     validate the job, check the TRL fields and the inputs (:func:`preflight`; a missing or bad input is a
     :class:`~rlkd.errors.InputError`), record the launch (``argv``, default ``sys.argv``), find the checkpoint to
     resume from and drop what was logged after it, then train with :func:`run_grpo` or :func:`run_sft`. A
-    backend that failed too often (:class:`~rlkd.backends.TooManyFailures`) ends in a InputError that says
+    backend that failed too often (:class:`~rlkd.backends.TooManyFailures`) ends in an InputError that says
     how to resume.
     """
     from rlkd.backends import TooManyFailures
@@ -587,50 +584,3 @@ def train_job(job: SFTJob | GRPOJob, argv: Sequence[str] | None = None) -> dict[
     if is_main_process():
         log.info("done: %s", json.dumps(metrics))
     return metrics
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """``rlkd train sft|grpo``: validate, check inputs, print the plan (``--dry-run``) or train (:func:`train_job`)."""
-    cls = GRPOJob if args.train_command == "grpo" else SFTJob
-    job = load_job(cls, args.config, args.set)
-    if not args.dry_run:
-        train_job(job)
-        return 0
-    check_trl_fields(job)
-    trl_config, notes = build_trl_config(job, preview=True)
-    check = preflight(job)
-    print(render_plan(job, trl_config, notes, check))
-    problems = check.errors + (check.missing if args.strict else [])
-    if problems:
-        print(f"dry run: {len(problems)} problem(s):\n  " + "\n  ".join(problems), file=sys.stderr)
-        return 2
-    print(f"dry run: configuration valid ({len(check.missing)} input(s) not found here)", file=sys.stderr)
-    return 0
-
-
-def _no_kind(args: argparse.Namespace) -> int:
-    raise InputError("choose a kind: rlkd train sft|grpo ...")
-
-
-def add_parser(subparsers) -> None:
-    """Register ``rlkd train sft`` and ``rlkd train grpo``."""
-    p = subparsers.add_parser("train", help="train a student or the GSRM (SFT, GRPO) from a YAML recipe",
-                              description="Train with TRL from a YAML recipe (see configs/).")
-    sub = p.add_subparsers(dest="train_command", metavar="KIND")
-    p.set_defaults(func=_no_kind)
-    for kind, cls, text in (
-        ("sft", SFTJob, "supervised fine-tuning: the SFT-distillation baseline, or GSRM training on chat data"),
-        ("grpo", GRPOJob, "GRPO with a reward set: rlkd (3/3/2/2, RLKD and RLKD-zero), outcome, or explicit weights"),
-    ):
-        q = sub.add_parser(kind, help=text, description=f"{text[0].upper()}{text[1:]}. The recipe is validated "
-                           "and the inputs checked before any weights load.",
-                           epilog=fields_help(cls), formatter_class=argparse.RawDescriptionHelpFormatter)
-        q.add_argument("--config", metavar="RECIPE.yaml", help="YAML recipe (e.g. configs/tiny/rlkd_grpo.yaml)")
-        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one field, e.g. --set training.max_steps=10 (repeatable; value read as YAML)")
-        q.add_argument("--dry-run", action="store_true",
-                       help="print the resolved configuration, TRL values and reward weights, check the inputs, "
-                            "and stop before loading weights")
-        q.add_argument("--strict", action="store_true",
-                       help="--dry-run: also fail when an input is not found here")
-        q.set_defaults(func=cmd_train)

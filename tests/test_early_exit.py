@@ -375,7 +375,7 @@ class _StopAfterWords:
 
 
 def test_cache_stores_only_complete_streams(tmp_path):
-    from rlkd.cache import CachedBackend
+    from rlkd.backends.cache import CachedBackend
 
     inner = ScriptedBackend(lambda request: "one two three four five")
     backend = CachedBackend(inner, tmp_path / "cache.sqlite")

@@ -16,7 +16,7 @@ import argparse
 import json
 import time
 
-from rlkd.errors import InputError
+from rlkd.cli.options import CliError
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -27,7 +27,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     try:
         out = convert_gguf(args.file, args.out_dir)
     except ModelFileError as exc:
-        raise InputError(str(exc)) from None
+        raise CliError(str(exc)) from None
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     print(json.dumps({"gguf": args.file, "folder": str(out), "files": sorted(p.name for p in out.iterdir()),
                       "bytes": size, "seconds": round(time.monotonic() - start, 1)}))
@@ -35,7 +35,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _no_action(args: argparse.Namespace) -> int:
-    raise InputError("choose an action: rlkd model convert FILE.gguf OUT_DIR")
+    raise CliError("choose an action: rlkd model convert FILE.gguf OUT_DIR")
 
 
 def add_parser(subparsers) -> None:

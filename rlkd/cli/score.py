@@ -1,46 +1,27 @@
-"""The ``rlkd`` command line.
+"""``rlkd parse`` and ``rlkd score``: check decompositions and the structure reward by hand, JSON in and out.
 
-``parse`` and ``score`` (this file) check decompositions and the structure reward by hand, JSON in and
-out; ``score --completions`` decomposes raw student completions with a GSRM and scores them on the path
-training uses (:func:`rlkd.train.build_structure_reward`). The other commands live beside the code they drive: each of those modules has an ``add_parser``
-that registers its sub-command, and keeps its heavy imports (torch, transformers) inside functions so
-that ``rlkd --help`` stays fast.
+``score --completions`` decomposes raw student completions with a GSRM and scores them on the path training
+uses (:func:`rlkd.rewards.build_structure_reward`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
-from rlkd.backends import add_backend_arguments
-from rlkd.errors import RlkdError
+from rlkd.cli.options import CliError, add_backend_arguments, backend_from_args
 from rlkd.files import JsonlWriter, id_key, iter_jsonl, read_done_ids, read_text
 from rlkd.judges import decomposition_field
 from rlkd.structure import MODES, as_decomposition, parse_decomposition
 
-# sub-command -> module with add_parser(subparsers); listed in the order --help shows them
-MODULE_COMMANDS = [
-    ("rlkd.gsrm", "decompose"),
-    ("rlkd.data", "data"),
-    ("rlkd.train", "train"),
-    ("rlkd.evaluate", "eval"),
-    ("rlkd.grade", "grade"),
-    ("rlkd.inspector", "inspect"),
-    ("rlkd.experiment", "demo"),
-    ("rlkd.serve", "serve"),
-    ("rlkd.convert", "model"),
-]
-
 log = logging.getLogger("rlkd")
 
 
-CliError = RlkdError  # the command line's name for the user-facing error (rlkd.errors.RlkdError itself)
 
 
 def _dump(obj: Any) -> str:
@@ -67,15 +48,12 @@ def cmd_parse(args: argparse.Namespace) -> int:
 def build_judge(args: argparse.Namespace):
     """The judge named by ``--judge`` (and ``--meta-judge`` etc. for hybrid), with its backend if any."""
     from rlkd.judges import make_judge
+    from rlkd.llm_judge import LLMJudge
 
     fields = {"meta": args.meta_judge, "subproblem": args.subproblem_judge, "answer": args.answer_judge}
     llm = None
     if args.judge == "llm" or (args.judge == "hybrid" and "llm" in fields.values()):
-        try:
-            from rlkd.llm_judge import judge_from_args
-        except ImportError as exc:  # pragma: no cover - present once the backends are installed
-            raise CliError(f"the LLM judge is not available: {exc}") from None
-        llm = judge_from_args(args)
+        llm = LLMJudge(backend_from_args(args), batched=bool(getattr(args, "judge_batched", False)))
     try:
         return make_judge(args.judge, overlap_threshold=args.overlap_threshold, fields=fields, llm=llm)
     except ValueError as exc:
@@ -301,7 +279,13 @@ def cmd_score_completions(args: argparse.Namespace) -> int:
     return 1 if counts["error"] else 0
 
 
-def _score_parser(sub) -> None:
+def add_parser(sub) -> None:
+    """Register ``rlkd parse`` and ``rlkd score``."""
+    p = sub.add_parser("parse", help="parse GSRM output into steps (JSON)",
+                       description="Parse a GSRM decomposition into steps and print them as JSON. Exit "
+                       "status 1 (with the reason on stderr) when the text gives no steps.")
+    p.add_argument("file", nargs="?", default="-", help="decomposition text file (default: stdin)")
+    p.set_defaults(func=cmd_parse)
     p = sub.add_parser(
         "score",
         help="structure reward of a student decomposition against a teacher's",
@@ -367,76 +351,3 @@ def _score_parser(sub) -> None:
                         "(default %(default)s)")
     add_backend_arguments(p)
     p.set_defaults(func=cmd_score)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rlkd",
-        description="Distil a teacher's multi-branch reasoning structure into a student with GRPO (RLKD).",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("parse", help="parse GSRM output into steps (JSON)",
-                       description="Parse a GSRM decomposition into steps and print them as JSON. Exit "
-                       "status 1 (with the reason on stderr) when the text gives no steps.")
-    p.add_argument("file", nargs="?", default="-", help="decomposition text file (default: stdin)")
-    p.set_defaults(func=cmd_parse)
-    _score_parser(sub)
-    for module_name, _ in MODULE_COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.add_parser(sub)
-    return parser
-
-
-RESUMABLE = ("decompose", "data", "train", "eval", "demo")  # commands whose rerun continues a killed run
-
-
-def configure_logging(verbose: bool) -> None:
-    """rlkd's own loggers at INFO (DEBUG with ``-v``); every other logger (httpx, openai, datasets, ...) at
-    WARNING unless ``-v``, so one INFO line per HTTP request does not bury the warnings that matter."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logging.getLogger("rlkd").setLevel(logging.DEBUG if verbose else logging.INFO)
-
-
-def os_error_line(exc: OSError) -> str:
-    """One line for an OSError: the path (shortened) and what the system said."""
-    name = exc.filename if exc.filename is not None else ""
-    name = str(name)
-    if len(name) > 120:
-        name = name[:60] + f"...({len(name)} characters)..." + name[-40:]
-    detail = exc.strerror or " ".join(str(exc).split())
-    if len(detail) > 400:
-        detail = detail[:397] + "..."
-    return f"{name}: {detail}" if name else detail
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except RlkdError as exc:  # ConfigError, InputError, OutputRefused, ...
-        print(f"rlkd {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a folder where a file belongs, a name too long, a permission denied
-        print(f"rlkd {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        again = "; run the same command again to resume" if args.command in RESUMABLE else ""
-        print(f"rlkd {args.command}: interrupted (Ctrl-C); what was written so far is kept{again}", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
