@@ -127,7 +127,7 @@ def build_setup(workdir: Path, prompts: int, seed: int, hidden_size: int = 64,
     """The tiny policy (also the tiny GSRM) and the dataset rows."""
     from rlkd import testbed
     from rlkd.config import SYSTEM_PROMPT
-    from rlkd.gsrm import load_prompt
+    from rlkd.templates import load_prompt
     from rlkd.llm_judge import load_judge_prompt
     from rlkd.models import build_tiny_model, build_tokenizer
 

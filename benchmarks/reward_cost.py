@@ -659,7 +659,7 @@ def _free_port() -> int:
 def serve_tiny(batch: Batch, workdir: Path, startup_s: float = 180.0) -> Iterator[tuple[str, str]]:
     """``transformers serve`` on a tiny random model (tokenizer trained on the batch's texts and the
     prompts); yields (base_url, model name) and stops the server afterwards."""
-    from rlkd.gsrm import load_prompt
+    from rlkd.templates import load_prompt
     from rlkd.llm_judge import load_judge_prompt
     from rlkd.models import build_tiny_model
 

@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from rlkd.errors import ConfigError
+from rlkd.judges import FIELD_JUDGES, JUDGES
+from rlkd.structure import MODES as STRUCTURE_MODES
+from rlkd.templates import DOMAINS
 from rlkd.rewards import REWARD_NAMES, REWARD_SETS
 
-JUDGES = ("text", "overlap", "math", "hybrid", "llm")
-FIELD_JUDGES = ("text", "overlap", "math", "llm")
-STRUCTURE_MODES = ("paper", "normalized", "ungated", "ungated-normalized")
-DOMAINS = ("math", "code", "science", "puzzle")
 
 # The system prompt of the authors' GRPO runs, in our words: think inside <think>, answer inside
 # <answer> with the final result in \boxed{}.
@@ -183,7 +182,7 @@ class StructureConfig:
             raise ConfigError(f"{field}: empty (null: the packaged prompt of {where}.domain)")
         if not Path(self.gsrm_prompt).expanduser().is_file():
             raise ConfigError(f"{field}: {self.gsrm_prompt}: no such file")
-        from rlkd.gsrm import load_prompt
+        from rlkd.templates import load_prompt
 
         try:
             load_prompt(self.prompt_source())

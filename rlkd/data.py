@@ -38,16 +38,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from rlkd.errors import InputError
 from rlkd.files import JsonlWriter, id_key, iter_jsonl, read_done_ids
-from rlkd.gsrm import (
-    DOMAINS,
-    Decomposer,
-    DecomposeResult,
-    WorkItem,
-    build_prompt,
-    decompose_resumably,
-    load_prompt,
-    split_reasoning,
-)
+from rlkd.gsrm import Decomposer, DecomposeResult, WorkItem, build_prompt, decompose_resumably, split_reasoning
+from rlkd.templates import DOMAINS, load_prompt
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 

@@ -399,13 +399,13 @@ def make_tasks(data: DataSection) -> dict[str, list[Any]]:
 
 def write_gsrm_prompt(path: Path) -> Path:
     """Write the testbed's GSRM prompt (:func:`rlkd.testbed.gsrm_prompt`) as a prompt file that
-    :func:`rlkd.gsrm.load_prompt` reads, so that the Decomposer sends exactly what the testbed defines."""
+    :func:`rlkd.templates.load_prompt` reads, so that the Decomposer sends exactly what the testbed defines."""
     from rlkd.testbed import GSRM_INSTRUCTION, gsrm_prompt
 
     text = f"=== user ===\n{GSRM_INSTRUCTION}\n\nProblem: {{problem}}\n\nReasoning: {{reasoning}}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
-    from rlkd.gsrm import load_prompt
+    from rlkd.templates import load_prompt
 
     load_prompt.cache_clear()
     check = load_prompt(str(path)).render("P", "R", few_shot=False)
@@ -552,7 +552,7 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
        teacher-forced accuracy by token role (:func:`probe_positions`): when copying forms.
     5. Copy the final model and tokenizer to ``path`` with the card: recipe, loss curve, probes, times.
     """
-    from rlkd.gsrm import load_prompt
+    from rlkd.templates import load_prompt
     from rlkd.models import build_tiny_model, build_tokenizer
     from rlkd.testbed import base_text, corpus, whole_word_check
 
@@ -859,7 +859,7 @@ class Experiment:
 
     def gsrm_prompt(self) -> str:
         """The GSRM prompt as :class:`rlkd.gsrm.Decomposer` takes it: a domain name or a prompt file."""
-        from rlkd.gsrm import DOMAINS
+        from rlkd.templates import DOMAINS
 
         if self.job.gsrm_prompt == "testbed":
             path = self.path("data", "gsrm_prompt.txt")
@@ -1006,7 +1006,7 @@ class Experiment:
                                                                   t.per_device_train_batch_size))
         # every scored completion goes to the sample log: the first-mismatch histogram is read from it
         structure.samples_per_step = t.per_device_train_batch_size
-        from rlkd.gsrm import DOMAINS
+        from rlkd.templates import DOMAINS
 
         prompt = self.gsrm_prompt()  # the prompt the GSRM was trained on: a packaged domain or a file
         if prompt in DOMAINS:

@@ -194,7 +194,9 @@ class HybridJudge(Judge):
         return out  # type: ignore[return-value]
 
 
-LOCAL_JUDGES = ("text", "overlap", "math", "hybrid")
+JUDGES = ("text", "overlap", "math", "hybrid", "llm")  # what a recipe or --judge may name
+FIELD_JUDGES = ("text", "overlap", "math", "llm")  # what one field of the hybrid judge may use
+LOCAL_JUDGES = ("text", "overlap", "math", "hybrid")  # the judges that need no backend
 
 
 def make_judge(name: str, *, overlap_threshold: float = 0.5, fields: Mapping[Field, str] | None = None,

@@ -37,9 +37,9 @@ import re
 from functools import lru_cache
 from typing import Any, Sequence
 
-from rlkd.gsrm import PROMPTS_DIR, PromptTemplate
 from rlkd.judges import Judge, JudgeRequest
 from rlkd.structure import FIELDS, Verdict
+from rlkd.templates import PROMPTS_DIR, PromptTemplate
 
 FIELD_NAMES = {"meta": "meta-reasoning", "subproblem": "sub-problem", "answer": "answer"}
 QUESTIONS = {

@@ -22,7 +22,7 @@ import logging
 import math
 import random
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from rlkd.backends.base import (
     PLACEHOLDER_API_KEY,
@@ -251,26 +251,39 @@ class OpenAIBackend(Backend):
         """One API call with bounded retries; raises _Transient/_Permanent when it fails for good."""
         client, semaphore = self._loop_state()
         kwargs = self._request_kwargs(request, n, seed)
-        attempt = 0
+
+        async def attempt() -> tuple[list[str], int, int]:
+            async with semaphore:
+                response = await asyncio.wait_for(client.chat.completions.create(**kwargs), self.timeout)
+            return _read_response(response)
+
+        return await self._with_retries(attempt, "request")
+
+    async def _with_retries(self, attempt: Callable[[], Awaitable[Any]], what: str,
+                            before_retry: Callable[[], None] | None = None) -> Any:
+        """Run ``attempt()`` until it succeeds, at most ``1 + max_retries`` times: the one retry loop of the
+        plain and the streamed requests. Every failure is classified (:func:`_classify`); a permanent one,
+        or the last transient one, is logged and raised; a transient one is logged, counted in
+        ``stats.retries`` and retried after :meth:`_backoff` (``before_retry`` runs first)."""
+        tries = 0
         while True:
             try:
-                async with semaphore:
-                    response = await asyncio.wait_for(client.chat.completions.create(**kwargs), self.timeout)
-                return _read_response(response)
+                return await attempt()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - every failure is classified, counted and logged
                 failure = _classify(exc, self.timeout)
-            if isinstance(failure, _Permanent) or attempt >= self.max_retries:
-                tries = attempt + 1
-                log.warning("request to %s failed for good after %d attempt%s: %s",
-                            self.model, tries, "" if tries == 1 else "s", self._scrub(str(failure)))
+            if isinstance(failure, _Permanent) or tries >= self.max_retries:
+                log.warning("%s to %s failed for good after %d attempt%s: %s",
+                            what, self.model, tries + 1, "" if tries == 0 else "s", self._scrub(str(failure)))
                 raise failure
-            delay = self._backoff(attempt, getattr(failure, "retry_after", None))
-            attempt += 1
+            delay = self._backoff(tries, getattr(failure, "retry_after", None))
+            tries += 1
             self.stats.retries += 1
-            log.warning("request to %s: %s; retry %d of %d in %.2fs",
-                        self.model, self._scrub(str(failure)), attempt, self.max_retries, delay)
+            log.warning("%s to %s: %s; retry %d of %d in %.2fs",
+                        what, self.model, self._scrub(str(failure)), tries, self.max_retries, delay)
+            if before_retry is not None:
+                before_retry()
             await asyncio.sleep(delay)
 
     def _request_kwargs(self, request: GenerationRequest, n: int, seed: int | None) -> dict[str, Any]:
@@ -302,7 +315,7 @@ class OpenAIBackend(Backend):
         return list(await asyncio.gather(*(self._one_stream(r, s) for r, s in zip(requests, sinks))))
 
     async def _one_stream(self, request: GenerationRequest, sink: StreamSink) -> Completion:
-        """One streamed request with the retries, timeout and counting of :meth:`_attempts`.
+        """One streamed request with the retries, timeout and counting of :meth:`_attempts` (:meth:`_with_retries`).
 
         ``completion_tokens`` is the server's count when it sends one (a stream read to its end, with
         ``stream_options.include_usage``); a stream closed early has no usage, so its tokens are the
@@ -313,72 +326,60 @@ class OpenAIBackend(Backend):
         client, semaphore = self._loop_state()
         kwargs = {**self._request_kwargs(request, 1, request.seed), "stream": True,
                   "stream_options": {"include_usage": True}}
-        attempt = 0
-        while True:
-            pieces: list[str] = []
+        pieces: list[str] = []  # of the current attempt
+
+        async def attempt() -> Completion:
+            pieces.clear()
             usage = None
             stopped = finished = False
-            try:
-                async with semaphore, asyncio.timeout(self.timeout):
-                    if sink.stop_requested:  # decided before the request was even sent
-                        stopped = True
-                    else:
-                        # the raw event stream: the SDK's typed chunk objects cost about 1 ms of CPU per
-                        # token, more than a batch of concurrent streams leaves a client per token
-                        raw = client.chat.completions.with_streaming_response.create(**kwargs)
-                        async with raw as response:  # leaving it closes the stream: the server aborts
-                            async for line in response.iter_lines():
-                                if not line.startswith("data:"):
-                                    continue
-                                data = line[5:].strip()
-                                if data == "[DONE]":
-                                    finished = True
-                                    break
-                                chunk = json.loads(data)
-                                if not isinstance(chunk, dict) or chunk.get("error"):
-                                    raise _Transient(f"error event in the stream: {_short(data)}")
-                                usage = chunk.get("usage") or usage
-                                for choice in chunk.get("choices") or []:
-                                    finished = finished or bool(choice.get("finish_reason"))
-                                    piece = (choice.get("delta") or {}).get("content")
-                                    if piece:
-                                        pieces.append(piece)
-                                        sink.feed(piece)
-                                # let the consumer run (a read from a full buffer never yields), then check
-                                await asyncio.sleep(0)
-                                if sink.stop_requested:
-                                    stopped = True
-                                    break
-                        if not stopped and not finished:  # no [DONE] nor finish_reason: not a whole stream
-                            raise _Transient("malformed response body: the stream ended before [DONE] "
-                                             f"({len(pieces)} pieces received)")
-                completion = Completion(texts=["".join(pieces)], stopped=stopped)
-                if isinstance(usage, dict) and not stopped:
-                    completion.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                    completion.completion_tokens = int(usage.get("completion_tokens") or 0)
-                    details = usage.get("prompt_tokens_details")
-                    completion.cached_prompt_tokens = int((details or {}).get("cached_tokens") or 0) \
-                        if isinstance(details, dict) else 0
+            async with semaphore, asyncio.timeout(self.timeout):
+                if sink.stop_requested:  # decided before the request was even sent
+                    stopped = True
                 else:
-                    completion.completion_tokens = len(pieces)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - every failure is classified, counted and logged
-                failure = _classify(exc, self.timeout)
-            if isinstance(failure, _Permanent) or attempt >= self.max_retries:
-                tries = attempt + 1
-                log.warning("streamed request to %s failed for good after %d attempt%s: %s",
-                            self.model, tries, "" if tries == 1 else "s", self._scrub(str(failure)))
-                completion = Completion(error=self._scrub(str(failure)), completion_tokens=len(pieces))
-                break
-            delay = self._backoff(attempt, getattr(failure, "retry_after", None))
-            attempt += 1
-            self.stats.retries += 1
-            log.warning("streamed request to %s: %s; retry %d of %d in %.2fs",
-                        self.model, self._scrub(str(failure)), attempt, self.max_retries, delay)
-            sink.restart()
-            await asyncio.sleep(delay)
+                    # the raw event stream: the SDK's typed chunk objects cost about 1 ms of CPU per
+                    # token, more than a batch of concurrent streams leaves a client per token
+                    raw = client.chat.completions.with_streaming_response.create(**kwargs)
+                    async with raw as response:  # leaving it closes the stream: the server aborts
+                        async for line in response.iter_lines():
+                            if not line.startswith("data:"):
+                                continue
+                            data = line[5:].strip()
+                            if data == "[DONE]":
+                                finished = True
+                                break
+                            chunk = json.loads(data)
+                            if not isinstance(chunk, dict) or chunk.get("error"):
+                                raise _Transient(f"error event in the stream: {_short(data)}")
+                            usage = chunk.get("usage") or usage
+                            for choice in chunk.get("choices") or []:
+                                finished = finished or bool(choice.get("finish_reason"))
+                                piece = (choice.get("delta") or {}).get("content")
+                                if piece:
+                                    pieces.append(piece)
+                                    sink.feed(piece)
+                            # let the consumer run (a read from a full buffer never yields), then check
+                            await asyncio.sleep(0)
+                            if sink.stop_requested:
+                                stopped = True
+                                break
+                    if not stopped and not finished:  # no [DONE] nor finish_reason: not a whole stream
+                        raise _Transient("malformed response body: the stream ended before [DONE] "
+                                         f"({len(pieces)} pieces received)")
+            completion = Completion(texts=["".join(pieces)], stopped=stopped)
+            if isinstance(usage, dict) and not stopped:
+                completion.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                completion.completion_tokens = int(usage.get("completion_tokens") or 0)
+                details = usage.get("prompt_tokens_details")
+                completion.cached_prompt_tokens = int((details or {}).get("cached_tokens") or 0) \
+                    if isinstance(details, dict) else 0
+            else:
+                completion.completion_tokens = len(pieces)
+            return completion
+
+        try:
+            completion = await self._with_retries(attempt, "streamed request", before_retry=sink.restart)
+        except (_Transient, _Permanent) as failure:
+            completion = Completion(error=self._scrub(str(failure)), completion_tokens=len(pieces))
         self.stats.add(completion)
         sink.finish(completion)
         return completion

@@ -11,7 +11,8 @@ import dataclasses
 import sys
 
 from rlkd.cli.options import CliError, add_backend_arguments, backend_from_args
-from rlkd.gsrm import DOMAINS, DecomposeJob, check_decompose_job, decompose_file
+from rlkd.gsrm import DecomposeJob, check_decompose_job, decompose_file
+from rlkd.templates import DOMAINS
 
 
 def cmd_decompose(args: argparse.Namespace) -> int:

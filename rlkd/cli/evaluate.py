@@ -11,6 +11,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from rlkd.answers import PROTOCOLS
 from rlkd.cli.options import CliError
 from rlkd.evaluate import BENCHMARKS, DEFAULT_CUSTOM_N, EvalJob, compare_runs, format_summary, run_eval
 
@@ -38,7 +39,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def add_grading_argument(parser) -> None:
     """``--grading``, shared by ``rlkd eval`` and ``rlkd grade``."""
-    parser.add_argument("--grading", choices=["lighteval", "reward"], default=EvalJob.grading,
+    parser.add_argument("--grading", choices=PROTOCOLS, default=EvalJob.grading,
                         help="how answers are extracted and compared. lighteval (default): lighteval 0.9.0's "
                              "protocol, as the authors and open-r1 evaluated (math: math-verify reads the whole "
                              "reply and the gold with lighteval's extraction rules; GPQA: lighteval's letter "

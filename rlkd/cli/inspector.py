@@ -11,6 +11,7 @@ import sys
 from rlkd.cli.options import CliError
 from rlkd.files import OutputLock, atomic_write_text, check_output_path, refuse_foreign_page
 from rlkd.inspector import PAGE_MARKER, load_pairs, render_html, render_text, select
+from rlkd.judges import LOCAL_JUDGES
 
 
 
@@ -61,7 +62,7 @@ def add_parser(sub) -> None:
     p.add_argument("--page", type=int, default=1, help="page of the selection to print (default %(default)s)")
     p.add_argument("--page-size", type=int, default=5, help="pairs per page (default %(default)s)")
     p.add_argument("--width", type=int, default=0, help="terminal width (default: detected)")
-    p.add_argument("--judge", default="hybrid", choices=["text", "overlap", "math", "hybrid"],
+    p.add_argument("--judge", default="hybrid", choices=LOCAL_JUDGES,
                    help="judge for records that carry no verdicts (default %(default)s)")
     p.add_argument("--html", metavar="OUT.html", help="write every selected pair to one HTML page instead")
     p.set_defaults(func=cmd_inspect)

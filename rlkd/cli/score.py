@@ -16,8 +16,9 @@ from typing import Any, Iterator
 
 from rlkd.cli.options import CliError, add_backend_arguments, backend_from_args
 from rlkd.files import JsonlWriter, id_key, iter_jsonl, read_done_ids, read_text
-from rlkd.judges import decomposition_field
+from rlkd.judges import FIELD_JUDGES, JUDGES, decomposition_field
 from rlkd.structure import MODES, as_decomposition, parse_decomposition
+from rlkd.templates import DOMAINS
 
 log = logging.getLogger("rlkd")
 
@@ -312,7 +313,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-early-exit", action="store_true",
                    help="--completions: let the GSRM write every decomposition to its end (by default its "
                         "generation is stopped once the reward is decided, which gives the same reward)")
-    p.add_argument("--domain", default="math", choices=["math", "code", "science", "puzzle"],
+    p.add_argument("--domain", default="math", choices=DOMAINS,
                    help="--completions: GSRM prompt domain (default %(default)s)")
     p.add_argument("--zero-shot", action="store_true",
                    help="--completions: drop the worked example from the GSRM prompt (a fine-tuned GSRM)")
@@ -325,13 +326,13 @@ def add_parser(sub) -> None:
                    help="--completions: lines scored together and written when all are back (default %(default)s)")
     p.add_argument("--min-failures", type=int, default=10,
                    help="--completions: GSRM calls made before the failure share is first checked (default %(default)s)")
-    p.add_argument("--judge", default="hybrid", choices=["text", "overlap", "math", "hybrid", "llm"],
+    p.add_argument("--judge", default="hybrid", choices=JUDGES,
                    help="how step fields are compared (default %(default)s)")
-    p.add_argument("--meta-judge", default="overlap", choices=["text", "overlap", "math", "llm"],
+    p.add_argument("--meta-judge", default="overlap", choices=FIELD_JUDGES,
                    help="hybrid: judge for meta-reasoning (default %(default)s)")
-    p.add_argument("--subproblem-judge", default="overlap", choices=["text", "overlap", "math", "llm"],
+    p.add_argument("--subproblem-judge", default="overlap", choices=FIELD_JUDGES,
                    help="hybrid: judge for sub-problems (default %(default)s)")
-    p.add_argument("--answer-judge", default="math", choices=["text", "overlap", "math", "llm"],
+    p.add_argument("--answer-judge", default="math", choices=FIELD_JUDGES,
                    help="hybrid: judge for answers (default %(default)s)")
     p.add_argument("--overlap-threshold", type=float, default=0.5,
                    help="token F1 at or above which the overlap judge says 'same' (default %(default)s)")
