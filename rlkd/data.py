@@ -36,7 +36,10 @@ import random
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from rlkd.errors import InputError
+from rlkd.backends import Backend
+from rlkd.backends.build import build_backend
+from rlkd.backends.config import BackendConfig
+from rlkd.errors import ConfigError, InputError
 from rlkd.files import JsonlWriter, id_key, iter_jsonl, read_done_ids
 from rlkd.gsrm import Decomposer, DecomposeResult, WorkItem, build_prompt, decompose_resumably, split_reasoning
 from rlkd.templates import DOMAINS, load_prompt
@@ -274,12 +277,10 @@ def _record_id(obj: Mapping[str, Any], index: int, id_column: str | None, where:
     return obj[id_column]
 
 
-def _backend(config: Any, cache: str | None, where: str):
-    from rlkd.backends import backend_from_config
-
+def _backend(config: BackendConfig, cache: str | None, where: str) -> Backend:
     try:
-        return backend_from_config(config.as_backend_config(cache=cache), where=where)
-    except (ValueError, OSError) as exc:
+        return build_backend(config, where, cache=cache)
+    except ConfigError as exc:
         raise InputError(f"{where}: {exc}") from None
 
 

@@ -80,10 +80,8 @@ from rlkd.config import (
     SFTJob,
     SFTTraining,
     StructureConfig,
-    _positive,
-    option,
-    section,
 )
+from rlkd.recipes import _positive, dump_yaml, merge_overrides, option, read_recipe, section
 from rlkd.train import train_job
 
 log = logging.getLogger("rlkd.experiment")
@@ -285,7 +283,7 @@ def load_demo_job(config: str | Path | None, overrides: Sequence[str] = ()) -> D
     A section given in part keeps the demo's defaults for the fields it leaves out (not the paper
     defaults of the training dataclasses), so a recipe only spells out what it changes.
     """
-    from rlkd.config import build_job, merge_overrides, read_recipe
+    from rlkd.config import build_job
 
     data = read_recipe(config) if config else {}
     data = merge_overrides(data, overrides)
@@ -1265,8 +1263,6 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def _dump_job(job: DemoJob) -> str:
-    from rlkd.config import dump_yaml
-
     return dump_yaml(job)
 
 

@@ -46,7 +46,8 @@ def load_pairs(path: str, judge_name: str = "hybrid") -> list[InspectedPair]:
     import asyncio
 
     from rlkd.judges import decomposition_field
-    from rlkd.judges import make_judge, score_structure
+    from rlkd.judges import score_structure
+    from rlkd.reward_config import StructureConfig, build_judge
 
     pairs: list[InspectedPair] = []
     to_score: list[int] = []
@@ -72,7 +73,7 @@ def load_pairs(path: str, judge_name: str = "hybrid") -> list[InspectedPair]:
             to_score.append(len(pairs))
         pairs.append(InspectedPair(obj.get("id", number), teacher, student, result, extra))
     if to_score:
-        judge = make_judge(judge_name)
+        judge = build_judge(StructureConfig(judge=judge_name))
 
         async def score_all():
             return await asyncio.gather(*(score_structure(pairs[i].teacher, pairs[i].student, judge) for i in to_score))

@@ -3,7 +3,7 @@
 ``rlkd serve --config RECIPE.yaml --port 5000`` reads a GRPO recipe (``rlkd train grpo``'s format: the
 ``data``, ``rewards`` and ``structure`` sections; ``model`` and ``training`` are not used) and scores
 completions with the same reward functions training uses (:func:`rlkd.rewards.build_rewards` with the
-structure reward of :func:`rlkd.train.structure_reward`): accuracy, format, tag_count and structure,
+structure reward of :func:`rlkd.train.grpo_structure_reward`): accuracy, format, tag_count and structure,
 with the recipe's weights, GSRM and judge backends and modes.
 
 Endpoints:
@@ -63,7 +63,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-from rlkd.config import GRPOJob, build_job, merge_overrides, read_recipe
+from rlkd.config import GRPOJob, build_job
+from rlkd.recipes import merge_overrides, read_recipe
 
 log = logging.getLogger("rlkd.serve")
 
@@ -270,7 +271,7 @@ class RewardScorer:
     @classmethod
     def from_job(cls, job: GRPOJob, *, stop_on_failures: bool = False, log_every: int = 10) -> "RewardScorer":
         """The scorer of a validated GRPO job (see :func:`load_serve_job`)."""
-        from rlkd.train import structure_reward
+        from rlkd.train import grpo_structure_reward
 
         weights = job.rewards.resolved()
         if "structure" in weights:
@@ -279,7 +280,7 @@ class RewardScorer:
             job.structure.max_batch_failure_share = 1.0
             if not stop_on_failures:
                 job.structure.max_failure_share = 1.0
-        structure = structure_reward(job) if "structure" in weights else None
+        structure = grpo_structure_reward(job) if "structure" in weights else None
         names = list(weights)
         out = Path(job.output_dir) if job.output_dir else None
         return cls(weights, structure, RecordIndex.from_job(job),

@@ -44,15 +44,15 @@ from typing import Any, Sequence
 from rlkd.errors import InputError
 from rlkd.files import atomic_write_text
 from rlkd.config import (
-    ConfigError,
     GRPOJob,
     SFTJob,
-    StructureConfig,
     build_trl_config,
     check_trl_fields,
-    dump_yaml,
     shown_trl_values,
 )
+from rlkd.recipes import dump_yaml
+from rlkd.reward_config import build_structure_reward
+from rlkd.rewards import StructureReward
 
 log = logging.getLogger("rlkd.train")
 
@@ -434,44 +434,11 @@ def _quiet_progress(trainer) -> None:
 # Running
 
 
-def structure_reward(job: GRPOJob):
-    """The structure reward of a GRPO job: the GSRM backend, the decomposer and the judge."""
+def grpo_structure_reward(job: GRPOJob) -> StructureReward:
+    """The structure reward of a GRPO job (:func:`rlkd.reward_config.build_structure_reward` of its
+    ``structure`` section), logging scored samples to ``<output_dir>/structure_samples.jsonl`` when asked."""
     sample_log = Path(job.output_dir) / "structure_samples.jsonl" if job.structure.sample_log else None
     return build_structure_reward(job.structure, sample_log)
-
-
-def build_structure_reward(s: StructureConfig, sample_log: Path | None = None):
-    """A :class:`rlkd.rewards.StructureReward` from the ``structure:`` section of a recipe (also what
-    ``rlkd score --completions`` builds from its options, so both score on one path)."""
-    from rlkd.backends import backend_from_config
-    from rlkd.gsrm import Decomposer, RuleDecomposer
-    from rlkd.judges import make_judge
-    from rlkd.rewards import StructureReward
-
-    if s.decomposer == "rule":
-        decomposer: Any = RuleDecomposer()
-    else:
-        try:
-            gsrm_backend = backend_from_config(s.gsrm.as_backend_config(), where="structure.gsrm")
-        except (ValueError, OSError) as exc:
-            raise ConfigError(str(exc)) from None
-        decomposer = Decomposer(gsrm_backend, domain=s.prompt_source(), max_trace_chars=s.gsrm_max_trace_chars,
-                                max_tokens=s.gsrm_max_tokens, few_shot=s.gsrm_few_shot)
-    llm = None
-    if s.uses_llm_judge():
-        from rlkd.llm_judge import LLMJudge
-
-        try:
-            judge_backend = backend_from_config(s.judge_backend.as_backend_config(), where="structure.judge_backend")
-        except (ValueError, OSError) as exc:
-            raise ConfigError(str(exc)) from None
-        llm = LLMJudge(judge_backend, batched=s.judge_batched)
-    fields = {"meta": s.meta_judge, "subproblem": s.subproblem_judge, "answer": s.answer_judge}
-    judge = make_judge(s.judge, overlap_threshold=s.overlap_threshold, fields=fields, llm=llm)
-    return StructureReward(decomposer, judge, mode=s.mode, lazy=s.lazy, early_exit=s.early_exit,
-                           max_failure_share=s.max_failure_share,
-                           min_failures=s.min_failures, max_batch_failure_share=s.max_batch_failure_share,
-                           sample_log=sample_log, samples_per_step=s.samples_per_step)
 
 
 def reward_functions(job: GRPOJob) -> tuple[list[Any], list[float], list[str]]:
@@ -481,7 +448,7 @@ def reward_functions(job: GRPOJob) -> tuple[list[Any], list[float], list[str]]:
     from rlkd.rewards import build_rewards
 
     weights = job.rewards.resolved()
-    structure = structure_reward(job) if "structure" in weights else None
+    structure = grpo_structure_reward(job) if "structure" in weights else None
     funcs, func_weights = build_rewards(weights, structure)
     return list(funcs), list(func_weights), [get_callable_name(f) for f in funcs]
 

@@ -338,14 +338,14 @@ class TestRuleDecomposer:
 
     def _reward(self, tmp_path):
         from rlkd.config import GRPOJob
-        from rlkd.train import structure_reward
+        from rlkd.train import grpo_structure_reward
 
         job = GRPOJob(model="unused", output_dir=str(tmp_path / "run"))
         job.structure.decomposer = "rule"
         job.structure.judge, job.structure.meta_judge = "hybrid", "overlap"
         job.structure.subproblem_judge, job.structure.answer_judge = "text", "math"
         job.structure.sample_log = False
-        return structure_reward(job)
+        return grpo_structure_reward(job)
 
     def test_the_oracle_gets_the_reward_of_the_exact_structure(self, tmp_path):
         from rlkd.testbed import generate_tasks

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("plain helpers", ("rlkd.errors", "rlkd.files", "rlkd.recipes", "rlkd.templates")),
     ("the method", ("rlkd", "rlkd.structure", "rlkd.answers", "rlkd.judges", "rlkd.testbed", "rlkd.models")),
     ("backends", ("rlkd.backends",)),
-    ("gsrm, judges and rewards", ("rlkd.gsrm", "rlkd.llm_judge", "rlkd.rewards")),
+    ("gsrm, judges and rewards", ("rlkd.gsrm", "rlkd.llm_judge", "rlkd.rewards", "rlkd.reward_config")),
     ("job dataclasses", ("rlkd.config",)),
     ("the jobs", ("rlkd.data", "rlkd.train", "rlkd.evaluate", "rlkd.grade", "rlkd.inspector", "rlkd.serve",
                   "rlkd.statistics", "rlkd.report")),

@@ -28,7 +28,8 @@ The package, bottom-up (each module imports only those above it in this list):
 | ``local`` | :class:`TransformersBackend` |
 | ``scripted`` | :class:`ScriptedBackend` |
 | ``cache`` | :class:`~rlkd.backends.cache.CachedBackend`, :class:`~rlkd.backends.cache.RequestCache` |
-| ``build`` | :func:`backend_from_config`: the one place a config becomes a backend |
+| ``config`` | :class:`BackendConfig`: a recipe's backend section, the one owner of the backend defaults |
+| ``build`` | :func:`build_backend` and :func:`backend_from_config`: the one place a config becomes a backend |
 
 How this departs from the authors' code (SPEC section 4):
 
@@ -74,6 +75,7 @@ from rlkd.backends.openai_client import (
     OpenAIBackend,
     parse_retry_after,
 )
+from rlkd.backends.config import BackendConfig
 from rlkd.backends.local import (
     TransformersBackend,
 )
@@ -81,6 +83,7 @@ from rlkd.backends.scripted import (
     ScriptedBackend,
 )
 from rlkd.backends.build import (
+    build_backend,
     BACKEND_FIELDS,
     backend_from_config,
 )
@@ -104,4 +107,6 @@ __all__ = [
     "ScriptedBackend",
     "BACKEND_FIELDS",
     "backend_from_config",
+    "build_backend",
+    "BackendConfig",
 ]

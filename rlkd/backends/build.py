@@ -1,5 +1,6 @@
-"""Building a backend from the fields of a config (a YAML recipe's backend section, or the command line's
-backend options mapped onto the same names): one place that knows which class each setting selects.
+"""Building a backend: :func:`build_backend` from a :class:`~rlkd.backends.config.BackendConfig` (a recipe's
+backend section), :func:`backend_from_config` from the same fields as a mapping (the command line's backend
+options map onto them): the one place that knows which class each setting selects.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ import os
 from typing import Any, Mapping
 
 from rlkd.backends.base import Backend, check_backend_numbers
+from rlkd.backends.config import BackendConfig
 from rlkd.backends.local import TransformersBackend
 from rlkd.backends.openai_client import OpenAIBackend
+from rlkd.errors import ConfigError
 
 
 log = logging.getLogger("rlkd.backends")
@@ -65,13 +68,13 @@ def backend_from_config(config: Mapping[str, Any], where: str = "backend") -> Ba
         for name in ("api_key_env", "concurrency", "timeout", "max_retries"):
             if config.get(name) is not None:
                 log.info("%s: field '%s' does not apply to a local model; ignored", where, name)
-        backend: Backend = TransformersBackend(local_model, batch_size=config.get("local_batch_size") or 8)
+        backend: Backend = TransformersBackend(local_model, batch_size=config.get("local_batch_size") or BackendConfig.local_batch_size)
         if config.get("model") and config["model"] != local_model:
             backend.model = config["model"]
     else:
         if not config.get("model"):
             raise ValueError(f"{where}: missing field 'model' (the model name the server at {base_url} knows)")
-        defaults = {"api_key_env": "OPENAI_API_KEY", "concurrency": 16, "timeout": 120.0, "max_retries": 4}
+        defaults = {name: getattr(BackendConfig, name) for name in ("api_key_env", "concurrency", "timeout", "max_retries")}
         options = {k: config[k] if config.get(k) is not None else d for k, d in defaults.items()}
         backend = OpenAIBackend(base_url, config["model"], **options)
     if config.get("cache"):
@@ -82,3 +85,12 @@ def backend_from_config(config: Mapping[str, Any], where: str = "backend") -> Ba
         except OSError as exc:  # not the model's fault: name the cache
             raise ValueError(f"{where}: field 'cache': {exc}") from None
     return backend
+
+
+def build_backend(config: BackendConfig, where: str = "backend", cache: str | None = None) -> Backend:
+    """The backend ``config`` describes (``cache``, when given, overrides its cache file): the one way from a
+    recipe's backend section to a backend. A bad or unloadable setting is a ConfigError naming ``where``."""
+    try:
+        return backend_from_config(config.as_backend_config(cache=cache), where=where)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(str(exc)) from None

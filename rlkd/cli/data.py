@@ -12,8 +12,9 @@ import sys
 from typing import Sequence
 
 from rlkd.cli.options import CliError
-from rlkd.config import DataGsrmJob, DataRlkdJob, dump_yaml, fields_help, load_job
+from rlkd.config import DataGsrmJob, DataRlkdJob, load_job
 from rlkd.data import Records, build_tiny, run_data_gsrm, run_data_rlkd
+from rlkd.recipes import dump_yaml, fields_help
 
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from rlkd.backends import Backend, backend_from_config, check_backend_numbers
+from rlkd.backends.config import BackendConfig
 from rlkd.errors import InputError, RlkdError
 
 CliError = RlkdError  # the command line's name for the user-facing error (rlkd.errors.RlkdError itself)
@@ -26,14 +27,14 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--local-model", metavar="PATH_OR_NAME",
                    help="generate in this process with transformers (hub name, folder or .gguf file, "
                         "converted once into a cache) instead of a server")
-    g.add_argument("--local-batch-size", type=int, metavar="N", default=8,
+    g.add_argument("--local-batch-size", type=int, metavar="N", default=BackendConfig.local_batch_size,
                    help="--local-model: sequences per generate batch (default %(default)s)")
-    g.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+    g.add_argument("--api-key-env", default=BackendConfig.api_key_env, metavar="VAR",
                    help="name of the environment variable holding the API key (keys never go in files); "
                         "default %(default)s, unset means no key")
-    g.add_argument("--concurrency", type=int, metavar="N", default=16, help="requests in flight at once (default %(default)s)")
-    g.add_argument("--timeout", type=float, metavar="SECONDS", default=120.0, help="seconds per request (default %(default)s)")
-    g.add_argument("--max-retries", type=int, metavar="N", default=4,
+    g.add_argument("--concurrency", type=int, metavar="N", default=BackendConfig.concurrency, help="requests in flight at once (default %(default)s)")
+    g.add_argument("--timeout", type=float, metavar="SECONDS", default=BackendConfig.timeout, help="seconds per request (default %(default)s)")
+    g.add_argument("--max-retries", type=int, metavar="N", default=BackendConfig.max_retries,
                    help="retries of a transient failure, with exponential backoff (default %(default)s)")
     g.add_argument("--cache", default=None, metavar="DB",
                    help="SQLite request cache; a re-run answers from it (default: none for score)")

@@ -1,7 +1,7 @@
 """``rlkd parse`` and ``rlkd score``: check decompositions and the structure reward by hand, JSON in and out.
 
 ``score --completions`` decomposes raw student completions with a GSRM and scores them on the path training
-uses (:func:`rlkd.rewards.build_structure_reward`).
+uses (:func:`rlkd.reward_config.build_structure_reward`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, Iterator
 from rlkd.cli.options import CliError, add_backend_arguments, backend_from_args
 from rlkd.files import JsonlWriter, id_key, iter_jsonl, read_done_ids, read_text
 from rlkd.judges import FIELD_JUDGES, JUDGES, decomposition_field
+from rlkd.reward_config import build_judge, uses_llm_judge
 from rlkd.structure import MODES, as_decomposition, parse_decomposition
 from rlkd.templates import DOMAINS
 
@@ -46,19 +47,10 @@ def cmd_parse(args: argparse.Namespace) -> int:
 # rlkd score
 
 
-def build_judge(args: argparse.Namespace):
-    """The judge named by ``--judge`` (and ``--meta-judge`` etc. for hybrid), with its backend if any."""
-    from rlkd.judges import make_judge
-    from rlkd.llm_judge import LLMJudge
-
-    fields = {"meta": args.meta_judge, "subproblem": args.subproblem_judge, "answer": args.answer_judge}
-    llm = None
-    if args.judge == "llm" or (args.judge == "hybrid" and "llm" in fields.values()):
-        llm = LLMJudge(backend_from_args(args), batched=bool(getattr(args, "judge_batched", False)))
-    try:
-        return make_judge(args.judge, overlap_threshold=args.overlap_threshold, fields=fields, llm=llm)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
+def judge_from_options(args: argparse.Namespace):
+    """The judge named by ``--judge`` (and ``--meta-judge`` etc. for hybrid), by
+    :func:`rlkd.reward_config.build_judge`; the LLM judge, if asked for, over the backend options."""
+    return build_judge(args, backend_from_args(args) if uses_llm_judge(args) else None)
 
 
 def _unjudged_reason(result) -> str | None:
@@ -125,7 +117,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             raise CliError("give --teacher FILE and --student FILE, or --pairs PAIRS.jsonl")
         teacher = as_decomposition(read_text(args.teacher))
         student = as_decomposition(read_text(args.student))
-        judge = build_judge(args)
+        judge = judge_from_options(args)
         result = asyncio.run(score_structure(teacher, student, judge, args.mode, args.lazy))
         print(json.dumps(_score_record(None, result), ensure_ascii=False, indent=2))
         if _unjudged_reason(result) is not None:
@@ -145,7 +137,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             where = f"{args.pairs}:{number}"
             pairs.append((decomposition_field(obj, "teacher", where), decomposition_field(obj, "student", where)))
             ids.append(obj.get("id", number))
-        judge = build_judge(args)
+        judge = judge_from_options(args)
         results = asyncio.run(score_many(pairs, judge, args.mode, args.lazy))
         records = [_score_record(pair_id, result, obj) for (_, obj), pair_id, result in zip(rows, ids, results)]
         judged = [r for r in results if _unjudged_reason(r) is None]
@@ -199,12 +191,12 @@ def _completion_items(args: argparse.Namespace, done: set[str], counts: dict[str
 def cmd_score_completions(args: argparse.Namespace) -> int:
     """``rlkd score --completions``: decompose each student completion with the GSRM and score it against
     its teacher structure on the path training uses (:meth:`rlkd.rewards.StructureReward.score`, built by
-    :func:`rlkd.train.build_structure_reward`); resumable like ``rlkd decompose``."""
+    :func:`rlkd.reward_config.build_structure_reward`); resumable like ``rlkd decompose``."""
     import asyncio
 
     from rlkd.backends import FailureBudget, TooManyFailures
     from rlkd.config import BackendConfig, ConfigError, StructureConfig
-    from rlkd.train import build_structure_reward
+    from rlkd.reward_config import build_structure_reward
 
     if not args.output or args.output == "-":
         raise CliError("--completions needs --output OUT.jsonl (appended to, so a second run resumes)")

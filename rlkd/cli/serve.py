@@ -11,7 +11,8 @@ import logging
 import os
 
 from rlkd.cli.options import CliError
-from rlkd.config import ConfigError, GRPOJob, fields_help
+from rlkd.config import ConfigError, GRPOJob
+from rlkd.recipes import fields_help
 from rlkd.serve import DEFAULT_PORT, TOKEN_ENV, RewardScorer, ServeOptions, build_app, is_loopback, load_serve_job
 
 log = logging.getLogger("rlkd.serve")

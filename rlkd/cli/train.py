@@ -9,7 +9,8 @@ import argparse
 import sys
 
 from rlkd.cli.options import CliError
-from rlkd.config import GRPOJob, SFTJob, build_trl_config, check_trl_fields, fields_help, load_job
+from rlkd.config import GRPOJob, SFTJob, build_trl_config, check_trl_fields, load_job
+from rlkd.recipes import fields_help
 from rlkd.train import preflight, render_plan, train_job
 
 
