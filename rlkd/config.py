@@ -362,9 +362,6 @@ class DataRlkdJob:
         return str(Path(self.output_dir) / "gsrm.cache.sqlite") if self.request_cache else None
 
 
-JOBS: dict[str, type] = {"sft": SFTJob, "grpo": GRPOJob, "data-gsrm": DataGsrmJob, "data-rlkd": DataRlkdJob}
-
-
 # --------------------------------------------------------------------------------------------------
 # Cross-field checks
 

@@ -36,12 +36,15 @@ import random
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from rlkd.backends import Backend
+from rlkd import testbed
+from rlkd.backends import Backend, FailureBudget
 from rlkd.backends.build import build_backend
 from rlkd.backends.config import BackendConfig
+from rlkd.config import SYSTEM_PROMPT
 from rlkd.errors import ConfigError, InputError
-from rlkd.files import JsonlWriter, id_key, iter_jsonl, read_done_ids
-from rlkd.gsrm import Decomposer, DecomposeResult, WorkItem, build_prompt, decompose_resumably, split_reasoning
+from rlkd.files import JsonlWriter, OutputLock, check_output_path, id_key, iter_jsonl, read_done_ids
+from rlkd.gsrm import DecomposeResult, Decomposer, WorkItem, decompose_resumably, sft_example, split_reasoning
+from rlkd.models import build_tiny_model, build_tokenizer
 from rlkd.templates import DOMAINS, load_prompt
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -298,8 +301,6 @@ def run_data_gsrm(job: Any, backend: Any = None) -> dict[str, int]:
     the raw text. A backend failure is not written, so the next run retries it. ``backend`` overrides
     ``job.backend`` (tests pass a scripted one).
     """
-    from rlkd.files import OutputLock, check_output_path
-
     records = Records(job.input, job.split, job.subset)
     output, failures = Path(job.output), job.failures_path()
     for path, what in ((output, "output"), (failures, "failures")):
@@ -312,8 +313,6 @@ def run_data_gsrm(job: Any, backend: Any = None) -> dict[str, int]:
 
 def _data_gsrm_locked(job: Any, backend: Any, records: "Records", output: Path, failures: Path,
                       done: set[str]) -> dict[str, int]:
-    from rlkd.backends import FailureBudget
-
     total = len(records) if job.limit is None else min(job.limit, len(records))
     backend = backend if backend is not None else _backend(job.backend, job.cache_path(), "backend")
     decomposer = Decomposer(backend, domain=job.default_domain, max_trace_chars=job.max_trace_chars,
@@ -344,12 +343,10 @@ def _data_gsrm_locked(job: Any, backend: Any, records: "Records", output: Path, 
                 out.write("failures", {"id": item.id, "domain": item.domain, "reason": result.reason,
                                        "raw": result.raw})
             elif result.status == "ok":
-                prompt = build_prompt(item.problem, item.reasoning, item.domain,
+                example = sft_example(item.problem, item.reasoning, result.decomposition, item.domain,
                                       max_trace_chars=job.max_trace_chars, few_shot=job.sft_few_shot)
-                out.write("output", {
-                    "id": item.id, "domain": item.domain, "prompt": prompt,
-                    "completion": [{"role": "assistant", "content": result.decomposition.render()}],
-                    "steps": len(result.decomposition.steps), "truncated": result.truncated})
+                out.write("output", {"id": item.id, "domain": item.domain, **example,
+                                     "steps": len(result.decomposition.steps), "truncated": result.truncated})
 
         decompose_resumably(decomposer, todo(), write, batch_size=job.batch_size,
                             budget=FailureBudget(job.max_failure_share, job.min_failures, what="traces"),
@@ -398,8 +395,6 @@ def run_data_rlkd(job: Any, backend: Any = None) -> dict[str, int]:
     steps as GSRM text). Records without a correct generation, or whose decomposition has no steps, go
     to ``skipped.jsonl`` with the reason. A backend failure is not written (the next run retries it).
     """
-    from rlkd.files import OutputLock, check_output_path
-
     records = Records(job.input, job.split, job.subset)
     out = Path(job.output_dir)
     if out.exists() and not out.is_dir():
@@ -416,8 +411,6 @@ def run_data_rlkd(job: Any, backend: Any = None) -> dict[str, int]:
 
 def _data_rlkd_locked(job: Any, backend: Any, records: "Records", out: Path, paths: dict[str, Path],
                       done: set[str]) -> dict[str, int]:
-    from rlkd.backends import FailureBudget
-
     total = len(records) if job.limit is None else min(job.limit, len(records))
 
     usable: list[Any] = []
@@ -509,9 +502,6 @@ def build_tiny(output_dir: str | Path, *, train: int = 64, test: int = 16, seed:
       decompositions standing in for the strong LLM's;
     - ``student/`` and ``gsrm_base/``: tiny random Llama models sharing one tokenizer trained on all of it.
     """
-    from rlkd import testbed
-    from rlkd.config import SYSTEM_PROMPT
-    from rlkd.models import build_tiny_model, build_tokenizer
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -534,8 +524,7 @@ def build_tiny(output_dir: str | Path, *, train: int = 64, test: int = 16, seed:
                                      "generations": [wrong_generation(task.trace, answer), task.trace],
                                      "correctness_math_verify": [False, correct]}) + "\n")
             sft.write(json.dumps({"id": task.id, "domain": "math",
-                                  "prompt": build_prompt(task.problem, task.trace, "math", few_shot=False),
-                                  "completion": [{"role": "assistant", "content": task.decomposition.render()}],
+                                  **sft_example(task.problem, task.trace, task.decomposition, "math"),
                                   "steps": len(task.decomposition.steps), "truncated": False}) + "\n")
     texts = testbed.corpus(train_tasks) + [SYSTEM_PROMPT] + [text for _, text in load_prompt("math").turns]
     tokenizer = build_tokenizer(texts, vocab_size=1024)

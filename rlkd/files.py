@@ -220,18 +220,21 @@ class OutputLock:
 # Reading inputs
 
 
-def read_text(path: str) -> str:
-    """Read a file as UTF-8 (``-`` is standard input); a clear error names the file on failure."""
-    if path == "-":
+def read_text(path: str | os.PathLike, what: str = "file", error: type[RlkdError] = InputError,
+              hint: str = "", dash_is_stdin: bool = True) -> str:
+    """Read a file as UTF-8 (``-`` is standard input unless ``dash_is_stdin`` is false). A missing file, a
+    folder or text that is not UTF-8 raises ``error`` naming the file (``what`` says what it should be,
+    ``hint`` follows the UTF-8 error)."""
+    if dash_is_stdin and str(path) == "-":
         return sys.stdin.read()
     try:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
+        raise error(f"{path}: no such {what}") from None
     except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, not a file") from None
+        raise error(f"{path}: is a folder, not a {what}") from None
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        raise error(f"{path}: not UTF-8 text (byte {exc.start}){hint}") from None
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -28,8 +28,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from rlkd.answers import STATS, grade_all
 from rlkd.errors import InputError
-from rlkd.files import iter_jsonl
+from rlkd.evaluate import Problem, no_answer_line, pass_at_k_lines, summarize
+from rlkd.files import atomic_write_jsonl, iter_jsonl
 
 log = logging.getLogger("rlkd.grade")
 
@@ -76,8 +78,6 @@ def regrade(input_path: str, output_path: str, benchmark: str, grading: str = "l
     """Grade every completion of the JSONL ``input_path`` under the rules of ``benchmark`` (a key of
     :data:`BENCHMARK_KINDS`) and the ``grading`` protocol, and write ``output_path``; the summary. ``timeout``
     bounds math-verify on one completion; ``progress`` shows a progress bar."""
-    from rlkd.answers import STATS, grade_all
-    from rlkd.evaluate import Problem, _write_jsonl, summarize
 
     kind = BENCHMARK_KINDS[benchmark]
     if timeout <= 0:
@@ -104,7 +104,7 @@ def regrade(input_path: str, output_path: str, benchmark: str, grading: str = "l
                          "correct": gs[0].correct if single else [g.correct for g in gs],
                          "extracted": gs[0].answer if single else [g.answer for g in gs],
                          "reason": gs[0].reason if single else [g.reason for g in gs]})
-    _write_jsonl(output, out_rows)
+    atomic_write_jsonl(output, out_rows)
     summary = {"benchmark": benchmark, "model": f"graded from {input_path}", "grading_protocol": grading,
                **summarize(problems, records), "grading": {k: STATS[k] - stats_before.get(k, 0) for k in STATS}}
     return summary
@@ -112,17 +112,9 @@ def regrade(input_path: str, output_path: str, benchmark: str, grading: str = "l
 
 def format_grade_summary(summary: dict[str, Any]) -> str:
     """The printed table: problems, n, pass@k rows with n beside each, and the share with no answer."""
-    n = summary["n"]
     lines = [f"{summary['benchmark']} | {summary['model']} | grading {summary['grading_protocol']} | "
-             f"{summary['graded_problems']} problems graded of {summary['problems']} | n={n} samples per problem"]
-    if summary.get("ungradable_problems"):
-        lines.append(f"  left out (gold answer unreadable): {', '.join(summary['ungradable_problems'][:10])}")
-    stderr = summary.get("pass_at_1_stderr")
-    for k, value in summary["pass_at_k"].items():
-        extra = f"  (n={n}" + (f", stderr {stderr:.3f})" if k == "1" and stderr is not None else ")")
-        lines.append(f"  pass@{k:<7} {value:>8.3f}{extra}")
-    share = summary.get("no_answer_share")
-    lines.append(f"  {'no answer':<12} {'-' if share is None else f'{share:.3f}':>8}  share with no extractable answer")
+             f"{summary['graded_problems']} problems graded of {summary['problems']} | n={summary['n']} samples "
+             "per problem", *pass_at_k_lines(summary, header=False), no_answer_line(summary)]
     grading = summary["grading"]
     if grading.get("timeouts") or grading.get("errors") or grading.get("gold_unparsable"):
         lines.append(f"  math-verify: {grading['timeouts']} timeouts, {grading['errors']} errors, "

@@ -45,15 +45,15 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
+from rlkd.backends import Completion, FailureBudget, GenerationRequest, TooManyFailures
 from rlkd.errors import InputError
-from rlkd.files import JsonlWriter, id_key, iter_jsonl, read_done_ids
+from rlkd.files import JsonlWriter, OutputLock, atomic_write_text, check_output_path, id_key, iter_jsonl, read_done_ids
 from rlkd.structure import Decomposition, parse_decomposition
 from rlkd.templates import DOMAINS, load_prompt
+from rlkd.testbed import rule_decompose
 
-if TYPE_CHECKING:
-    from rlkd.backends import FailureBudget
 
 log = logging.getLogger("rlkd.gsrm")
 
@@ -101,6 +101,16 @@ def build_prompt(problem: str, reasoning: str, domain: str = "math", *,
                  max_trace_chars: int = DEFAULT_MAX_TRACE_CHARS, few_shot: bool = True) -> list[dict[str, str]]:
     """The GSRM chat messages for one problem and trace (``</think>`` handling and truncation applied)."""
     return _prepare(problem, reasoning, domain, max_trace_chars, few_shot)[0]
+
+
+def sft_example(problem: str, reasoning: str, decomposition: Decomposition, domain: str = "math", *,
+                max_trace_chars: int = DEFAULT_MAX_TRACE_CHARS, few_shot: bool = False) -> dict[str, Any]:
+    """One chat SFT example for the GSRM: ``prompt``, the messages :func:`build_prompt` makes (without the
+    worked example by default, as a fine-tuned GSRM is then prompted), and ``completion``, the assistant
+    message holding ``decomposition`` written canonically. ``rlkd data gsrm``, ``rlkd data tiny`` and the
+    demo build their GSRM training rows with it."""
+    return {"prompt": build_prompt(problem, reasoning, domain, max_trace_chars=max_trace_chars, few_shot=few_shot),
+            "completion": [{"role": "assistant", "content": decomposition.render()}]}
 
 
 def _prepare(problem: str, reasoning: str, domain: str, max_trace_chars: int,
@@ -170,8 +180,6 @@ class Decomposer:
 
     def request(self, problem: str, reasoning: str, domain: str | None = None):
         """The backend request for one trace, with its truncation flag and notes."""
-        from rlkd.backends import GenerationRequest
-
         messages, truncated, notes = _prepare(problem, reasoning, domain or self.domain,
                                               self.max_trace_chars, self.few_shot)
         return GenerationRequest.chat(messages, max_tokens=self.max_tokens, temperature=0.0), truncated, notes
@@ -220,8 +228,6 @@ class Decomposer:
         makes no call: its sink is finished at once with an empty completion (and, when the sink has a
         ``student`` attribute, the no-steps decomposition in it).
         """
-        from rlkd.backends import Completion
-
         results: list[DecomposeResult | None] = [None] * len(items)
         prepared, positions = [], []
         for i, item in enumerate(items):
@@ -276,8 +282,6 @@ class RuleDecomposer:
     async def decompose(self, items: Sequence[tuple[str, str] | tuple[str, str, str | None]],
                         domain: str | None = None) -> list[DecomposeResult]:
         """Decompose ``(problem, reasoning)`` items; one result per item, in order; never raises."""
-        from rlkd.testbed import rule_decompose
-
         results = []
         for item in items:
             self.calls += 1
@@ -290,8 +294,6 @@ class RuleDecomposer:
     async def decompose_stream(self, items: Sequence[tuple[str, str] | tuple[str, str, str | None]],
                                sinks: Sequence[Any], domain: str | None = None) -> list[DecomposeResult]:
         """:meth:`decompose`, each result fed whole to its sink (the rules cost nothing to run to the end)."""
-        from rlkd.backends import Completion
-
         results = await self.decompose(items, domain)
         for result, sink in zip(results, sinks):
             if hasattr(sink, "student"):  # the rules' own parse, reason included
@@ -336,7 +338,6 @@ def decompose_resumably(decomposer: Decomposer, items: Iterable[WorkItem],
     """
     from tqdm.auto import tqdm
 
-    from rlkd.backends import TooManyFailures
     backend = decomposer.backend
     tally = {"ok": 0, "no_steps": 0, "error": 0}
     bar = tqdm(total=total, desc=label, unit="rec", dynamic_ncols=True)
@@ -479,7 +480,6 @@ def check_decompose_job(args: DecomposeJob) -> str:
         raise InputError(f"{args.input}: is a folder, not a JSONL file")
     if not Path(args.input).is_file():
         raise InputError(f"{args.input}: no such file")
-    from rlkd.files import check_output_path
 
     check_output_path(args.output, "--output", same_as=[args.input])
     if args.prompt_file and not Path(args.prompt_file).is_file():
@@ -500,8 +500,6 @@ def decompose_file(args: DecomposeJob, backend) -> dict[str, int]:
     retries them). Raises InputError when failures pass ``--max-failure-share``, after writing what came
     back.
     """
-    from rlkd.files import OutputLock
-
     prompt = check_decompose_job(args)
     output = Path(args.output)
     with OutputLock(output):  # a second writer of this output is refused, not interleaved
@@ -510,8 +508,6 @@ def decompose_file(args: DecomposeJob, backend) -> dict[str, int]:
 
 def _drop_no_steps(output: Path) -> int:
     """Rewrite ``output`` (atomically) without its ``no_steps`` records; returns how many were dropped."""
-    from rlkd.files import atomic_write_text
-
     kept, dropped = [], 0
     for line in output.read_text(encoding="utf-8").splitlines(keepends=True):
         if line.strip() and json.loads(line).get("status") == "no_steps":
@@ -524,8 +520,6 @@ def _drop_no_steps(output: Path) -> int:
 
 
 def _decompose_locked(args: DecomposeJob, backend, prompt: str, output: Path) -> dict[str, int]:
-    from rlkd.backends import FailureBudget
-
     earlier: dict[str, int] = {}
     done = read_done_ids(output, fields={str(output): ("status", "structure")}, statuses=earlier)
     if args.retry_no_steps and earlier.get("no_steps"):

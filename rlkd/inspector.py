@@ -23,7 +23,9 @@ from typing import Any, Iterable, Sequence
 
 from rlkd.errors import InputError
 from rlkd.files import iter_jsonl, json_type
-from rlkd.structure import FIELDS, Decomposition, StepVerdict, StructureResult
+from rlkd.judges import decomposition_field, score_structure
+from rlkd.reward_config import StructureConfig, build_judge
+from rlkd.structure import Decomposition, FIELDS, StepVerdict, StructureResult
 
 _FIELD_TITLES = {"meta": "meta-reasoning", "subproblem": "sub-problem", "answer": "answer"}
 PAGE_MARKER = "<meta name='generator' content='rlkd inspect'>"  # how an existing page is known to be ours
@@ -45,9 +47,6 @@ def load_pairs(path: str, judge_name: str = "hybrid") -> list[InspectedPair]:
     """Read scored pairs; records with no verdicts are scored with ``judge_name``."""
     import asyncio
 
-    from rlkd.judges import decomposition_field
-    from rlkd.judges import score_structure
-    from rlkd.reward_config import StructureConfig, build_judge
 
     pairs: list[InspectedPair] = []
     to_score: list[int] = []

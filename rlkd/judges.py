@@ -40,13 +40,15 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from rlkd.answers import math_equal
 from rlkd.errors import InputError
 from rlkd.files import json_type
 from rlkd.structure import (
-    FIELDS,
     Decomposition,
+    FIELDS,
     Field,
     IncrementalParser,
+    MODES,
     Step,
     StructureResult,
     Verdict,
@@ -154,7 +156,6 @@ class MathJudge(Judge):
     def judge_one(self, request: JudgeRequest) -> Verdict:
         if request.field != "answer":  # math-verify would pull numbers out of prose: compare as text
             return self._text.judge_one(request)
-        from rlkd.answers import math_equal
 
         grade = math_equal(request.teacher, request.student, timeout_s=self.timeout_s)
         if grade.reason.startswith(("math-verify took longer", "grading error")):
@@ -371,8 +372,6 @@ async def score_structure_streaming(teacher: Decomposition, judge: Judge, sink: 
     except that a stopped generation's ``student_steps`` counts the steps read (``gsrm_stopped``).
     A teacher without steps gets no early exit (the student's parse is reported, as in the full path).
     """
-    from rlkd.structure import MODES
-
     if mode not in MODES:
         raise ValueError(f"unknown structure reward mode {mode!r}; choose one of {', '.join(MODES)}")
     gate = not mode.startswith("ungated")

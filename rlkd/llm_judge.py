@@ -37,6 +37,7 @@ import re
 from functools import lru_cache
 from typing import Any, Sequence
 
+from rlkd.backends import GenerationRequest
 from rlkd.judges import Judge, JudgeRequest
 from rlkd.structure import FIELDS, Verdict
 from rlkd.templates import PROMPTS_DIR, PromptTemplate
@@ -167,8 +168,6 @@ class LLMJudge(Judge):
         self.failures = 0
 
     def _request(self, messages: list[dict[str, str]], max_tokens: int):
-        from rlkd.backends import GenerationRequest
-
         return GenerationRequest.chat(messages, max_tokens=max_tokens, temperature=0.0)
 
     async def ajudge(self, requests: Sequence[JudgeRequest]) -> list[Verdict]:
@@ -219,7 +218,3 @@ class LLMJudge(Judge):
         if completion.error is not None:
             return [Verdict(None, name, f"judge call failed: {completion.error}")] * len(requests)
         return [Verdict(same, name, reason) for same, reason in parse_batched_verdicts(completion.text, len(requests))]
-
-    def stats(self) -> dict[str, int]:
-        """The judge's counters, for logs."""
-        return {"calls": self.calls, "verdicts": self.verdicts, "failures": self.failures}

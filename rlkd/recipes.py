@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from rlkd.errors import ConfigError
+from rlkd.files import read_text
 
 
 def option(default: Any, help: str, choices: Sequence[Any] | None = None) -> Any:
@@ -107,14 +108,13 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             if type(None) in args:
                 return None
             raise ConfigError(f"{where}: expected {_type_name(tp)}, got null")
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(value, arg, where)
-            except ConfigError as exc:
-                errors.append(exc)
+            except ConfigError:
+                pass  # try the next type of the union
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {_describe(value)}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
@@ -245,16 +245,9 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     """Read a YAML recipe as a mapping (an empty file is an empty mapping)."""
     import yaml
 
-    try:
-        if Path(path).is_file() and Path(path).stat().st_size > MAX_RECIPE_BYTES:
-            raise ConfigError(f"{path}: larger than {MAX_RECIPE_BYTES} bytes; a recipe is a page of settings")
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such recipe file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a recipe file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the recipe as UTF-8") from None
+    if Path(path).is_file() and Path(path).stat().st_size > MAX_RECIPE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_RECIPE_BYTES} bytes; a recipe is a page of settings")
+    text = read_text(path, "recipe file", ConfigError, "; save the recipe as UTF-8", dash_is_stdin=False)
     try:
         data = load_yaml(text, str(path))
     except yaml.YAMLError as exc:

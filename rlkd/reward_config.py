@@ -113,8 +113,9 @@ def build_judge(spec: Any, llm_backend: Backend | None = None) -> Judge:
     without one, over ``spec.judge_backend`` (:func:`~rlkd.backends.build.build_backend`). A name that
     is not a judge, or an LLM judge without a backend, is a ConfigError.
 
-    >>> build_judge(StructureConfig(judge="hybrid", answer_judge="text")).judges["answer"]
-    TextJudge()
+    >>> judge = build_judge(StructureConfig(judge="hybrid", answer_judge="text"))
+    >>> {field: type(j).__name__ for field, j in judge.judges.items()}
+    {'meta': 'OverlapJudge', 'subproblem': 'OverlapJudge', 'answer': 'TextJudge'}
     """
     fields = {"meta": spec.meta_judge, "subproblem": spec.subproblem_judge, "answer": spec.answer_judge}
     llm = None

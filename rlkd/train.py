@@ -41,18 +41,15 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from rlkd.backends import TooManyFailures
+from rlkd.config import GRPOJob, SFTJob, build_trl_config, check_trl_fields, shown_trl_values
+from rlkd.data import Records, first_columns, grpo_rows, is_local, sft_rows
 from rlkd.errors import InputError
 from rlkd.files import atomic_write_text
-from rlkd.config import (
-    GRPOJob,
-    SFTJob,
-    build_trl_config,
-    check_trl_fields,
-    shown_trl_values,
-)
+from rlkd.models import is_gguf, load_tokenizer, resolve_model
 from rlkd.recipes import dump_yaml
 from rlkd.reward_config import build_structure_reward
-from rlkd.rewards import StructureReward
+from rlkd.rewards import StructureReward, build_rewards
 
 log = logging.getLogger("rlkd.train")
 
@@ -98,12 +95,9 @@ class Preflight:
 
 
 def _check_model(check: Preflight, field: str, name: str) -> None:
-    from rlkd.data import is_local
-
     if not is_local(name):
         check.note(f"{field} = {name}: hub name (loaded from the hub or the local cache at run time)")
         return
-    from rlkd.models import is_gguf
 
     path = Path(name).expanduser()
     if is_gguf(name):
@@ -123,8 +117,6 @@ def _check_model(check: Preflight, field: str, name: str) -> None:
 def _check_data(check: Preflight, field: str, path: str, split: str, subset: str | None,
                 columns: Sequence[str], alternatives: Sequence[Sequence[str]] = ()) -> None:
     """Check that a local dataset exists and has ``columns`` (or one of the ``alternatives`` sets)."""
-    from rlkd.data import first_columns, is_local
-
     if not is_local(path):
         check.note(f"{field} = {path}: hub dataset (columns checked when it loads)")
         return
@@ -445,7 +437,6 @@ def reward_functions(job: GRPOJob) -> tuple[list[Any], list[float], list[str]]:
     """(functions, weights, the names TRL logs them under) for the job's rewards."""
     from trl.trainer.utils import get_callable_name
 
-    from rlkd.rewards import build_rewards
 
     weights = job.rewards.resolved()
     structure = grpo_structure_reward(job) if "structure" in weights else None
@@ -475,8 +466,6 @@ def run_grpo(job: GRPOJob, trl_config: Any, resume_from: Path | None) -> dict[st
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    from rlkd.data import Records, grpo_rows
-    from rlkd.models import load_tokenizer, resolve_model
 
     need_structure = "structure" in job.reward_names()
     rows = grpo_rows(Records(job.data.path, job.data.split, job.data.subset), job.data, need_structure, job.data.limit)
@@ -498,8 +487,6 @@ def run_sft(job: SFTJob, trl_config: Any, resume_from: Path | None) -> dict[str,
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from rlkd.data import Records, sft_rows
-    from rlkd.models import load_tokenizer, resolve_model
 
     rows = sft_rows(Records(job.data.path, job.data.split, job.data.subset), job.data, job.data.limit)
     tokenizer = load_tokenizer(job.model)
@@ -523,8 +510,6 @@ def train_job(job: SFTJob | GRPOJob, argv: Sequence[str] | None = None) -> dict[
     backend that failed too often (:class:`~rlkd.backends.TooManyFailures`) ends in an InputError that says
     how to resume.
     """
-    from rlkd.backends import TooManyFailures
-
     job.validate()
     kind = "grpo" if isinstance(job, GRPOJob) else "sft"
     check_trl_fields(job)

@@ -673,7 +673,7 @@ def test_everything_that_listens_binds_to_localhost():
     assert found, "the scan found nothing: it is not looking at the sources"
     # rlkd serve binds --host (default 127.0.0.1) and refuses any non-loopback host without a token
     # (rlkd/cli/serve.py with rlkd.serve.is_loopback; tests/test_reward_server.py checks the refusal)
-    guarded = {"rlkd/serve.py", "rlkd/cli/serve.py", "tests/test_reward_server.py"}  # the last asserts that refusal
+    guarded = {"rlkd/cli/serve.py", "tests/test_reward_server.py"}  # the second asserts that refusal
     assert [(where, line) for where, line in found if "127.0.0.1" not in line and "_server.server_address" not in line
             and where.split(":")[0] not in guarded] == []
 

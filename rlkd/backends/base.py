@@ -212,7 +212,7 @@ class FailureBudget:
     >>> budget.record(False, "HTTP 500")  # 2 of 5 > 25%
     Traceback (most recent call last):
     ...
-    rlkd.backends.TooManyFailures: 2 of 5 decompositions failed (40.0% > 25.0% allowed); last reasons: timeout; HTTP 500
+    rlkd.backends.base.TooManyFailures: 2 of 5 decompositions failed (40.0% > 25.0% allowed); last reasons: timeout; HTTP 500
 
     Call :meth:`finish` at the end of a job: it applies the same share to what was seen, however few,
     so a job of three requests that all failed does not end as a silent success.
@@ -230,12 +230,7 @@ class FailureBudget:
 
     def record(self, ok: bool, reason: str = "") -> None:
         """Count one item; raise :class:`TooManyFailures` when over budget."""
-        self.seen += 1
-        if not ok:
-            self.failures += 1
-            self.reasons.append(reason or "no reason given")
-        if self.seen >= self.min_count:
-            self._check()
+        self.record_many([(ok, reason)])
 
     def record_many(self, outcomes: Sequence[tuple[bool, str]]) -> None:
         """Count a whole batch of ``(ok, reason)`` outcomes, then check once, so the error counts every

@@ -10,10 +10,12 @@ import os
 from typing import Any, Mapping
 
 from rlkd.backends.base import Backend, check_backend_numbers
+from rlkd.backends.cache import CachedBackend
 from rlkd.backends.config import BackendConfig
 from rlkd.backends.local import TransformersBackend
 from rlkd.backends.openai_client import OpenAIBackend
 from rlkd.errors import ConfigError
+from rlkd.models import is_gguf
 
 
 log = logging.getLogger("rlkd.backends")
@@ -60,8 +62,6 @@ def backend_from_config(config: Mapping[str, Any], where: str = "backend") -> Ba
         raise ValueError(f"{where}: give exactly one of 'base_url' (a server) or 'local_model' (in-process)"
                          + ("" if base_url else ", none was given"))
     if local_model:
-        from rlkd.models import is_gguf  # a .gguf file is checked, and converted once, by models.resolve_model
-
         if local_model.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(local_model)) \
                 and not is_gguf(local_model):
             raise OSError(f"no such folder: {local_model}")
@@ -78,8 +78,6 @@ def backend_from_config(config: Mapping[str, Any], where: str = "backend") -> Ba
         options = {k: config[k] if config.get(k) is not None else d for k, d in defaults.items()}
         backend = OpenAIBackend(base_url, config["model"], **options)
     if config.get("cache"):
-        from rlkd.backends.cache import CachedBackend
-
         try:
             backend = CachedBackend(backend, config["cache"])
         except OSError as exc:  # not the model's fault: name the cache

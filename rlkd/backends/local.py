@@ -13,6 +13,7 @@ import threading
 from typing import Any, Callable, Sequence
 
 from rlkd.backends.base import Backend, Completion, GenerationRequest, StreamSink, _short
+from rlkd.models import load_model, load_tokenizer
 
 
 log = logging.getLogger("rlkd.backends")
@@ -50,7 +51,6 @@ class TransformersBackend(Backend):
         tokenizer: Any = None,
     ) -> None:
         super().__init__()
-        from rlkd.models import load_model, load_tokenizer
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

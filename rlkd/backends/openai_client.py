@@ -24,6 +24,7 @@ import random
 import time
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
+from rlkd.backends.config import BackendConfig
 from rlkd.backends.base import (
     PLACEHOLDER_API_KEY,
     Backend,
@@ -131,10 +132,10 @@ class OpenAIBackend(Backend):
         base_url: str,
         model: str,
         *,
-        api_key_env: str | None = "OPENAI_API_KEY",
-        concurrency: int = 16,
-        timeout: float = 120.0,
-        max_retries: int = 4,
+        api_key_env: str | None = BackendConfig.api_key_env,
+        concurrency: int = BackendConfig.concurrency,
+        timeout: float = BackendConfig.timeout,
+        max_retries: int = BackendConfig.max_retries,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
         retry_after_max: float = 60.0,

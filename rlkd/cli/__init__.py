@@ -2,8 +2,8 @@
 
 1. Each command has a module here that registers its options (``add_parser``) and turns them into the
    library's job dataclasses or plain arguments; the work itself is a library call (``rlkd eval`` is
-   :func:`rlkd.evaluate.run_eval` on an :class:`~rlkd.config.EvalJob`, ``rlkd decompose`` is
-   :func:`rlkd.gsrm.decompose_file` on a :class:`~rlkd.config.DecomposeJob`, ...). Nothing in the library
+   :func:`rlkd.evaluate.run_eval` on an :class:`~rlkd.evaluate.EvalJob`, ``rlkd decompose`` is
+   :func:`rlkd.gsrm.decompose_file` on a :class:`~rlkd.gsrm.DecomposeJob`, ...). Nothing in the library
    imports this package (``tests/test_layers.py`` checks it).
 2. Every user-facing error is an :class:`rlkd.errors.RlkdError` (``CliError`` here is that class): printed
    on one line without a traceback, exit status 2.

@@ -14,10 +14,23 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from rlkd.backends import FailureBudget, TooManyFailures
 from rlkd.cli.options import CliError, add_backend_arguments, backend_from_args
-from rlkd.files import JsonlWriter, id_key, iter_jsonl, read_done_ids, read_text
-from rlkd.judges import FIELD_JUDGES, JUDGES, decomposition_field
-from rlkd.reward_config import build_judge, uses_llm_judge
+from rlkd.config import BackendConfig, ConfigError, StructureConfig
+from rlkd.files import (
+    JsonlWriter,
+    OutputLock,
+    atomic_write_text,
+    check_output_path,
+    id_key,
+    iter_jsonl,
+    read_done_ids,
+    read_text,
+    refuse_foreign_jsonl,
+)
+from rlkd.judges import FIELD_JUDGES, JUDGES, decomposition_field, score_many, score_structure
+from rlkd.llm_judge import LLMJudge
+from rlkd.reward_config import build_judge, build_structure_reward, uses_llm_judge
 from rlkd.structure import MODES, as_decomposition, parse_decomposition
 from rlkd.templates import DOMAINS
 
@@ -66,8 +79,6 @@ def _unjudged_reason(result) -> str | None:
 
 def _llm_backend_stats(judge) -> Any:
     """The request counters of the LLM judge inside ``judge`` (None when no LLM is used)."""
-    from rlkd.llm_judge import LLMJudge
-
     for candidate in [judge, *getattr(judge, "judges", {}).values()]:
         if isinstance(candidate, LLMJudge):
             return candidate.backend.stats
@@ -101,8 +112,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     null); 2 when more than ``--max-failure-share`` of them could not (or on bad input)."""
     import asyncio
 
-    from rlkd.files import OutputLock, check_output_path, refuse_foreign_jsonl
-    from rlkd.judges import score_many, score_structure
 
     if args.completions:
         if args.pairs or args.teacher or args.student:
@@ -144,8 +153,6 @@ def cmd_score(args: argparse.Namespace) -> int:
         if judged or not results:  # when nothing could be judged, an earlier output is left as it was
             text = "".join(_dump(record) + "\n" for record in records)
             if to_file:
-                from rlkd.files import atomic_write_text
-
                 atomic_write_text(args.output, text)
             else:
                 sys.stdout.write(text)
@@ -194,9 +201,6 @@ def cmd_score_completions(args: argparse.Namespace) -> int:
     :func:`rlkd.reward_config.build_structure_reward`); resumable like ``rlkd decompose``."""
     import asyncio
 
-    from rlkd.backends import FailureBudget, TooManyFailures
-    from rlkd.config import BackendConfig, ConfigError, StructureConfig
-    from rlkd.reward_config import build_structure_reward
 
     if not args.output or args.output == "-":
         raise CliError("--completions needs --output OUT.jsonl (appended to, so a second run resumes)")

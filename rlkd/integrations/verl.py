@@ -38,8 +38,9 @@ import math
 import sys
 from typing import Any, Mapping, Sequence
 
+from rlkd.errors import InputError
 from rlkd.integrations import scorer_for
-from rlkd.serve import RewardRequest, ScoredItem
+from rlkd.serve import RecordIndex, RewardRequest, ScoredItem, load_serve_job
 
 log = logging.getLogger("rlkd.integrations.verl")
 
@@ -96,8 +97,6 @@ def compute_score_sync(data_source: str, solution_str: str, ground_truth: Any,
 
 def verl_rows(config: str, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The RLKD dataset of a recipe as verl training rows (the record id as ``ground_truth``)."""
-    from rlkd.serve import RecordIndex, load_serve_job
-
     job = load_serve_job(config, overrides)
     index = RecordIndex.from_job(job)
     ids = {position: record_id for record_id, position in index.by_id.items()}
@@ -117,7 +116,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import pandas as pd
 
-    from rlkd.errors import InputError
 
     try:
         rows = verl_rows(args.config, args.set)
