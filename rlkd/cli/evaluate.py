@@ -45,7 +45,7 @@ def add_grading_argument(parser) -> None:
                              "reply and the gold with lighteval's extraction rules; GPQA: lighteval's letter "
                              "rules). reward: the training accuracy reward's grader (right-most \\boxed{}, then "
                              "an <answer> block, then an 'answer is' phrase; GPQA: a letter cue, decisive ones "
-                             "first). See rlkd/answers.py for every difference")
+                             "first). See the docstring of rlkd/answers/__init__.py for every difference")
 
 
 def add_parser(subparsers) -> None:
