@@ -28,7 +28,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from rlkd.answers import STATS, grade_all
+from rlkd.answers import DEFAULT_EVAL_PROTOCOL, DEFAULT_TIMEOUT_S, STATS, grade_all
 from rlkd.errors import InputError
 from rlkd.evaluate import Problem, no_answer_line, pass_at_k_lines, summarize
 from rlkd.files import atomic_write_jsonl, iter_jsonl
@@ -73,8 +73,8 @@ def read_completions(path: str, kind: str) -> list[tuple[dict[str, Any], list[st
     return rows
 
 
-def regrade(input_path: str, output_path: str, benchmark: str, grading: str = "lighteval", timeout: float = 5.0,
-            progress: bool = False) -> dict[str, Any]:
+def regrade(input_path: str, output_path: str, benchmark: str, grading: str = DEFAULT_EVAL_PROTOCOL,
+            timeout: float = DEFAULT_TIMEOUT_S, progress: bool = False) -> dict[str, Any]:
     """Grade every completion of the JSONL ``input_path`` under the rules of ``benchmark`` (a key of
     :data:`BENCHMARK_KINDS`) and the ``grading`` protocol, and write ``output_path``; the summary. ``timeout``
     bounds math-verify on one completion; ``progress`` shows a progress bar."""

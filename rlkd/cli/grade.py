@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from rlkd.answers import DEFAULT_TIMEOUT_S
 from rlkd.cli.evaluate import add_grading_argument
 from rlkd.grade import BENCHMARK_KINDS, format_grade_summary, regrade
 
@@ -33,7 +34,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--output", required=True, metavar="OUT.jsonl",
                    help="where the graded lines go (written in one step at the end; not the input file)")
     add_grading_argument(p)
-    p.add_argument("--timeout", type=float, default=5.0,
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                    help="seconds math-verify may spend on one completion before it counts as wrong "
                         "(default %(default)s)")
     p.add_argument("--progress", action="store_true", help="show a progress bar while grading")

@@ -309,30 +309,30 @@ def add_parser(sub) -> None:
     p.add_argument("--no-early-exit", action="store_true",
                    help="--completions: let the GSRM write every decomposition to its end (by default its "
                         "generation is stopped once the reward is decided, which gives the same reward)")
-    p.add_argument("--domain", default="math", choices=DOMAINS,
+    p.add_argument("--domain", default=StructureConfig.domain, choices=DOMAINS,
                    help="--completions: GSRM prompt domain (default %(default)s)")
     p.add_argument("--zero-shot", action="store_true",
                    help="--completions: drop the worked example from the GSRM prompt (a fine-tuned GSRM)")
-    p.add_argument("--gsrm-max-tokens", type=int, default=2048,
+    p.add_argument("--gsrm-max-tokens", type=int, default=StructureConfig.gsrm_max_tokens,
                    help="--completions: most tokens the GSRM may write per completion (default %(default)s)")
-    p.add_argument("--max-trace-chars", type=int, default=24000,
+    p.add_argument("--max-trace-chars", type=int, default=StructureConfig.gsrm_max_trace_chars,
                    help="--completions: longer reasonings keep their first 2/3 and last 1/3 of this many "
                         "characters (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=64,
                    help="--completions: lines scored together and written when all are back (default %(default)s)")
     p.add_argument("--min-failures", type=int, default=10,
                    help="--completions: GSRM calls made before the failure share is first checked (default %(default)s)")
-    p.add_argument("--judge", default="hybrid", choices=JUDGES,
+    p.add_argument("--judge", default=StructureConfig.judge, choices=JUDGES,
                    help="how step fields are compared (default %(default)s)")
-    p.add_argument("--meta-judge", default="overlap", choices=FIELD_JUDGES,
+    p.add_argument("--meta-judge", default=StructureConfig.meta_judge, choices=FIELD_JUDGES,
                    help="hybrid: judge for meta-reasoning (default %(default)s)")
-    p.add_argument("--subproblem-judge", default="overlap", choices=FIELD_JUDGES,
+    p.add_argument("--subproblem-judge", default=StructureConfig.subproblem_judge, choices=FIELD_JUDGES,
                    help="hybrid: judge for sub-problems (default %(default)s)")
-    p.add_argument("--answer-judge", default="math", choices=FIELD_JUDGES,
+    p.add_argument("--answer-judge", default=StructureConfig.answer_judge, choices=FIELD_JUDGES,
                    help="hybrid: judge for answers (default %(default)s)")
-    p.add_argument("--overlap-threshold", type=float, default=0.5,
+    p.add_argument("--overlap-threshold", type=float, default=StructureConfig.overlap_threshold,
                    help="token F1 at or above which the overlap judge says 'same' (default %(default)s)")
-    p.add_argument("--mode", default="paper", choices=MODES,
+    p.add_argument("--mode", default=StructureConfig.mode, choices=MODES,
                    help="paper: the authors' algorithm (default); normalized: divided by the teacher's "
                         "step count; ungated: no prefix gate")
     p.add_argument("--lazy", action="store_true",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from rlkd.answers import DEFAULT_EVAL_PROTOCOL, DEFAULT_TIMEOUT_S
 from rlkd.data import Records
 from rlkd.errors import InputError
 from rlkd.files import read_text
@@ -119,8 +120,8 @@ class EvalJob:
     dtype: str = "auto"
     tensor_parallel_size: int = 1
     max_model_len: int | None = None
-    grade_timeout: float = 5.0
-    grading: str = "lighteval"
+    grade_timeout: float = DEFAULT_TIMEOUT_S
+    grading: str = DEFAULT_EVAL_PROTOCOL
 
 
 def _offline() -> bool:
