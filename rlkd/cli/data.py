@@ -11,10 +11,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from rlkd.cli.options import CliError
+from rlkd.cli.options import CliError, add_recipe_kind
 from rlkd.config import DataGsrmJob, DataRlkdJob, load_job
 from rlkd.data import Records, build_tiny, run_data_gsrm, run_data_rlkd
-from rlkd.recipes import dump_yaml, fields_help
+from rlkd.recipes import dump_yaml
 
 
 
@@ -29,13 +29,9 @@ def add_parser(subparsers) -> None:
         ("rlkd", DataRlkdJob, "OpenR1-Math-style records -> train/test sets with the first correct teacher "
                               "generation and its GSRM decomposition"),
     ):
-        q = sub.add_parser(kind, help=text, description=f"{text}. Resumable: run the same command again.",
-                           epilog=fields_help(cls), formatter_class=argparse.RawDescriptionHelpFormatter)
-        q.add_argument("--config", metavar="RECIPE.yaml", help="YAML recipe (e.g. configs/tiny/data_rlkd.yaml)")
-        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one field, e.g. --set limit=100 (repeatable; value read as YAML)")
-        q.add_argument("--dry-run", action="store_true",
-                       help="print the resolved configuration and the input's columns, then stop")
+        q = add_recipe_kind(sub, kind, cls, text, f"{text}. Resumable: run the same command again.",
+                            "configs/tiny/data_rlkd.yaml", "limit=100",
+                            "print the resolved configuration and the input's columns, then stop")
         q.set_defaults(func=cmd_data)
     q = sub.add_parser("tiny", help="build the tiny models and testbed data the configs/tiny recipes run on (CPU)",
                        description="Build everything configs/tiny/ reads: testbed tasks as rlkd rows, teacher "

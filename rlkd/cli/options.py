@@ -1,8 +1,10 @@
 """Command-line options several commands share, and the one user-facing error class.
 
-1. :func:`add_backend_arguments`: the LLM backend's options (every command that calls an LLM); their
+1. :func:`add_recipe_kind`: a command that runs a job dataclass from a YAML recipe (``--config``, ``--set``,
+   ``--dry-run``, the fields in the epilog).
+2. :func:`add_backend_arguments`: the LLM backend's options (every command that calls an LLM); their
    values become a backend through :func:`backend_from_args` and :func:`rlkd.backends.backend_from_config`.
-2. ``CliError`` is :class:`rlkd.errors.RlkdError` (the command line's historical name for it).
+3. ``CliError`` is :class:`rlkd.errors.RlkdError` (the command line's historical name for it).
 """
 
 from __future__ import annotations
@@ -12,8 +14,22 @@ import argparse
 from rlkd.backends import Backend, backend_from_config, check_backend_numbers
 from rlkd.backends.config import BackendConfig
 from rlkd.errors import InputError, RlkdError
+from rlkd.recipes import fields_help
 
 CliError = RlkdError  # the command line's name for the user-facing error (rlkd.errors.RlkdError itself)
+
+
+def add_recipe_kind(sub, kind: str, cls: type, help: str, description: str, recipe: str, set_example: str,
+                    dry_run: str) -> argparse.ArgumentParser:
+    """Register ``kind`` under ``sub`` as a command that runs the job dataclass ``cls`` from a recipe:
+    ``--config``, ``--set`` and ``--dry-run``, with every field of ``cls`` listed in the epilog."""
+    q = sub.add_parser(kind, help=help, description=description, epilog=fields_help(cls),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("--config", metavar="RECIPE.yaml", help=f"YAML recipe (e.g. {recipe})")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override one field, e.g. --set {set_example} (repeatable; value read as YAML)")
+    q.add_argument("--dry-run", action="store_true", help=dry_run)
+    return q
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,9 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rlkd.cli.options import CliError
+from rlkd.cli.options import CliError, add_recipe_kind
 from rlkd.config import GRPOJob, SFTJob, build_trl_config, check_trl_fields, load_job
-from rlkd.recipes import fields_help
 from rlkd.train import preflight, render_plan, train_job
 
 
@@ -47,15 +46,10 @@ def add_parser(subparsers) -> None:
         ("sft", SFTJob, "supervised fine-tuning: the SFT-distillation baseline, or GSRM training on chat data"),
         ("grpo", GRPOJob, "GRPO with a reward set: rlkd (3/3/2/2, RLKD and RLKD-zero), outcome, or explicit weights"),
     ):
-        q = sub.add_parser(kind, help=text, description=f"{text[0].upper()}{text[1:]}. The recipe is validated "
-                           "and the inputs checked before any weights load.",
-                           epilog=fields_help(cls), formatter_class=argparse.RawDescriptionHelpFormatter)
-        q.add_argument("--config", metavar="RECIPE.yaml", help="YAML recipe (e.g. configs/tiny/rlkd_grpo.yaml)")
-        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one field, e.g. --set training.max_steps=10 (repeatable; value read as YAML)")
-        q.add_argument("--dry-run", action="store_true",
-                       help="print the resolved configuration, TRL values and reward weights, check the inputs, "
-                            "and stop before loading weights")
+        q = add_recipe_kind(sub, kind, cls, text, f"{text[0].upper()}{text[1:]}. The recipe is validated and the "
+                            "inputs checked before any weights load.", "configs/tiny/rlkd_grpo.yaml",
+                            "training.max_steps=10", "print the resolved configuration, TRL values and reward "
+                            "weights, check the inputs, and stop before loading weights")
         q.add_argument("--strict", action="store_true",
                        help="--dry-run: also fail when an input is not found here")
         q.set_defaults(func=cmd_train)

@@ -60,6 +60,7 @@ from rlkd.serve.items import (
     Overloaded,
     RewardRequest,
     ScoredItem,
+    ServeOptions,
     TOKEN_ENV,
     UnscorableRequest,
     completion_from_query,
@@ -76,7 +77,6 @@ from rlkd.serve.batching import (
     Batcher,
 )
 from rlkd.serve.app import (
-    ServeOptions,
     ServerStats,
     build_app,
     is_loopback,

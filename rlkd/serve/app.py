@@ -9,12 +9,11 @@ import ipaddress
 import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
 from rlkd.serve.batching import Batcher
 from rlkd.serve.items import (
-    END_MARKERS,
+    ServeOptions,
     Overloaded,
     RewardRequest,
     ScoredItem,
@@ -28,19 +27,6 @@ log = logging.getLogger("rlkd.serve")
 
 # --------------------------------------------------------------------------------------------------
 # The HTTP server
-
-
-@dataclass
-class ServeOptions:
-    """Settings of :func:`build_app` (``rlkd serve``'s options)."""
-
-    token: str | None = None
-    max_batch: int = 64
-    batch_wait: float = 0.05
-    concurrency: int = 4
-    max_pending: int = 4096
-    scores: str = "reward"  # what OpenRLHF's "scores" carries: the reward, or accuracy (0/1, for filtering)
-    end_markers: tuple[str, ...] = END_MARKERS
 
 
 class ServerStats:

@@ -8,7 +8,7 @@ import asyncio
 import logging
 from typing import Awaitable, Callable, Sequence
 
-from rlkd.serve.items import Overloaded, RewardRequest, ScoredItem
+from rlkd.serve.items import Overloaded, RewardRequest, ScoredItem, ServeOptions
 
 log = logging.getLogger("rlkd.serve")
 
@@ -26,8 +26,9 @@ class Batcher:
     ``max_pending`` items are queued or being scored, :meth:`submit` raises :class:`Overloaded`.
     """
 
-    def __init__(self, score: Callable[[list[RewardRequest]], Awaitable[list[ScoredItem]]], *, max_batch: int = 64,
-                 max_wait: float = 0.05, concurrency: int = 4, max_pending: int = 4096) -> None:
+    def __init__(self, score: Callable[[list[RewardRequest]], Awaitable[list[ScoredItem]]], *,
+                 max_batch: int = ServeOptions.max_batch, max_wait: float = ServeOptions.batch_wait,
+                 concurrency: int = ServeOptions.concurrency, max_pending: int = ServeOptions.max_pending) -> None:
         if min(max_batch, concurrency, max_pending) < 1 or max_wait < 0:
             raise ValueError("max_batch, concurrency and max_pending must be >= 1 and max_wait >= 0")
         self.score = score

@@ -109,3 +109,16 @@ def completion_from_query(query: str, prompt: str | None, markers: Sequence[str]
             if marker and tail.endswith(marker):
                 query, stripped = tail[: -len(marker)], True
     return query
+
+
+@dataclass
+class ServeOptions:
+    """Settings of :func:`build_app` (``rlkd serve``'s options)."""
+
+    token: str | None = None
+    max_batch: int = 64
+    batch_wait: float = 0.05
+    concurrency: int = 4
+    max_pending: int = 4096
+    scores: str = "reward"  # what OpenRLHF's "scores" carries: the reward, or accuracy (0/1, for filtering)
+    end_markers: tuple[str, ...] = END_MARKERS
