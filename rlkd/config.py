@@ -11,6 +11,11 @@ overrides single fields with ``--set section.field=value`` (the value is read as
 :func:`load_job` checks everything before any heavy work: unknown keys (with a suggestion), wrong
 types, values outside their choices and cross-field rules, each error naming the field as a dotted path.
 
+The sections shared with lower layers live there and are used here: :class:`~rlkd.backends.config.BackendConfig`
+(every backend section) and :class:`~rlkd.reward_config.StructureConfig` (``structure:``); the recipe
+machinery (YAML, ``--set``, field help) is :mod:`rlkd.recipes`. This module adds the jobs, their
+cross-field checks and their mapping onto TRL's configuration classes.
+
 How this departs from the authors' code (SPEC section 4):
 
 1. No setting is hard-coded at import time: model paths, server addresses and ports all come from the
