@@ -161,3 +161,17 @@ def test_imports_are_read_inside_functions_and_resolved_to_modules():
     known = {"rlkd.cli", "rlkd.cli.options", "rlkd.backends", "rlkd.pkg.sibling"}
     assert imports_of(source, "rlkd.pkg.mod", False, known) == {"json", "rlkd.cli.options", "rlkd.backends",
                                                                 "rlkd.pkg.sibling"}
+
+
+def test_the_command_line_starts_without_the_heavy_packages():
+    """Top-level imports of rlkd modules are fine; the heavy third-party ones stay inside functions, so that
+    ``rlkd --help`` (which registers every command) loads none of them."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "transformers", "trl", "datasets", "numpy", "matplotlib", "openai", "math_verify")
+    code = ("import sys; from rlkd.cli import build_parser; build_parser(); "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent, timeout=120)
+    assert out.stdout.strip() == "[]"
