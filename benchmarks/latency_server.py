@@ -23,13 +23,17 @@ Timing: each request sleeps ``latency_ms + per_token_ms * generated tokens + per
 prompt tokens`` before answering. A streamed request (``"stream": true``) sleeps ``latency_ms +
 per_prompt_token_ms * prompt tokens`` before its first token and ``per_token_ms`` before each token,
 sending one token per server-sent event (and the usage at the end when ``stream_options.include_usage``
-asks for it); a client that closes the stream stops the generation there, and only the tokens sent
-are counted (``aborted`` counts such streams). ``--slots N`` serves at most N requests at once (the rest queue, as at
+asks for it). A client that closes the stream stops the generation at once: the server waits for
+each token's time on the connection, so it sees the close as soon as it arrives (as vLLM aborts a
+request when its client disconnects) and sends nothing more; only the tokens sent are counted
+(``aborted`` counts such streams). ``--slots N`` serves at most N requests at once (the rest queue, as at
 a server whose batch is full); 0 (default) serves all at once, like a batching server far below its
 capacity. Tokens are counted as words and punctuation marks (regex ``\\w+|[^\\w\\s]``), plus 4 per chat
 message for the template; replies are cut at the request's ``max_tokens``. ``GET /stats`` returns the
-request and token counts per kind of request and the server's CPU seconds; ``POST /stats/reset`` zeroes
-them.
+request and token counts per kind of request and the server's CPU seconds (``GET /stats?streams=1``
+adds one record per streamed GSRM reply: a hash of the whole reply, its tokens, the tokens sent, and
+whether the client closed it), so a benchmark can compare what each stream cost with what it needed;
+``POST /stats/reset`` zeroes them.
 
 Bounded by design: it binds 127.0.0.1 only, and stops by itself after ``--max-seconds`` (default 1800)
 or ``--max-requests`` (if set), or when its parent closes its stdin (``--exit-on-stdin-eof``, used by
@@ -44,6 +48,8 @@ import argparse
 import contextlib
 import json
 import re
+import select
+import socket
 import subprocess
 import sys
 import threading
@@ -184,14 +190,26 @@ class Counters:
     completion_tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     max_in_flight: int = 0
     aborted: int = 0  # streams the client closed before their end
+    streams: list[dict[str, Any]] = field(default_factory=list)  # one record per streamed GSRM reply
     cpu_start: float = field(default_factory=time.process_time)
 
-    def as_dict(self) -> dict[str, Any]:
-        """The counters, and the CPU seconds this server process used since they were last reset."""
-        return {"requests": dict(self.requests), "prompt_tokens": dict(self.prompt_tokens),
-                "completion_tokens": dict(self.completion_tokens), "max_in_flight": self.max_in_flight,
-                "aborted": self.aborted,
-                "cpu_s": round(time.process_time() - self.cpu_start, 3)}
+    def as_dict(self, streams: bool = False) -> dict[str, Any]:
+        """The counters, and the CPU seconds this server process used since they were last reset; with
+        ``streams``, the per-stream records of the GSRM replies too."""
+        out = {"requests": dict(self.requests), "prompt_tokens": dict(self.prompt_tokens),
+               "completion_tokens": dict(self.completion_tokens), "max_in_flight": self.max_in_flight,
+               "aborted": self.aborted,
+               "cpu_s": round(time.process_time() - self.cpu_start, 3)}
+        if streams:
+            out["streams"] = [dict(s) for s in self.streams]
+        return out
+
+
+def reply_key(text: str) -> str:
+    """The key of a GSRM reply in the per-stream records (a short hash of its whole text)."""
+    import hashlib
+
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 class _Server(ThreadingHTTPServer):
@@ -287,9 +305,16 @@ def token_pieces(text: str) -> list[str]:
     return pieces
 
 
-def stream_answer(server: "LatencyServer", body: dict[str, Any], write: Any) -> None:
+def _sleep(seconds: float) -> bool:
+    time.sleep(max(seconds, 0.0))
+    return False
+
+
+def stream_answer(server: "LatencyServer", body: dict[str, Any], write: Any, closed: Any = _sleep) -> None:
     """Answer one streamed chat-completions body: the first token after the fixed cost, then one token
-    per ``per_token_ms``; ``write(bytes)`` raises once the client has gone, which ends the generation."""
+    per ``per_token_ms``. ``closed(seconds)`` waits that long and says whether the client closed the
+    stream meanwhile (returning as soon as it does); ``write(bytes)`` raises once the client has gone.
+    Either ends the generation."""
     messages = body.get("messages") or []
     kind, text = server.responder.reply(messages)
     text, was_cut = cut_tokens(text, body.get("max_tokens") or body.get("max_completion_tokens"))
@@ -304,12 +329,14 @@ def stream_answer(server: "LatencyServer", body: dict[str, Any], write: Any) -> 
         write(b"data: " + json.dumps({**head, **payload}).encode() + b"\n\n")
 
     sent = 0
+    pieces = token_pieces(text)
     try:
         with (server.slots if server.slots is not None else contextlib.nullcontext()):
-            time.sleep((server.latency_ms + server.per_prompt_token_ms * prompt_tokens) / 1000.0)
-            for i, piece in enumerate(token_pieces(text)):
-                if i:
-                    time.sleep(server.per_token_ms / 1000.0)
+            if closed((server.latency_ms + server.per_prompt_token_ms * prompt_tokens) / 1000.0):
+                raise BrokenPipeError("the client closed the stream")
+            for i, piece in enumerate(pieces):
+                if i and closed(server.per_token_ms / 1000.0):
+                    raise BrokenPipeError("the client closed the stream")
                 event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": piece},
                                     "finish_reason": None}]})
                 sent += 1
@@ -320,9 +347,37 @@ def stream_answer(server: "LatencyServer", body: dict[str, Any], write: Any) -> 
             event({"choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": sent,
                                             "total_tokens": prompt_tokens + sent}})
         write(b"data: [DONE]\n\n")
+        aborted = False
     except (BrokenPipeError, ConnectionResetError):
+        aborted = True
         with server.lock:
             server.counters.aborted += 1
+    if kind == "gsrm":
+        with server.lock:
+            server.counters.streams.append({"reply": reply_key(text), "tokens": len(pieces), "sent": sent,
+                                            "aborted": aborted})
+
+
+def connection_closed(sock: socket.socket, seconds: float) -> bool:
+    """Wait up to ``seconds`` on ``sock`` and return True as soon as its peer has closed it (the request
+    body was read whole, so the only thing that can arrive is the end of the connection)."""
+    deadline = time.monotonic() + max(seconds, 0.0)
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            ready, _, _ = select.select([sock], [], [], max(left, 0.0))
+            if ready:
+                try:
+                    if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                        return True
+                except BlockingIOError:
+                    pass
+                time.sleep(max(deadline - time.monotonic(), 0.0))  # bytes, not a close: wait the time out
+                return False
+        except OSError:  # reset by the peer, or the socket is gone
+            return True
+        if left <= 0:
+            return False
 
 
 def _make_handler(server: LatencyServer) -> type[BaseHTTPRequestHandler]:
@@ -342,9 +397,10 @@ def _make_handler(server: LatencyServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             path = self.path.rstrip("/")
-            if path.endswith("/stats"):
+            path, _, query = path.partition("?")
+            if path.rstrip("/").endswith("/stats"):
                 with server.lock:
-                    self._send(200, server.counters.as_dict())
+                    self._send(200, server.counters.as_dict(streams="streams=1" in query))
             elif path.endswith("/models"):
                 self._send(200, {"object": "list", "data": [{"id": "latency-server", "object": "model"}]})
             else:
@@ -383,7 +439,7 @@ def _make_handler(server: LatencyServer) -> type[BaseHTTPRequestHandler]:
                         self.wfile.write(data)
                         self.wfile.flush()
 
-                    stream_answer(server, body, write)
+                    stream_answer(server, body, write, lambda seconds: connection_closed(self.connection, seconds))
                 else:
                     self._send(200, server.answer(body))
             except (BrokenPipeError, ConnectionResetError):
@@ -433,11 +489,12 @@ def spawn(latency_ms: float = 0.0, per_token_ms: float = 0.0, per_prompt_token_m
             process.wait(timeout=10)
 
 
-def fetch_stats(base_url: str, reset: bool = False) -> dict[str, Any]:
-    """The server's counters (``GET /stats``); with ``reset``, zero them afterwards."""
+def fetch_stats(base_url: str, reset: bool = False, streams: bool = False) -> dict[str, Any]:
+    """The server's counters (``GET /stats``); with ``reset``, zero them afterwards; with ``streams``,
+    include the per-stream records of the GSRM replies."""
     import urllib.request
 
-    with urllib.request.urlopen(f"{base_url}/stats", timeout=10) as response:
+    with urllib.request.urlopen(f"{base_url}/stats" + ("?streams=1" if streams else ""), timeout=10) as response:
         stats = json.loads(response.read())
     if reset:
         request = urllib.request.Request(f"{base_url}/stats/reset", data=b"{}", method="POST")

@@ -34,7 +34,9 @@ Schemes, all through one OpenAI-compatible server, timed side by side in one run
 ``--batch rl`` replaces the edits batch by one whose first meta-reasoning mismatches follow those of the
 demo's RL runs (133 of 192 at step 1, 180 of 192 by step 2): what the structure reward sees in training.
 With early exit the server's token counts are reported (a stopped stream's usage never reaches the
-client); the benchmark checks that they cover what the client received.
+client); the benchmark checks that they cover what the client received, and prints where each early
+variant's GSRM tokens went: per first-mismatch step, the tokens the server sent against the least that
+settles the reward (:func:`needed_tokens`) and against what the incremental parser reads first.
 
 The same GSRM prompt (``rlkd/prompts/gsrm_math.txt``) and per-pair judge prompts serve every scheme, so
 the schemes differ only in what they ask and how they schedule it. With the latency server
@@ -266,6 +268,8 @@ class Cost:
     server: dict[str, Any] | None = None
     stopped: int = 0  # GSRM streams stopped early (early exit)
     client_tokens: int = 0  # with early exit: what the client counted (the server's count is reported)
+    streams: list[dict[str, Any]] = field(default_factory=list)  # with early exit: the server's GSRM streams
+    repeat_generated: list[int] = field(default_factory=list)  # generated tokens of each repeat
 
     @property
     def calls(self) -> int:
@@ -512,7 +516,10 @@ def compare(batch: Batch, base_url: str, model: str, *, variants: Sequence[str],
             cost.client_cpu_s = time.process_time() - cpu
             if server_stats:
                 time.sleep(0.2)  # let the server finish counting streams the client closed
-                cost.server = fetch_stats(base_url, reset=True)
+                cost.server = fetch_stats(base_url, reset=True, streams=True)
+                streams = cost.server.pop("streams", [])
+                if cost.stopped:
+                    cost.streams = streams
                 if cost.stopped:
                     cost.client_tokens = cost.tokens
                     cost.prompt_tokens = sum(cost.server["prompt_tokens"].values())
@@ -523,11 +530,93 @@ def compare(batch: Batch, base_url: str, model: str, *, variants: Sequence[str],
     for scheme in schemes:
         first = runs[scheme][0]
         first.walls = [c.wall_s for c in runs[scheme]]
+        first.repeat_generated = [c.completion_tokens for c in runs[scheme]]
         pick = sorted(runs[scheme], key=lambda c: c.wall_s)[len(runs[scheme]) // 2]
         first.wall_s, first.gsrm_s, first.judge_s = pick.wall_s, pick.gsrm_s, pick.judge_s
         costs.append(first)
     checks = check(costs, offline, deterministic, server_stats)
+    if server_stats:
+        for cost in costs:
+            if cost.streams:
+                checks.extend(slack_lines(batch, teacher_structures, cost, gsrm_max_tokens))
     return {"offline": offline, "costs": costs, "checks": checks}
+
+
+def needed_tokens(reply: str, teacher: Decomposition) -> tuple[int | None, int, int]:
+    """For one GSRM reply in the canonical format (three label lines per step, as the latency server
+    writes it): (the first meta-reasoning mismatch, 1-based, or None; the tokens up to the point where
+    the reward is settled, i.e. the mismatching meta-reasoning, or step k's answer, followed by the
+    next label line up to its closing bracket, after which no text can make that line not a label;
+    the tokens :class:`rlkd.structure.IncrementalParser` reads before it reports that field complete).
+    The server's verdict rule (normalised equality) stands in for the judge."""
+    from latency_server import count_tokens, same_texts, token_pieces
+
+    from rlkd.structure import IncrementalParser, is_label_line, parse_decomposition
+
+    student = parse_decomposition(reply)
+    k = len(teacher)
+    first = next((i + 1 for i in range(min(k, len(student)))
+                  if not same_texts(teacher.steps[i].meta_reasoning, student.steps[i].meta_reasoning)), None)
+    step, name = (first, "meta") if first else (min(k, len(student)), "answer")
+    pieces = token_pieces(reply)
+    parser, parser_tokens = IncrementalParser(), len(pieces)
+    for n, piece in enumerate(pieces, start=1):
+        parser.feed(piece)
+        if len(parser.steps) >= step and parser.final(step - 1, name):
+            parser_tokens = n
+            break
+    labels, offset = [], 0
+    for line in reply.splitlines(keepends=True):
+        if is_label_line(line):
+            labels.append((offset, line))
+        offset += len(line)
+    after = (step - 1) * 3 + ("meta", "subproblem", "answer").index(name) + 1  # the label line after the field
+    if after < len(labels):
+        at, line = labels[after]
+        settled = count_tokens(reply[: at + line.index("]") + 1])
+    else:
+        settled = len(pieces)  # the text's end settles it
+    return first, settled, parser_tokens
+
+
+def slack_lines(batch: Batch, teacher_structures: list[dict[str, Any]], cost: Cost, gsrm_max_tokens: int) -> list[str]:
+    """Where an early-exit scheme's GSRM tokens went: per first-mismatch step, the tokens the server
+    sent against the least that settles the reward, and against what the incremental parser needs."""
+    from latency_server import Responder, reply_key
+
+    from rlkd.gsrm import Decomposer
+
+    responder, decomposer = Responder(), Decomposer(None, max_tokens=gsrm_max_tokens)
+    by_key: dict[str, list[int]] = {}
+    for record in cost.streams:
+        by_key.setdefault(record["reply"], []).append(record["sent"])
+    groups: dict[str, list[tuple[int, int, int]]] = {}
+    for problem, completion, teacher in zip(batch.problems, batch.completions, teacher_structures):
+        request, _, _ = decomposer.request(problem, completion)
+        kind, reply = responder.reply(request.as_openai_messages())
+        sent = by_key.get(reply_key(reply), [])
+        if kind != "gsrm" or not sent:
+            continue
+        first, minimum, parser_tokens = needed_tokens(reply, Decomposition.from_dict(teacher))
+        group = "none (k steps)" if first is None else str(first) if first <= 2 else "3+"
+        groups.setdefault(group, []).append((minimum, parser_tokens, sent.pop(0)))
+    lines = [f"where the GSRM tokens went ({cost.scheme}; per first meta-reasoning mismatch step, tokens per "
+             f"completion: settled = the deciding field complete with the next label's bracket read, parser = "
+             f"what the incremental parser reads before it reports that field complete, sent = what the server "
+             f"generated):"]
+    total = [0, 0, 0, 0]
+    for group in ("1", "2", "3+", "none (k steps)"):
+        rows = groups.get(group, [])
+        if not rows:
+            continue
+        m, q, g = (sum(r[j] for r in rows) for j in range(3))
+        total = [total[0] + len(rows), total[1] + m, total[2] + q, total[3] + g]
+        lines.append(f"  mismatch at {group}: {len(rows)} completions, settled {m / len(rows):.1f}, parser "
+                     f"{q / len(rows):.1f}, sent {g / len(rows):.1f} (slack after the parser {(g - q) / len(rows):.1f}); "
+                     f"totals {m} / {q} / {g}")
+    lines.append(f"  all {total[0]}: settled {total[1]}, parser {total[2]}, sent {total[3]} tokens; the longest "
+                 f"stream the reward needs: {max(r[0] for rows in groups.values() for r in rows)} tokens")
+    return lines
 
 
 def check(costs: list[Cost], offline: Cost, deterministic: bool, server_stats: bool) -> list[str]:
@@ -631,6 +720,10 @@ def ratio_lines(result: dict[str, Any]) -> list[str]:
                      f"(best {best_generated:.1f}x); goal >= 5x less wall time: "
                      f"{'reached' if best_early_wall >= 5 else 'missed'} (best {best_early_wall:.1f}x); GSRM streams "
                      f"stopped early: {', '.join(f'{c.scheme} {c.stopped}' for c in early)}")
+        if any(len(c.repeat_generated) > 1 for c in early):  # early exit's tokens depend on timing
+            lines.append("early exit: generated tokens of each repeat (the tables show the first): " + "; ".join(
+                f"{c.scheme} {', '.join(map(str, c.repeat_generated))} (ratios "
+                f"{', '.join(f'{authors.completion_tokens / g:.1f}x' for g in c.repeat_generated)})" for c in early))
     return lines
 
 

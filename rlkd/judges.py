@@ -26,7 +26,11 @@ GSRM is still writing it, fed through an :class:`EarlyExitSink`. Each field is j
 incremental parser calls it complete, and the sink asks the backend to stop the generation once the
 reward is decided: at the first meta-reasoning mismatch (``paper`` and ``normalized``), or when the
 student's step k (the teacher's step count) is complete. The reward is then computed by the same pure
-:func:`rlkd.structure.structure_reward` from the prefix, so it equals the full computation's.
+:func:`rlkd.structure.structure_reward` from the prefix, so it equals the full computation's. The
+meta-reasoning the gate waits for is judged ahead at each line break, as it would read if the line ended
+the field, so its verdict travels while the next label line arrives; a verdict is keyed by the exact text
+it judged and used only if the field completes with that text (a field that goes on costs one more call,
+never a different reward).
 """
 
 from __future__ import annotations
@@ -302,16 +306,29 @@ class EarlyExitSink:
 
     def __init__(self) -> None:
         self.parser = IncrementalParser()
-        self.stop_requested = False
+        self.stop_event = asyncio.Event()  # set with the stop request: a streaming backend closes at once
         self.completion = None  # the backend's Completion, once the request is over
         self.student: Decomposition | None = None
         self.changed = asyncio.Event()
         self._closed = 0
 
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the reward is decided and the generation should stop."""
+        return self.stop_event.is_set()
+
+    @stop_requested.setter
+    def stop_requested(self, value: bool) -> None:
+        if value:
+            self.stop_event.set()
+        else:
+            self.stop_event.clear()
+
     def feed(self, piece: str) -> None:
         self.parser.feed(piece)
-        if self.parser.blocks_closed != self._closed:
-            self._closed = self.parser.blocks_closed
+        state = self.parser.blocks_closed + self.parser.lines_read
+        if state != self._closed:  # a field completed, or a line ended (the open field may be judged ahead)
+            self._closed = state
             self.changed.set()
 
     def restart(self) -> None:
@@ -330,6 +347,25 @@ class EarlyExitSink:
             if not completion.stopped:
                 self.parser.finish()
         self.changed.set()
+
+
+def _judge_ahead(teacher: Decomposition, parser: IncrementalParser, want: Sequence[tuple[Field, int]],
+                 verdicts: Mapping[tuple[Field, int, str], Verdict]) -> tuple[Field, int, str] | None:
+    """The next meta-reasoning the gate waits for, as it stands at the last line break, when every
+    meta-reasoning before it matched: judged ahead, its verdict is ready about when the next label line
+    confirms the field (a line break usually ends a field). Keyed by its text, the verdict is used only if
+    the field completes with exactly that text; otherwise the call was one extra (never a different reward)."""
+    guess = parser.tentative()
+    if guess is None or guess[1] != "meta" or guess[0] >= len(teacher) or not guess[2]:
+        return None
+    index, _, text = guess
+    metas = [i for f, i in want if f == "meta"]
+    if metas != list(range(index)):
+        return None
+    steps = parser.steps
+    if not all(getattr(verdicts.get(("meta", i, steps[i].meta_reasoning)), "same", False) for i in metas):
+        return None
+    return "meta", index, text
 
 
 def early_exit_plan(teacher: Decomposition, parser: IncrementalParser, gate: bool,
@@ -380,12 +416,13 @@ async def score_structure_streaming(teacher: Decomposition, judge: Judge, sink: 
     tasks: set[asyncio.Task] = set()
     errors: list[BaseException] = []
 
-    async def ask(keys: list[tuple[Field, int, str]]) -> None:
+    async def ask(keys: list[tuple[Field, int, str]], ahead: bool = False) -> None:
         try:
             got = await judge.ajudge([JudgeRequest(f, teacher.steps[i].get(f), text) for f, i, text in keys])
             verdicts.update(zip(keys, got))
         except Exception as exc:  # noqa: BLE001 - raised below, in the caller's task, as score_structure would
-            errors.append(exc)
+            if not ahead:  # a call made ahead is made again once its field is complete, and raises then
+                errors.append(exc)
         finally:
             in_flight.difference_update(keys)
             sink.changed.set()
@@ -402,11 +439,15 @@ async def score_structure_streaming(teacher: Decomposition, judge: Judge, sink: 
             want, cut = early_exit_plan(teacher, parser, gate, verdicts)
             keys = [(f, i, parser.steps[i].get(f)) for f, i in want]
             fresh = [key for key in keys if key not in verdicts and key not in in_flight]
-            if fresh:
-                in_flight.update(fresh)
-                task = asyncio.create_task(ask(fresh))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+            ahead = _judge_ahead(teacher, parser, want, verdicts) if gate and cut is None else None
+            if ahead is not None and (ahead in verdicts or ahead in in_flight or ahead in fresh):
+                ahead = None
+            for batch, is_ahead in ((fresh, False), ([ahead] if ahead else [], True)):
+                if batch:
+                    in_flight.update(batch)
+                    task = asyncio.create_task(ask(batch, is_ahead))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
             if cut is not None:
                 sink.stop_requested = True
                 if completion is not None and all(key in verdicts for key in keys):

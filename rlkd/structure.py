@@ -281,11 +281,7 @@ class _StepAssembler:
         if self.final_answer is not None:
             self.warnings.append("text after the final-answer section was read as further steps")
         filled = self.filled
-        # A new step starts at every meta-reasoning label, and whenever a field repeats within a step
-        # (e.g. two sub-problems in a row: the generator skipped a meta-reasoning).
-        if not self.steps or label.kind == "meta" and filled or label.kind in filled or (
-            label.kind == "subproblem" and "answer" in filled
-        ):
+        if self.starts_step(label.kind):
             self.steps.append(Step(number=label.number))
             self.filled = filled = set()
         current = self.steps[-1]
@@ -293,6 +289,13 @@ class _StepAssembler:
             current.number = label.number
         setattr(current, _ATTRS[label.kind], body)
         filled.add(label.kind)
+
+    def starts_step(self, kind: str) -> bool:
+        """Whether a block of this kind would start a new step: at every meta-reasoning label, and whenever a
+        field repeats within a step (e.g. two sub-problems in a row: the generator skipped a meta-reasoning)."""
+        filled = self.filled
+        return not self.steps or kind == "meta" and bool(filled) or kind in filled or (
+            kind == "subproblem" and "answer" in filled)
 
     def decomposition(self) -> Decomposition:
         steps, warnings = self.steps, list(self.warnings)
@@ -315,13 +318,24 @@ class _StepAssembler:
 _LINE_ENDS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on
 
 
+def _bracket_closed(line: str) -> bool:
+    """Whether ``line`` (a begun line, no line break yet) is a label line however it goes on: it opens with
+    a bracket and the plain label pattern has matched through the closing bracket. No markdown marker can
+    come first (so the bold pattern never matches), and everything after the bracket is optional in the
+    pattern, so every continuation still matches with the bracket pair and reads as a label."""
+    if line.lstrip(" \t")[:1] not in ("[", "("):
+        return False
+    m = _PLAIN_LABEL.match(line)
+    return bool(m and m.group("open") and m.group("close"))
+
+
 class IncrementalParser:
     """Parse GSRM text as it streams in, reporting each field as soon as it is complete (SPEC section 8).
 
     Feed it pieces of text with :meth:`feed`; :meth:`final` says whether a field of a step can no longer
     change, and :attr:`steps` holds the steps seen so far. A field is complete when the next label line
-    has begun (its label and the first character after it have arrived), or the text ended
-    (:meth:`finish`). Prefix stability: a field reported complete
+    has begun (its label and the first character after it have arrived, or, for a line that opens with
+    a bracket, the label's closing bracket), or the text ended (:meth:`finish`). Prefix stability: a field reported complete
     in any prefix of a text equals that field in ``parse_decomposition`` of the whole text. It holds by
     construction: both parsers read the same lines with the same label matcher and assemble steps with
     the same rule (a line is read only once its line break has arrived, exactly as
@@ -347,6 +361,7 @@ class IncrementalParser:
         self._fed: list[str] = []
         self.finished = False
         self.blocks_closed = 0  # grows each time a field becomes complete (consumers watch it)
+        self.lines_read = 0  # grows with every whole line read (where the open field may have ended)
 
     @property
     def text(self) -> str:
@@ -373,13 +388,15 @@ class IncrementalParser:
         for line in lines:
             self._line(line.rstrip(_LINE_ENDS) if not line.endswith("\r\n") else line[:-2])
         # The open field is complete as soon as the next label line has begun: a line whose start reads as
-        # a label and already has text after the label cannot turn out not to be one.
+        # a label and already has text after the label cannot turn out not to be one; nor can a line that
+        # opens with a bracket once its label's closing bracket has arrived (``[Sub-problem 1]``).
         if self._block is not None and self._pending:
             label = _match_label(self._pending)
-            if label is not None and label.rest.strip():
+            if label is not None and (label.rest.strip() or _bracket_closed(self._pending)):
                 self._close_block()
 
     def _line(self, line: str) -> None:
+        self.lines_read += 1
         label = _match_label(line)
         if label is not None:
             self._close_block()
@@ -408,6 +425,17 @@ class IncrementalParser:
         if self.finished:
             return parse_decomposition(self.text)
         return self._steps.decomposition() if self._steps.steps else Decomposition(reason="no complete step yet")
+
+    def tentative(self) -> tuple[int, Field, str] | None:
+        """The open field as it stands at the last line break: (step index, field, text) it will have if
+        the next line turns out to be a label; None when no field is open. A guess, not a complete field:
+        a consumer may judge it ahead (keyed by its text), never use it unless :meth:`final` later
+        reports that field complete with the same text."""
+        if self._block is None or self._block[0].kind == "final":
+            return None
+        label, lines = self._block
+        index = len(self._steps.steps) - (0 if self._steps.starts_step(label.kind) else 1)
+        return index, label.kind, "\n".join(lines).strip()  # type: ignore[return-value]
 
     def final(self, index: int, name: Field) -> bool:
         """Whether field ``name`` of step ``index`` (0-based) is complete: it cannot change any more."""

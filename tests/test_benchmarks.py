@@ -71,6 +71,33 @@ class TestLatencyServer:
         assert sum(counters["prompt_tokens"].values()) == backend.stats.prompt_tokens
         assert sum(counters["completion_tokens"].values()) == backend.stats.completion_tokens
 
+    @pytest.mark.server
+    def test_a_closed_stream_stops_the_generation_at_once_and_is_recorded(self, task):
+        """vLLM aborts a request whose client disconnected: the server must not write on after a close."""
+        import http.client
+        import json
+        import time
+
+        server_module = load("latency_server")
+        with server_module.LatencyServer(latency_ms=0, per_token_ms=200) as server:
+            request = Decomposer(None).request(task.problem, task.trace)[0]
+            body = json.dumps({"model": "m", "messages": request.as_openai_messages(), "stream": True})
+            connection = http.client.HTTPConnection("127.0.0.1", server._server.server_address[1], timeout=10)
+            connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            events = 0
+            while events < 3:
+                events += response.readline().startswith(b"data: ")
+            response.close()  # after 3 tokens, 200 ms before the 4th is due
+            connection.close()
+            deadline = time.monotonic() + 5
+            while not server.counters.streams and time.monotonic() < deadline:
+                time.sleep(0.02)
+            [record] = server.counters.as_dict(streams=True)["streams"]
+        assert record["sent"] == 3 and record["aborted"] and record["tokens"] > 100
+        assert record["reply"] == server_module.reply_key(task.decomposition.render())
+        assert server.counters.completion_tokens["gsrm"] == 3
+
     def test_token_count_and_cut(self):
         server_module = load("latency_server")
         assert server_module.count_tokens('{"1": "yes"}') == 9  # { " 1 " : " yes " }
@@ -126,6 +153,18 @@ class TestRewardCostPieces:
         assert len(first) == 192 and first.count(1) == 133 and first.count(1) + first.count(2) == 180
         assert first.count(None) == 6  # copies and slips: the GSRM must write these to the end
 
+    def test_needed_tokens_stop_at_the_bracket_of_the_label_after_the_deciding_field(self):
+        bench = load("reward_cost")
+        count = load("latency_server").count_tokens
+        teacher = Decomposition([Step("start from x.", "What is x?", "2"), Step("then y.", "What is y?", "3")])
+        reply = ("[Meta-reasoning 1]: start from x.\n[Sub-problem 1]: What is x?\n[Answer 1]: 2\n"
+                 "[Meta-reasoning 2]: then z.\n[Sub-problem 2]: What is z?\n[Answer 2]: 4")
+        settled = count(reply[: reply.index("[Sub-problem 2]") + len("[Sub-problem 2]")])
+        assert settled == 44
+        assert bench.needed_tokens(reply, teacher) == (2, 44, 44)  # the parser reads no more than that
+        matching = reply.replace("then z", "then y")  # all k steps match: the whole reply is needed
+        assert bench.needed_tokens(matching, teacher) == (None, count(matching), count(matching))
+
     def test_batch_has_every_edit_and_teacher_steps_in_range(self):
         bench = load("reward_cost")
         batch = bench.build_batch(prompts=5, generations=4, min_steps=8, max_steps=12)
@@ -160,3 +199,25 @@ def test_grpo_profile_smoke_run_prints_phase_shares_and_the_structure_share():
     # was stopped (early exit) or ended
     calls = float(re.search(r"per completion ([\d.]+) backend calls", out).group(1))
     assert 1.0 <= calls <= 2.0
+
+
+def test_copy_formation_restates_the_problem_and_probes_every_role():
+    import random
+
+    from rlkd.testbed import base_text
+
+    bench = load("copy_formation")
+    task = generate_tasks(1, seed=0)[0]
+    text, context = bench.make_text(task, "capital", True, random.Random(0))
+    problem, restated, computations = text.split("\n")
+    assert context == problem + "\n" and problem[0].isupper()
+    # the restated sentences are the problem's, in another order, without the question
+    assert sorted(s.rstrip(".") for s in restated.split(". ")) == sorted(
+        s.rstrip(".") for s in problem.split(". ")[:-1])
+    assert computations == bench.sentence_case(base_text(task).split("\n")[1])
+    out = run_script(str(BENCH / "copy_formation.py"), "--steps", "2", "--tasks", "32", "--probe-tasks", "2",
+                     "--probe-every", "1", "--hidden", "32", "--heads", "2", "--layers", "1", "--recall")
+    header = next(line for line in out.splitlines() if line.split()[:2] == ["step", "wall_s"])
+    assert header.split()[3:5] == ["copy_definition", "look_up_value"] and header.split()[-1] == "recall"
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert [r[0] for r in rows] == ["1", "2"] and all(0.0 <= float(v) <= 1.0 for r in rows for v in r[3:])

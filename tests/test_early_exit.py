@@ -20,7 +20,9 @@ SHAPES = ["[{w} {n}]: {t}", "[{w} {n}] - {t}", "[{w} {n}] {t}", "**[{w} {n}]:** 
           "[{w}]: {t}", "[{w} {n}]:\n{t}", "({w} {n}): {t}",
           # near-labels whose start reads like a label: what follows decides (a begun line must not mislead)
           "{w} {n} -{t}", "{w} {n} - {t}", "**{w} {n}**{t}", "**{w} {n}** {t}", "*{w} {n}*: {t}", "{w} {n}.{t}",
-          "{w} {n}. {t}", "[{w} {n}{t}", "### {w} {n}{t}", "_{w} {n}_ {t}", "**[{w} {n}]:**{t}"]
+          "{w} {n}. {t}", "[{w} {n}{t}", "### {w} {n}{t}", "_{w} {n}_ {t}", "**[{w} {n}]:**{t}",
+          # a bracketed label settles at its closing bracket, whatever follows it
+          "[{w} {n}]{t}", " ({w} {n}]-{t}", "[{w} {n}) {t}", "*[{w} {n}]*{t}", "[{w} {n}]\n{t}"]
 WORDS = ["x", "y = 2", "Answer the question", "then", "we", "[Answer", "**", "3/4", "Meta-reasoning", "-", "é", ":"]
 
 
@@ -96,6 +98,16 @@ class TestIncrementalParser:
         assert not p.final(1, "meta")  # "then y" may go on below its label line
         p.feed("[Sub-problem 2]: y?\n")
         assert p.final(1, "meta") and not p.final(1, "answer")
+
+    def test_a_bracketed_label_closes_the_field_before_at_its_closing_bracket(self):
+        p = IncrementalParser()
+        p.feed("[Meta-reasoning 1]: start with x\n[Sub-problem 1")
+        assert not p.final(0, "meta")  # "[Sub-problem 1" may still be plain text: "[Sub-problem 1 of 3..."
+        p.feed("]")
+        assert p.final(0, "meta") and p.steps[0].meta_reasoning == "start with x"
+        p = IncrementalParser()
+        p.feed("[Meta-reasoning 1]: start with x\n**[Sub-problem 1]")
+        assert not p.final(0, "meta")  # markdown first: what follows still decides
 
     def test_text_below_a_label_stays_open_until_the_next_label(self):
         p = IncrementalParser()
@@ -279,6 +291,36 @@ def test_early_exit_gives_the_full_computation_result(judge_name):
     assert stats["stopped"] > 20 and stats["failed"] > 10 and stats["scored past a failure point"] > 3, stats
 
 
+class RecordingJudge(Judge):
+    """Text equality that records every pair it is asked about."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+
+    def judge_one(self, request: JudgeRequest) -> Verdict:
+        self.asked.append((request.field, request.student))
+        return Verdict(request.teacher == request.student, self.name)
+
+
+@pytest.mark.parametrize("text, reward, metas_asked", [
+    # one line per field: each meta-reasoning is judged once, at its line break, and that verdict is used
+    ("[Meta-reasoning 1]: plan a\n[Sub-problem 1]: q\n[Answer 1]: 1\n[Meta-reasoning 2]: plan c\n"
+     "[Sub-problem 2]: r\n[Answer 2]: 2\n", 1.0, ["plan a", "plan c"]),
+    # the first line alone would match, but the field goes on: that guess is judged, then never used
+    ("[Meta-reasoning 1]: plan a\nand more\n[Sub-problem 1]: q\n[Answer 1]: 1\n", 0.0,
+     ["plan a", "plan a\nand more"]),
+])
+def test_a_meta_reasoning_judged_ahead_counts_only_if_the_field_ends_there(text, reward, metas_asked):
+    teacher = Decomposition([Step("plan a", "q", "1"), Step("plan b", "r", "2")])
+    judge = RecordingJudge()
+    result, completion = asyncio.run(_early(teacher, text, judge, "paper", None))
+    full = asyncio.run(score_structure(teacher, parse_decomposition(text), RecordingJudge()))
+    assert result.reward == full.reward == reward
+    assert [student for field, student in judge.asked if field == "meta"] == metas_asked
+
+
 # --------------------------------------------------------------------------------------------------
 # rlkd score --completions: against a real HTTP server that streams (the benchmarks' latency server)
 
@@ -372,6 +414,44 @@ class _StopAfterWords:
 
     def finish(self, completion):
         self.completion = completion
+
+
+@pytest.mark.server
+def test_a_stop_requested_between_tokens_closes_the_stream_without_waiting_for_the_next():
+    """A verdict that arrives while the backend waits for the next token (an LLM judge's) ends the stream
+    there: with a token due only after 1.5 s, the stop 0.1 s after the first one leaves a single token."""
+    import sys
+    from pathlib import Path
+
+    from rlkd.backends import OpenAIBackend
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from latency_server import LatencyServer
+
+    class StopSoonSink(EarlyExitSink):
+        def feed(self, piece: str) -> None:
+            super().feed(piece)
+            asyncio.get_running_loop().call_later(0.1, setattr, self, "stop_requested", True)
+
+    with LatencyServer(latency_ms=0, per_token_ms=1500) as server:
+        backend = OpenAIBackend(server.base_url, "m", api_key_env=None, max_retries=0, timeout=30)
+        from rlkd.gsrm import Decomposer
+        from rlkd.testbed import generate_tasks
+
+        task = generate_tasks(1, split="ood", seed=0, depth=(4, 5))[0]
+        request = Decomposer(backend).request(task.problem, task.trace)[0]  # a reply of many tokens
+
+        async def go():
+            sink = StopSoonSink()
+            try:
+                [completion] = await backend.generate_stream([request], [sink])
+            finally:
+                await backend.aclose()
+            return completion
+
+        completion = asyncio.run(go())
+    assert completion.stopped and completion.text == "[" and completion.completion_tokens == 1
+    assert server.counters.completion_tokens["gsrm"] == 1
 
 
 def test_cache_stores_only_complete_streams(tmp_path):

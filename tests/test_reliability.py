@@ -696,7 +696,7 @@ def test_the_package_never_evaluates_or_executes_text():
                 spawns.append(f"{path.name}: {line.strip()}")
     assert hits == []
     assert spawns == [
-        "answers.py: self.proc = subprocess.Popen(",  # [sys.executable, "-c", <fixed import>], data on stdin as JSON
+        "verify.py: self.proc = subprocess.Popen(",  # rlkd/answers/verify.py: [sys.executable, "-c", <fixed import>], data on stdin as JSON
         'train.py: commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,',
         'train.py: status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,',
     ]

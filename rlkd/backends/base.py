@@ -174,6 +174,8 @@ class StreamSink:
     is retried from the start (forget what was fed), and :meth:`finish` once at the end. The consumer
     sets :attr:`stop_requested` when it has read enough; the backend then closes the stream (a
     server such as vLLM or ``transformers serve`` aborts the request) or stops the local generation.
+    A sink whose consumer decides while the backend waits for the next token may also have
+    ``stop_event``, an ``asyncio.Event`` set with the request, to have a stream closed at once.
     This base class just collects the text.
     """
 

@@ -1,0 +1,198 @@
+"""When does copying form? Pretrain a small Llama on the testbed's problem language and probe it.
+
+The demo's students can only learn the testbed if they can look things up in their input: copy the
+input names of a definition out of the shuffled problem, and find an input's value. This script
+measures when (and whether) that forms for a model shape and a text surface, with a plain PyTorch
+loop (the same loss as ``rlkd demo --build-base``: next-token loss on the computations only, the
+problem is the context), so several shapes can be compared cheaply, one per core:
+
+    .venv/bin/python benchmarks/copy_formation.py --hidden 64 --layers 4 --heads 4 --steps 3000
+    .venv/bin/python benchmarks/copy_formation.py --hidden 128 --heads 4 --steps 1500
+    .venv/bin/python benchmarks/copy_formation.py --surface capital --recall --steps 1500
+
+Every ``--probe-every`` steps it prints teacher-forced next-token accuracy on held-out problems by the
+role of the token in a computation ``x = a + b = 3 + 5 = 8.`` (``copy_definition``: ``a`` and ``b``,
+found in the problem; ``look_up_value``: ``3`` and ``5``; ``arithmetic``: ``8``; ``copy_operator``;
+``choice``: ``x``, which the problem does not determine). Copying has formed when ``copy_definition``
+leaves chance (1/80 names) and climbs. Surfaces:
+
+1. ``plain``: the testbed as it is (``dup = vat - tor. vat is 5. ...``);
+2. ``capital``: sentence case, every sentence's subject capitalised (``Dup = vat - tor. Vat is 5.``),
+   so the sentence that defines a quantity is found by a token that occurs once in the problem;
+3. ``--recall``: the text restates every problem sentence in a new random order before the
+   computations (dense copying practice: all of it is looked up in the problem).
+
+Results and the commands behind them are in ``docs/demo-results.md`` ("When copying forms").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+ROLES = ("choice", None, "copy_definition", "copy_operator", "copy_definition", None, "look_up_value",
+         "copy_operator", "look_up_value", None, "arithmetic")
+_SUBJECT = re.compile(r"(^|\. |\n)([a-z]+)(?= (?:=|is) )")
+
+
+def sentence_case(text: str) -> str:
+    """Capitalise each sentence's subject name: ``dup = a + b. c is 3.`` -> ``Dup = a + b. C is 3.``
+
+    >>> sentence_case("dup = a + b. c is 3. Find dup.\\ndup = a + b = 1 + 2 = 3.")
+    'Dup = a + b. C is 3. Find dup.\\nDup = a + b = 1 + 2 = 3.'
+    """
+    return _SUBJECT.sub(lambda m: m.group(1) + m.group(2).capitalize(), text)
+
+
+def make_text(task, surface: str, recall: bool, rng: random.Random) -> tuple[str, str]:
+    """(whole text, context prefix without loss) for one task."""
+    from rlkd.testbed import base_text
+
+    text = base_text(task)
+    if surface == "capital":
+        text = sentence_case(text)
+    problem, computations = text.split("\n", 1)
+    middle = ""
+    if recall:
+        sentences = [s if s.endswith(".") else s + "." for s in problem.split(". ")[:-1]]
+        rng.shuffle(sentences)
+        middle = " ".join(sentences) + "\n"
+    return problem + "\n" + middle + computations, problem + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=64, help="hidden size (default 64, the shipped base's)")
+    parser.add_argument("--layers", type=int, default=4, help="transformer layers (default 4)")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads (default 4: head size hidden/heads)")
+    parser.add_argument("--rope-theta", type=float, default=10000.0, help="RoPE base (default 10000)")
+    parser.add_argument("--surface", choices=("plain", "capital"), default="plain",
+                        help="plain: the testbed's text; capital: sentence case (see the module docstring)")
+    parser.add_argument("--recall", action="store_true", help="restate the problem's sentences before the "
+                        "computations (loss on them too)")
+    parser.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
+    parser.add_argument("--batch", type=int, default=32, help="texts per step (default 32)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, 100 warm-up steps then cosine "
+                        "to a tenth (default 3e-3, the base recipe's)")
+    parser.add_argument("--tasks", type=int, default=40000, help="pretraining tasks (default 40000, seed 1000: "
+                        "the base recipe's)")
+    parser.add_argument("--probe-tasks", type=int, default=64, help="held-out tasks probed (default 64)")
+    parser.add_argument("--probe-every", type=int, default=250, help="probe every N steps (default 250)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: run shapes side by side)")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed (default 0)")
+    parser.add_argument("--output", type=Path, default=None, help="also append each probe as a JSON line here")
+    args = parser.parse_args(argv)
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlkd.models import build_tokenizer
+    from rlkd.testbed import NAMES, generate_tasks
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    tasks = generate_tasks(args.tasks + args.probe_tasks, "id", seed=1000)
+    train, probe = tasks[: args.tasks], tasks[args.tasks:]
+    rng = random.Random(args.seed)
+    tokenizer = build_tokenizer([make_text(t, args.surface, args.recall, rng)[0] for t in train[:3000]], 1024)
+    forms = (" {}", "{C}", " {C}") if args.surface == "capital" else (" {}", "{}")
+    split = [f.format(n, C=n.capitalize()) for n in NAMES for f in forms
+             if len(tokenizer.encode(f.format(n, C=n.capitalize()), add_special_tokens=False)) != 1]
+    if split:
+        print(f"warning: {len(split)} name forms are split by the tokenizer, e.g. {split[:5]}", file=sys.stderr)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                         num_key_value_heads=args.heads, max_position_embeddings=1024, rope_theta=args.rope_theta,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"# hidden {args.hidden}, layers {args.layers}, heads {args.heads}, rope_theta {args.rope_theta:g}, "
+          f"surface {args.surface}{' + recall' if args.recall else ''}: {params} parameters", flush=True)
+
+    def encode(task, order_rng: random.Random) -> tuple[list[int], int, int]:
+        text, context = make_text(task, args.surface, args.recall, order_rng)
+        ids = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
+        computations_start = len(tokenizer.encode(text.rsplit("\n", 1)[0] + "\n", add_special_tokens=False))
+        return ids, len(tokenizer.encode(context, add_special_tokens=False)), computations_start
+
+    def probe_roles() -> dict[str, float]:
+        hits = {role: [0, 0] for role in ROLES if role}
+        recall = [0, 0]
+        model.eval()
+        for k, task in enumerate(probe):
+            ids, start, comp = encode(task, random.Random(k))
+            ids = ids[:-1]
+            with torch.no_grad():
+                predicted = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
+            pieces = tokenizer.convert_ids_to_tokens(ids)
+            for i in range(start, comp):  # the restated sentences, when --recall
+                recall[1] += 1
+                recall[0] += int(predicted[i - 1] == ids[i])
+            i = comp
+            while i < len(ids):
+                j = i
+                while j < len(ids) and pieces[j] != ".":
+                    j += 1
+                if j - i == len(ROLES):
+                    for offset, role in enumerate(ROLES):
+                        if role:
+                            hits[role][1] += 1
+                            hits[role][0] += int(predicted[i + offset - 1] == ids[i + offset])
+                i = j + 1
+        model.train()
+        result = {role: right / seen if seen else 0.0 for role, (right, seen) in hits.items()}
+        if args.recall:
+            result["recall"] = recall[0] / recall[1] if recall[1] else 0.0
+        return result
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    order = list(range(len(train)))
+    rng.shuffle(order)
+    header = ["step", "wall_s", "loss", "copy_definition", "look_up_value", "arithmetic", "copy_operator", "choice"]
+    header += ["recall"] if args.recall else []
+    print(" ".join(f"{h:>15}" for h in header), flush=True)
+    started, smoothed, position = time.monotonic(), None, 0
+    out = args.output.open("a", encoding="utf-8") if args.output else None
+    for step in range(1, args.steps + 1):
+        scale = min(1.0, step / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * scale
+        batch = [encode(train[order[(position + i) % len(order)]], rng) for i in range(args.batch)]
+        position += args.batch
+        width = max(len(ids) for ids, _, _ in batch)
+        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (ids, start, _) in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+            labels[row, start: len(ids)] = torch.tensor(ids[start:])
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        smoothed = loss.item() if smoothed is None else 0.98 * smoothed + 0.02 * loss.item()
+        if step % args.probe_every == 0 or step == args.steps:
+            row = {"step": step, "wall_s": round(time.monotonic() - started, 1), "loss": round(smoothed, 3),
+                   **{k: round(v, 3) for k, v in probe_roles().items()}}
+            print(" ".join(f"{row[h]:>15}" for h in header), flush=True)
+            if out:
+                out.write(json.dumps({**row, "config": vars(args) | {"output": str(args.output)}}) + "\n")
+                out.flush()
+    if out:
+        out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    raise SystemExit(main())
