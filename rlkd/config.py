@@ -269,6 +269,21 @@ class SFTJob:
 # Data jobs
 
 
+# the run settings both data jobs share: (default, help)
+_DATA_OPTIONS: dict[str, tuple[Any, str]] = {
+    "batch_size": (64, "records sent per batch (and written per flush)"),
+    "limit": (None, "process only the first N records (null: all)"),
+    "max_failure_share": (0.2, "stop when more than this share of records failed (backend error or unparsable "
+                               "output), checked once min_failures records were sent"),
+    "min_failures": (10, "records sent before max_failure_share is first checked"),
+}
+
+
+def _data_option(name: str) -> Any:
+    """The field ``name`` of :data:`_DATA_OPTIONS`, as :func:`rlkd.recipes.option` declares it."""
+    return option(*_DATA_OPTIONS[name])
+
+
 @dataclass
 class DataGsrmJob:
     """``rlkd data gsrm``: teacher traces -> decompositions by a strong LLM -> chat SFT data for the GSRM."""
@@ -293,11 +308,10 @@ class DataGsrmJob:
     few_shot: bool = option(True, "show the strong LLM the prompt's worked example")
     sft_few_shot: bool = option(False, "keep the worked example in the prompts written to the SFT data (false: "
                                 "the GSRM learns the bare instruction; then use structure.gsrm_few_shot=false)")
-    batch_size: int = option(64, "records sent per batch (and written per flush)")
-    limit: int | None = option(None, "process only the first N records (null: all)")
-    max_failure_share: float = option(0.2, "stop when more than this share of records failed (backend error or "
-                                      "unparsable output), checked once min_failures records were sent")
-    min_failures: int = option(10, "records sent before max_failure_share is first checked")
+    batch_size: int = _data_option("batch_size")
+    limit: int | None = _data_option("limit")
+    max_failure_share: float = _data_option("max_failure_share")
+    min_failures: int = _data_option("min_failures")
 
     def validate(self) -> None:
         _require(self, "input", "output")
@@ -342,11 +356,10 @@ class DataRlkdJob:
     max_trace_chars: int = option(24000, "longer traces keep their first 2/3 and last 1/3 of this many characters")
     gsrm_few_shot: bool = option(False, "include the prompt's worked example (false for a GSRM fine-tuned on "
                                  "rlkd data gsrm output; must match structure.gsrm_few_shot in training)")
-    batch_size: int = option(64, "records sent per batch (and written per flush)")
-    limit: int | None = option(None, "process only the first N records (null: all)")
-    max_failure_share: float = option(0.2, "stop when more than this share of records failed (backend error or "
-                                      "unparsable output), checked once min_failures records were sent")
-    min_failures: int = option(10, "records sent before max_failure_share is first checked")
+    batch_size: int = _data_option("batch_size")
+    limit: int | None = _data_option("limit")
+    max_failure_share: float = _data_option("max_failure_share")
+    min_failures: int = _data_option("min_failures")
 
     def validate(self) -> None:
         _require(self, "input", "output_dir")
