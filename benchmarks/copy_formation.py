@@ -22,6 +22,14 @@ leaves chance (1/80 names) and climbs. Surfaces:
 3. ``--recall``: the text restates every problem sentence in a new random order before the
    computations (dense copying practice: all of it is looked up in the problem).
 
+``--task mqar`` strips the testbed away to the look-up alone (multi-query associative recall):
+``--pairs`` sentences ``name = value.`` (``name value.`` with ``--fused``: a one-token key), then half of
+them asked again in a random order, the loss on the values only; ``copy_definition`` is then the
+share of asked values found. It tells whether a shape can learn content look-ups at all in a budget. ``--task induction`` is the
+plainest copy there is: a run of 20 random names, repeated after a gap, at a random offset (so that
+no fixed-distance attention solves it), the loss on the repeat; ``copy_definition`` is then the share
+of the repeat predicted right.
+
 Results and the commands behind them are in ``docs/demo-results.md`` ("When copying forms").
 """
 
@@ -66,6 +74,46 @@ def make_text(task, surface: str, recall: bool, rng: random.Random) -> tuple[str
     return problem + "\n" + middle + computations, problem + "\n"
 
 
+def mqar_example(tokenizer, pairs: int, fused: bool, rng: random.Random) -> tuple[list[int], list[int]]:
+    """(token ids, labels) of one bare look-up text: ``pairs`` sentences ``name = value.``, a line break,
+    then half of the names asked again in a random order with their values (the only labels)."""
+    from rlkd.testbed import NAMES
+
+    def one(text: str) -> int:
+        return tokenizer.encode(text, add_special_tokens=False)[0]
+
+    eq, dot = one(" ="), one(".")
+    names = [one(" " + n) for n in rng.sample(NAMES, pairs)]
+    values = [one(f" {rng.randint(1, 9)}") for _ in names]
+    ids: list[int] = []
+    for name, value in zip(names, values):
+        ids += [name, value, dot] if fused else [name, eq, value, dot]
+    ids.append(one("\n"))
+    labels = [-100] * len(ids)
+    asked = rng.sample(range(pairs), max(1, pairs // 2))
+    for i in asked:
+        ids += [names[i], values[i], dot] if fused else [names[i], eq, values[i], dot]
+        labels += [-100, values[i], -100] if fused else [-100, -100, values[i], -100]
+    return ids, labels
+
+
+def induction_example(tokenizer, rng: random.Random, run: int = 20, width: int = 80) -> tuple[list[int], list[int]]:
+    """(token ids, labels) of one copying text: random names, a run of ``run`` names, a random gap, the
+    run again, random names up to ``width``; the labels are the repeat's names after its first."""
+    from rlkd.testbed import NAMES
+
+    def names(k: int) -> list[int]:
+        return [tokenizer.encode(" " + rng.choice(NAMES), add_special_tokens=False)[0] for _ in range(k)]
+
+    before, gap = rng.randint(0, 30), rng.randint(0, 10)
+    chunk = names(run)
+    ids = names(before) + chunk + names(gap) + chunk + names(width - 2 * run - before - gap)
+    start = before + run + gap
+    labels = [-100] * len(ids)
+    labels[start + 1: start + run] = ids[start + 1: start + run]
+    return ids, labels
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="plain: the testbed's text; capital: sentence case (see the module docstring)")
     parser.add_argument("--recall", action="store_true", help="restate the problem's sentences before the "
                         "computations (loss on them too)")
+    parser.add_argument("--task", choices=("testbed", "mqar", "induction"), default="testbed",
+                        help="testbed: the problem language; mqar: the bare look-up; induction: copy a "
+                        "repeated run of names (see the module docstring)")
+    parser.add_argument("--pairs", type=int, default=10, help="mqar: name-value sentences per text (default 10)")
+    parser.add_argument("--fused", action="store_true", help="mqar: no ' =' between name and value")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
     parser.add_argument("--batch", type=int, default=32, help="texts per step (default 32)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, 100 warm-up steps then cosine "
@@ -98,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    tasks = generate_tasks(args.tasks + args.probe_tasks, "id", seed=1000)
+    # the synthetic texts use the testbed's tokenizer too (built from 3,000 problems)
+    tasks = generate_tasks(args.tasks + args.probe_tasks if args.task == "testbed" else 3000, "id", seed=1000)
     train, probe = tasks[: args.tasks], tasks[args.tasks:]
     rng = random.Random(args.seed)
     tokenizer = build_tokenizer([make_text(t, args.surface, args.recall, rng)[0] for t in train[:3000]], 1024)
@@ -114,8 +168,11 @@ def main(argv: list[str] | None = None) -> int:
                          eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
     model = LlamaForCausalLM(config)
     params = sum(p.numel() for p in model.parameters())
+    what = {"testbed": f"surface {args.surface}{' + recall' if args.recall else ''}",
+            "mqar": f"mqar, {args.pairs} pairs{', fused' if args.fused else ''}",
+            "induction": "induction (a run of 20 names repeated at a random offset)"}[args.task]
     print(f"# hidden {args.hidden}, layers {args.layers}, heads {args.heads}, rope_theta {args.rope_theta:g}, "
-          f"surface {args.surface}{' + recall' if args.recall else ''}: {params} parameters", flush=True)
+          f"{what}: {params} parameters", flush=True)
 
     def encode(task, order_rng: random.Random) -> tuple[list[int], int, int]:
         text, context = make_text(task, args.surface, args.recall, order_rng)
@@ -123,7 +180,30 @@ def main(argv: list[str] | None = None) -> int:
         computations_start = len(tokenizer.encode(text.rsplit("\n", 1)[0] + "\n", add_special_tokens=False))
         return ids, len(tokenizer.encode(context, add_special_tokens=False)), computations_start
 
+    def synthetic(example_rng: random.Random) -> tuple[list[int], list[int]]:
+        if args.task == "mqar":
+            return mqar_example(tokenizer, args.pairs, args.fused, example_rng)
+        return induction_example(tokenizer, example_rng)
+
+    if args.task != "testbed":
+        probe_set = [synthetic(random.Random(10**6 + k)) for k in range(args.probe_tasks)]
+
+    def probe_synthetic() -> dict[str, float]:
+        model.eval()
+        right = seen = 0
+        for ids, labels in probe_set:
+            with torch.no_grad():
+                predicted = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
+            for i, label in enumerate(labels):
+                if label != -100:
+                    seen += 1
+                    right += int(predicted[i - 1] == label)
+        model.train()
+        return {"copy_definition": right / seen}
+
     def probe_roles() -> dict[str, float]:
+        if args.task != "testbed":
+            return probe_synthetic()
         hits = {role: [0, 0] for role in ROLES if role}
         recall = [0, 0]
         model.eval()
@@ -156,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.98))
     order = list(range(len(train)))
     rng.shuffle(order)
-    header = ["step", "wall_s", "loss", "copy_definition", "look_up_value", "arithmetic", "copy_operator", "choice"]
-    header += ["recall"] if args.recall else []
+    header = ["step", "wall_s", "loss", "copy_definition"]
+    if args.task == "testbed":
+        header += ["look_up_value", "arithmetic", "copy_operator", "choice"] + (["recall"] if args.recall else [])
     print(" ".join(f"{h:>15}" for h in header), flush=True)
     started, smoothed, position = time.monotonic(), None, 0
     out = args.output.open("a", encoding="utf-8") if args.output else None
@@ -165,16 +246,22 @@ def main(argv: list[str] | None = None) -> int:
         scale = min(1.0, step / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
         for group in optimizer.param_groups:
             group["lr"] = args.lr * scale
-        batch = [encode(train[order[(position + i) % len(order)]], rng) for i in range(args.batch)]
+        if args.task != "testbed":
+            batch = [synthetic(rng) for _ in range(args.batch)]
+        else:
+            batch = []
+            for i in range(args.batch):
+                ids, start, _ = encode(train[order[(position + i) % len(order)]], rng)
+                batch.append((ids, [-100] * start + ids[start:]))
         position += args.batch
-        width = max(len(ids) for ids, _, _ in batch)
+        width = max(len(ids) for ids, _ in batch)
         input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
         labels = torch.full((len(batch), width), -100)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (ids, start, _) in enumerate(batch):
+        for row, (ids, row_labels) in enumerate(batch):
             input_ids[row, : len(ids)] = torch.tensor(ids)
             mask[row, : len(ids)] = 1
-            labels[row, start: len(ids)] = torch.tensor(ids[start:])
+            labels[row, : len(ids)] = torch.tensor(row_labels)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()

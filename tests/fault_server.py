@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable
 
-KINDS = ("ok", "drop", "429", "500", "400", "malformed", "truncated", "no_choices")
+KINDS = ("ok", "drop", "429", "500", "400", "401_echo", "malformed", "truncated", "no_choices")
 
 
 @dataclass
@@ -32,7 +32,8 @@ class Action:
 
     ok: a normal answer (``text``, default "reply to: <last user message>"), with ``n`` choices unless
     ``ignore_n``; drop: close the connection without a response; 429: rate limited, with ``retry_after``
-    as the Retry-After header if given; 500 / 400: an error body; malformed: status 200 with a body that
+    as the Retry-After header if given; 500 / 400: an error body; 401_echo: an authentication error whose
+    message quotes the request's Authorization header, as some proxies do; malformed: status 200 with a body that
     is not JSON; truncated: status 200 announcing more bytes than it sends; no_choices: valid JSON
     without choices.
     """
@@ -221,6 +222,10 @@ def _make_handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
                 self._send(429, b'{"error": {"message": "rate limited", "type": "rate_limit"}}', headers)
             elif kind == "500":
                 self._send(500, b'{"error": {"message": "internal error", "type": "server_error"}}')
+            elif kind == "401_echo":
+                quoted = self.headers.get("Authorization") or ""
+                self._send(401, json.dumps({"error": {"message": f"Incorrect API key provided: {quoted}",
+                                                      "type": "invalid_request_error"}}).encode())
             elif kind == "400":
                 self._send(400, b'{"error": {"message": "bad request: max_tokens too large", "type": "invalid"}}')
             elif kind == "malformed":

@@ -221,3 +221,25 @@ def test_copy_formation_restates_the_problem_and_probes_every_role():
     assert header.split()[3:5] == ["copy_definition", "look_up_value"] and header.split()[-1] == "recall"
     rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [r[0] for r in rows] == ["1", "2"] and all(0.0 <= float(v) <= 1.0 for r in rows for v in r[3:])
+
+
+def test_copy_formation_synthetic_texts_label_only_what_can_be_copied():
+    import random
+
+    from rlkd.models import load_tokenizer
+
+    bench = load("copy_formation")
+    tokenizer = load_tokenizer(Path(__file__).resolve().parents[1] / "assets" / "testbed-base")
+    ids, labels = bench.mqar_example(tokenizer, 4, False, random.Random(0))
+    text = tokenizer.decode(ids)
+    context, asked = text.split("\n")
+    assert len(context.split(".")) == 5 and len(asked.split(".")) == 3  # 4 pairs, then 2 of them asked
+    for sentence in asked.split(".")[:-1]:
+        assert sentence.strip() + "." in context  # each asked pair is one the context stated
+    labelled = [tokenizer.decode([t]).strip() for t in labels if t != -100]
+    assert labelled == [s.split("=")[1].strip() for s in asked.split(".")[:-1]]
+    ids, labels = bench.induction_example(tokenizer, random.Random(1))
+    marked = [i for i, t in enumerate(labels) if t != -100]
+    assert len(ids) == 80 and len(marked) == 19 and marked == list(range(marked[0], marked[0] + 19))
+    start = marked[0] - 1
+    assert any(ids[j: j + 20] == ids[start: start + 20] for j in range(0, start - 19))  # the run came before

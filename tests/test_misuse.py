@@ -106,6 +106,31 @@ class TestSecrets:
         for text in (caplog.text, printed.out, printed.err, out.read_text()):
             assert KEY not in text
 
+    @pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
+    def test_a_server_that_echoes_the_key_never_gets_it_shown(self, streamed, monkeypatch, caplog):
+        import asyncio
+
+        from rlkd.backends import GenerationRequest, OpenAIBackend, StreamSink
+
+        monkeypatch.setenv("RLKD_TEST_KEY", KEY)
+        request = GenerationRequest.chat([("user", "hello")], max_tokens=8)
+        with caplog.at_level(logging.DEBUG), FaultServer(default=Action("401_echo")) as server:
+            backend = OpenAIBackend(server.base_url, "m", api_key_env="RLKD_TEST_KEY", max_retries=1,
+                                    backoff_base=0.01)
+
+            async def go():
+                try:
+                    if streamed:
+                        return (await backend.generate_stream([request], [StreamSink()]))[0]
+                    return (await backend.generate([request]))[0]
+                finally:
+                    await backend.aclose()
+
+            completion = asyncio.run(go())
+            assert server.auth_headers[0] == f"Bearer {KEY}"  # the server did get the key, and quoted it
+        assert not completion.ok and "Incorrect API key provided" in completion.error
+        assert KEY not in completion.error and KEY not in caplog.text
+
     def test_a_key_quoted_by_an_error_message_is_replaced(self, monkeypatch):
         from rlkd.backends import OpenAIBackend
 
