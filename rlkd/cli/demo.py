@@ -10,16 +10,8 @@ import os
 from pathlib import Path
 
 from rlkd.cli.options import CliError
-from rlkd.experiment import (
-    DEFAULT_CONFIG,
-    DEFAULT_OUTPUT,
-    RESULTS_FILE,
-    Experiment,
-    _clock,
-    build_base,
-    load_demo_job,
-    stage_times,
-)
+from rlkd.experiment import DEFAULT_CONFIG, DEFAULT_OUTPUT, RESULTS_FILE, Experiment, build_base, load_demo_job, stage_times
+from rlkd.experiment.stages import _clock
 
 log = logging.getLogger("rlkd.experiment")
 
