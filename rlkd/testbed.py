@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from rlkd.errors import InputError
+from rlkd.files import iter_jsonl
 from rlkd.structure import Decomposition, Step, as_decomposition
 
 SPLITS: dict[str, dict[str, Any]] = {
@@ -606,9 +608,6 @@ def write_dataset(tasks: Iterable[Task], path: str | Path) -> Path:
 
 def read_tasks(path: str | Path) -> list[Task]:
     """Read a JSONL written by :func:`write_dataset`; a bad line raises ``rlkd.errors.InputError`` naming it."""
-    from rlkd.errors import InputError
-    from rlkd.files import iter_jsonl
-
     tasks = []
     for number, obj in iter_jsonl(path):
         try:
