@@ -127,7 +127,7 @@ def build_setup(workdir: Path, prompts: int, seed: int, hidden_size: int = 64,
     """The tiny policy (also the tiny GSRM) and the dataset rows."""
     from rlkd import testbed
     from rlkd.config import SYSTEM_PROMPT
-    from rlkd.gsrm import load_prompt
+    from rlkd.templates import load_prompt
     from rlkd.llm_judge import load_judge_prompt
     from rlkd.models import build_tiny_model, build_tokenizer
 
@@ -146,15 +146,15 @@ def build_setup(workdir: Path, prompts: int, seed: int, hidden_size: int = 64,
 def structure_reward_for(backend: Any, judge_mode: str, gsrm_max_tokens: int, early_exit: bool = True) -> Any:
     """The structure reward over ``backend`` (GSRM and LLM judge)."""
     from rlkd.gsrm import Decomposer
-    from rlkd.judges import make_judge
-    from rlkd.llm_judge import LLMJudge
+    from rlkd.reward_config import StructureConfig, build_judge
     from rlkd.rewards import StructureReward
 
     if judge_mode == "hybrid":
-        judge: Any = make_judge("hybrid", fields={"meta": "llm", "subproblem": "llm", "answer": "math"},
-                                llm=LLMJudge(backend, batched=True))
+        spec = StructureConfig(judge="hybrid", meta_judge="llm", subproblem_judge="llm", answer_judge="math",
+                               judge_batched=True)
     else:
-        judge = LLMJudge(backend, batched=judge_mode == "batched")
+        spec = StructureConfig(judge="llm", judge_batched=judge_mode == "batched")
+    judge = build_judge(spec, backend)
     return StructureReward(Decomposer(backend, max_tokens=gsrm_max_tokens), judge, early_exit=early_exit,
                            max_failure_share=1.0)
 

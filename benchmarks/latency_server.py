@@ -136,7 +136,7 @@ class Responder:
     """Maps a chat request to (kind, reply text), deterministically, from rlkd's prompt files."""
 
     def __init__(self, gsrm_fallback: str = "chunks"):
-        from rlkd.gsrm import DOMAINS, load_prompt
+        from rlkd.templates import DOMAINS, load_prompt
         from rlkd.llm_judge import load_judge_prompt
 
         if gsrm_fallback not in ("chunks", "none"):

@@ -343,8 +343,7 @@ def offline_teachers(batch: Batch, base_url: str, model: str, concurrency: int, 
 def run_ours(variant: str, batch: Batch, teacher_structures: list[dict[str, Any]], base_url: str, model: str,
              concurrency: int, timeout: float, gsrm_max_tokens: int) -> Cost:
     """Score the batch with ``rlkd.rewards.StructureReward`` as training calls it."""
-    from rlkd.judges import make_judge
-    from rlkd.llm_judge import LLMJudge
+    from rlkd.reward_config import StructureConfig, build_judge
     from rlkd.rewards import StructureReward
 
     gsrm_backend = _backend(base_url, model, concurrency, timeout)
@@ -352,12 +351,13 @@ def run_ours(variant: str, batch: Batch, teacher_structures: list[dict[str, Any]
     decomposer = _timed_decomposer(gsrm_backend, gsrm_max_tokens)
     early = variant.endswith("-early")
     if variant == "local-early":  # the server's own verdict rule, in process: no judge call at all
-        judge: Any = make_judge("text")
+        spec = StructureConfig(judge="text")
     elif variant.startswith("hybrid"):
-        judge = make_judge("hybrid", fields={"meta": "llm", "subproblem": "llm", "answer": "math"},
-                           llm=LLMJudge(judge_backend, batched=True))
+        spec = StructureConfig(judge="hybrid", meta_judge="llm", subproblem_judge="llm", answer_judge="math",
+                               judge_batched=True)
     else:
-        judge = LLMJudge(judge_backend, batched=variant == "batched")
+        spec = StructureConfig(judge="llm", judge_batched=variant == "batched")
+    judge = build_judge(spec, judge_backend)
     reward = StructureReward(decomposer, judge, lazy=variant == "per-pair-lazy", early_exit=early,
                              max_failure_share=1.0)
 
@@ -752,7 +752,7 @@ def _free_port() -> int:
 def serve_tiny(batch: Batch, workdir: Path, startup_s: float = 180.0) -> Iterator[tuple[str, str]]:
     """``transformers serve`` on a tiny random model (tokenizer trained on the batch's texts and the
     prompts); yields (base_url, model name) and stops the server afterwards."""
-    from rlkd.gsrm import load_prompt
+    from rlkd.templates import load_prompt
     from rlkd.llm_judge import load_judge_prompt
     from rlkd.models import build_tiny_model
 

@@ -11,6 +11,11 @@ overrides single fields with ``--set section.field=value`` (the value is read as
 :func:`load_job` checks everything before any heavy work: unknown keys (with a suggestion), wrong
 types, values outside their choices and cross-field rules, each error naming the field as a dotted path.
 
+The sections shared with lower layers live there and are used here: :class:`~rlkd.backends.config.BackendConfig`
+(every backend section) and :class:`~rlkd.reward_config.StructureConfig` (``structure:``); the recipe
+machinery (YAML, ``--set``, field help) is :mod:`rlkd.recipes`. This module adds the jobs, their
+cross-field checks and their mapping onto TRL's configuration classes.
+
 How this departs from the authors' code (SPEC section 4):
 
 1. No setting is hard-coded at import time: model paths, server addresses and ports all come from the
@@ -26,20 +31,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from rlkd.cli import CliError
+from rlkd.backends.config import BackendConfig
+from rlkd.errors import ConfigError
+from rlkd.recipes import _positive, _require, _within, build_dataclass, merge_overrides, option, read_recipe, section
+from rlkd.reward_config import StructureConfig
 from rlkd.rewards import REWARD_NAMES, REWARD_SETS
+from rlkd.templates import DOMAINS
 
-JUDGES = ("text", "overlap", "math", "hybrid", "llm")
-FIELD_JUDGES = ("text", "overlap", "math", "llm")
-STRUCTURE_MODES = ("paper", "normalized", "ungated", "ungated-normalized")
-DOMAINS = ("math", "code", "science", "puzzle")
 
 # The system prompt of the authors' GRPO runs, in our words: think inside <think>, answer inside
 # <answer> with the final result in \boxed{}.
@@ -51,154 +53,8 @@ SYSTEM_PROMPT = (
 )
 
 
-class ConfigError(CliError):
-    """A recipe or override that cannot be used; the message starts with the dotted field name."""
-
-
-def option(default: Any, help: str, choices: Sequence[Any] | None = None) -> Any:
-    """A dataclass field with its help text (and allowed values) in the metadata."""
-    meta = {"help": help, "choices": tuple(choices) if choices else None}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
-    if dataclasses.is_dataclass(default):
-        return field(default_factory=lambda d=default: dataclasses.replace(d), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def section(cls: type, help: str) -> Any:
-    """A nested configuration section (a dataclass field holding another dataclass)."""
-    return field(default_factory=cls, metadata={"help": help, "choices": None})
-
-
 # --------------------------------------------------------------------------------------------------
 # Sections shared by several jobs
-
-
-@dataclass
-class BackendConfig:
-    """Where LLM text comes from: an OpenAI-compatible server (vLLM, ``transformers serve``, a provider)
-    or a local model folder run in-process with transformers."""
-
-    base_url: str | None = option(None, "server address, e.g. http://127.0.0.1:8000/v1 (or set local_model)")
-    model: str | None = option(None, "model name the server knows (for vLLM: the served model name)")
-    api_key_env: str = option("OPENAI_API_KEY", "environment variable holding the API key; keys never "
-                              "go in recipes; unset variable means no key")
-    concurrency: int = option(16, "requests in flight at once")
-    timeout: float = option(120.0, "seconds per request")
-    max_retries: int = option(4, "retries of a transient failure, with exponential backoff")
-    cache: str | None = option(None, "SQLite request cache file; a re-run answers from it")
-    local_model: str | None = option(None, "local model folder, .gguf file or hub name run in-process "
-                                     "with transformers instead of a server (CPU recipes, tests)")
-    local_batch_size: int = option(8, "local_model: sequences per generate batch")
-
-    def configured(self) -> bool:
-        """Whether a server or a local model is given."""
-        return bool(self.base_url or self.local_model)
-
-    def check(self, where: str, needed_for: str) -> None:
-        """Raise ConfigError unless exactly one of base_url / local_model is set (and model with a server)."""
-        if not self.configured():
-            raise ConfigError(f"{where}: {needed_for} needs a backend: set {where}.base_url (with {where}.model) "
-                              f"or {where}.local_model")
-        if self.base_url and self.local_model:
-            raise ConfigError(f"{where}: give either {where}.base_url or {where}.local_model, not both")
-        if self.base_url and not self.model:
-            raise ConfigError(f"{where}.model: required with {where}.base_url (the model name the server knows)")
-        _positive(self, where, "concurrency", "timeout", "local_batch_size")
-        if self.max_retries < 0:
-            raise ConfigError(f"{where}.max_retries: must be >= 0, got {self.max_retries}")
-        from rlkd.backends import check_backend_numbers
-
-        try:  # the same limits as the command-line options: finite, bounded
-            check_backend_numbers(dataclasses.asdict(self), lambda name: f"{where}.{name}")
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-
-    def as_backend_config(self, cache: str | None = None) -> dict[str, Any]:
-        """The mapping :func:`rlkd.backends.backend_from_config` takes (``cache`` overrides the field)."""
-        config = dataclasses.asdict(self)
-        if cache is not None:
-            config["cache"] = cache
-        if self.local_model:  # server-only settings do not apply in-process
-            for name in ("api_key_env", "concurrency", "timeout", "max_retries"):
-                config.pop(name)
-        else:
-            config.pop("local_batch_size")
-        return {k: v for k, v in config.items() if v is not None}
-
-
-@dataclass
-class StructureConfig:
-    """The structure reward: the GSRM that decomposes student completions and the judge that compares
-    their steps with the teacher's (SPEC section 3)."""
-
-    decomposer: str = option("gsrm", "what decomposes the student's completions: gsrm (the GSRM behind the gsrm "
-                             "backend) or rule (rlkd.testbed.rule_decompose, the exact decomposer of the "
-                             "synthetic testbed's traces: an oracle GSRM for testbed data, no model calls)",
-                             ("gsrm", "rule"))
-    gsrm: BackendConfig = section(BackendConfig, "the GSRM backend (a server with base_url/model, or local_model)")
-    domain: str = option("math", "domain named in the GSRM prompt", DOMAINS)
-    gsrm_prompt: str | None = option(None, "a GSRM prompt file (the format of rlkd/prompts/gsrm_math.txt) used "
-                                     "instead of domain's packaged prompt, e.g. the prompt a fine-tuned GSRM "
-                                     "was trained on; null: the packaged prompt of domain")
-    gsrm_max_tokens: int = option(2048, "most tokens the GSRM may write per decomposition")
-    gsrm_max_trace_chars: int = option(24000, "longer completions keep their first 2/3 and last 1/3 of this "
-                                       "many characters before the GSRM sees them")
-    judge: str = option("hybrid", "how step fields are compared; 'llm' asks judge_backend", JUDGES)
-    meta_judge: str = option("overlap", "hybrid judge: judge for meta-reasoning", FIELD_JUDGES)
-    subproblem_judge: str = option("overlap", "hybrid judge: judge for sub-problems", FIELD_JUDGES)
-    answer_judge: str = option("math", "hybrid judge: judge for answers", FIELD_JUDGES)
-    overlap_threshold: float = option(0.5, "token F1 at or above which the overlap judge says 'same'")
-    judge_batched: bool = option(False, "llm judge: ask for all verdicts of a pair in one JSON request")
-    judge_backend: BackendConfig = section(BackendConfig, "the LLM judge's backend (judge 'llm' or a hybrid "
-                                           "field set to 'llm')")
-    gsrm_few_shot: bool = option(False, "include the prompt's worked example: false for a GSRM fine-tuned by "
-                                 "rlkd train sft on rlkd data gsrm output (it was trained without it), true for "
-                                 "an instruction model used as is")
-    mode: str = option("paper", "paper: the authors' algorithm; normalized: divided by the teacher's step "
-                       "count; ungated: no prefix gate", STRUCTURE_MODES)
-    lazy: bool = option(False, "judge meta-reasoning in order and stop at the first mismatch (fewer calls; "
-                        "no effect with early_exit, which judges in order anyway)")
-    early_exit: bool = option(True, "stream the GSRM's reply, judge each step as it is written and stop the "
-                              "generation once the reward is decided (first meta-reasoning mismatch, or the "
-                              "teacher's step count): the same rewards for far fewer generated tokens "
-                              "(SPEC section 8); false: every decomposition is generated to its end")
-    max_failure_share: float = option(0.1, "training stops once more than this share of GSRM calls (or judge "
-                                      "verdicts) over the job failed, checked once min_failures have been seen")
-    min_failures: int = option(20, "GSRM calls (or verdicts) seen before max_failure_share is first checked")
-    max_batch_failure_share: float | None = option(None, "training also stops when more than this share of "
-                                                      "one batch lost its structure reward (a server dying late "
-                                                      "in a long run); default max(0.5, max_failure_share)")
-    sample_log: bool = option(True, "append a few scored completions per step to <output_dir>/structure_samples.jsonl "
-                              "(read it with rlkd inspect --pairs)")
-    samples_per_step: int = option(2, "completions per step written to the sample log")
-
-    def prompt_source(self) -> str:
-        """The GSRM prompt as :class:`rlkd.gsrm.Decomposer` takes it: the absolute path of ``gsrm_prompt``
-        when set (never mistaken for a domain name), else ``domain``."""
-        return str(Path(self.gsrm_prompt).expanduser().resolve()) if self.gsrm_prompt else self.domain
-
-    def check_prompt(self, where: str = "structure") -> None:
-        """Raise ConfigError naming ``<where>.gsrm_prompt`` unless it is null or a readable prompt file."""
-        if self.gsrm_prompt is None:
-            return
-        field = f"{where}.gsrm_prompt"
-        if not self.gsrm_prompt.strip():
-            raise ConfigError(f"{field}: empty (null: the packaged prompt of {where}.domain)")
-        if not Path(self.gsrm_prompt).expanduser().is_file():
-            raise ConfigError(f"{field}: {self.gsrm_prompt}: no such file")
-        from rlkd.gsrm import load_prompt
-
-        try:
-            load_prompt(self.prompt_source())
-        except (ValueError, OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{field}: {exc}") from None
-
-    def uses_llm_judge(self) -> bool:
-        """Whether any field is judged by the LLM judge."""
-        if self.judge == "llm":
-            return True
-        return self.judge == "hybrid" and "llm" in (self.meta_judge, self.subproblem_judge, self.answer_judge)
 
 
 @dataclass
@@ -413,6 +269,21 @@ class SFTJob:
 # Data jobs
 
 
+# the run settings both data jobs share: (default, help)
+_DATA_OPTIONS: dict[str, tuple[Any, str]] = {
+    "batch_size": (64, "records sent per batch (and written per flush)"),
+    "limit": (None, "process only the first N records (null: all)"),
+    "max_failure_share": (0.2, "stop when more than this share of records failed (backend error or unparsable "
+                               "output), checked once min_failures records were sent"),
+    "min_failures": (10, "records sent before max_failure_share is first checked"),
+}
+
+
+def _data_option(name: str) -> Any:
+    """The field ``name`` of :data:`_DATA_OPTIONS`, as :func:`rlkd.recipes.option` declares it."""
+    return option(*_DATA_OPTIONS[name])
+
+
 @dataclass
 class DataGsrmJob:
     """``rlkd data gsrm``: teacher traces -> decompositions by a strong LLM -> chat SFT data for the GSRM."""
@@ -437,11 +308,10 @@ class DataGsrmJob:
     few_shot: bool = option(True, "show the strong LLM the prompt's worked example")
     sft_few_shot: bool = option(False, "keep the worked example in the prompts written to the SFT data (false: "
                                 "the GSRM learns the bare instruction; then use structure.gsrm_few_shot=false)")
-    batch_size: int = option(64, "records sent per batch (and written per flush)")
-    limit: int | None = option(None, "process only the first N records (null: all)")
-    max_failure_share: float = option(0.2, "stop when more than this share of records failed (backend error or "
-                                      "unparsable output), checked once min_failures records were sent")
-    min_failures: int = option(10, "records sent before max_failure_share is first checked")
+    batch_size: int = _data_option("batch_size")
+    limit: int | None = _data_option("limit")
+    max_failure_share: float = _data_option("max_failure_share")
+    min_failures: int = _data_option("min_failures")
 
     def validate(self) -> None:
         _require(self, "input", "output")
@@ -486,11 +356,10 @@ class DataRlkdJob:
     max_trace_chars: int = option(24000, "longer traces keep their first 2/3 and last 1/3 of this many characters")
     gsrm_few_shot: bool = option(False, "include the prompt's worked example (false for a GSRM fine-tuned on "
                                  "rlkd data gsrm output; must match structure.gsrm_few_shot in training)")
-    batch_size: int = option(64, "records sent per batch (and written per flush)")
-    limit: int | None = option(None, "process only the first N records (null: all)")
-    max_failure_share: float = option(0.2, "stop when more than this share of records failed (backend error or "
-                                      "unparsable output), checked once min_failures records were sent")
-    min_failures: int = option(10, "records sent before max_failure_share is first checked")
+    batch_size: int = _data_option("batch_size")
+    limit: int | None = _data_option("limit")
+    max_failure_share: float = _data_option("max_failure_share")
+    min_failures: int = _data_option("min_failures")
 
     def validate(self) -> None:
         _require(self, "input", "output_dir")
@@ -511,45 +380,8 @@ class DataRlkdJob:
         return str(Path(self.output_dir) / "gsrm.cache.sqlite") if self.request_cache else None
 
 
-JOBS: dict[str, type] = {"sft": SFTJob, "grpo": GRPOJob, "data-gsrm": DataGsrmJob, "data-rlkd": DataRlkdJob}
-
-
 # --------------------------------------------------------------------------------------------------
 # Cross-field checks
-
-
-def _get(obj: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _require(job: Any, *dotted: str) -> None:
-    for name in dotted:
-        if not _get(job, name):
-            raise ConfigError(f"{name}: required (set it in the recipe or with --set {name}=...)")
-
-
-def _positive(obj: Any, prefix: str, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value is not None and value <= 0:
-            where = f"{prefix}.{name}" if prefix else name
-            raise ConfigError(f"{where}: must be > 0, got {value}")
-
-
-def _within(obj: Any, prefix: str, name: str, low: float | None, high: float | None, low_open: bool = False) -> None:
-    """Raise ConfigError naming ``prefix.name`` unless its value (None is skipped) lies in [low, high]
-    (``(low, high]`` with ``low_open``); None for a bound means unbounded."""
-    value = getattr(obj, name)
-    if value is None:
-        return
-    where = f"{prefix}.{name}" if prefix else name
-    too_low = low is not None and (value <= low if low_open else value < low)
-    if too_low or (high is not None and value > high):
-        left = "(" if low_open else "["
-        shown = f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
-        raise ConfigError(f"{where}: must be within {shown}, got {value}")
 
 
 def _check_resume(value: str) -> None:
@@ -580,210 +412,12 @@ def _validate_common(t: TrainingCommon) -> None:
 # Building a job from YAML and overrides
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
-    if origin is not None:
-        return getattr(origin, "__name__", str(origin))
-    if tp is Any:
-        return "any value"
-    return {"str": "string", "int": "integer", "float": "number", "bool": "true/false",
-            "dict": "mapping", "list": "list"}.get(getattr(tp, "__name__", str(tp)), getattr(tp, "__name__", str(tp)))
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (int accepted for float); raise naming ``where``."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got null")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, where)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {_describe(value)}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {_describe(value)}")
-        return _build(tp, value, where + ".")
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a mapping, got {_describe(value)}")
-        _, vt = typing.get_args(tp)
-        return {str(k): _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
-    if origin is list:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {_describe(value)}")
-        (it,) = typing.get_args(tp)
-        return [_convert(v, it, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise ConfigError(f"{where}: must be a finite number, got {value}")
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {_describe(value)}")
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{_type_name(type(value))} {text}"
-
-
-def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        key = str(key)
-        if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-            raise ConfigError(f"{prefix}{key}: unknown field of {cls.__name__}{hint}; known fields: "
-                              f"{', '.join(fields)}")
-        where = prefix + key
-        converted = _convert(value, hints[key], where)
-        choices = fields[key].metadata.get("choices")
-        if choices and converted is not None and converted not in choices:
-            raise ConfigError(f"{where}: {converted!r} is not one of {', '.join(map(str, choices))}")
-        kwargs[key] = converted
-    return cls(**kwargs)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b=value`` -> (["a", "b"], value read as YAML)."""
-    import yaml
-
-    if "=" not in text:
-        raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. --set training.max_steps=10")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {text}: empty field name")
-    try:
-        value = load_yaml(raw, f"--set {key}") if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value is not valid YAML ({' '.join(str(exc).split())})") from None
-    return key.split("."), value
-
-
-MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of settings; anything far larger is a mistake
-
-
-def load_yaml(text: str, source: str) -> Any:
-    """Parse YAML the safe way, in bounded time and memory: plain data only (``yaml.SafeLoader``), no
-    aliases (``*name``, which can expand exponentially), no key given twice in one mapping, at most
-    MAX_RECIPE_BYTES. Raises ConfigError naming ``source`` and the line; yaml.YAMLError for bad syntax."""
-    import yaml
-
-    if len(text.encode("utf-8", errors="replace")) > MAX_RECIPE_BYTES:
-        raise ConfigError(f"{source}: larger than {MAX_RECIPE_BYTES} bytes; a recipe is a page of settings")
-
-    class RecipeLoader(yaml.SafeLoader):
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            if self.check_event(yaml.AliasEvent):
-                event = self.peek_event()
-                raise ConfigError(f"{source}: line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) "
-                                  "are not accepted; write the value out")
-            return super().compose_node(parent, index)
-
-        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-            seen: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.get(key)
-                except TypeError:  # an unhashable key: the base class reports it
-                    break
-                if first is not None:
-                    raise ConfigError(f"{source}: line {key_node.start_mark.line + 1}: key {key!r} appears twice "
-                                      f"in one mapping (first on line {first})")
-                seen[key] = key_node.start_mark.line + 1
-            return super().construct_mapping(node, deep=deep)
-
-    loader = RecipeLoader(text)
-    try:
-        return loader.get_single_data()
-    except RecursionError:
-        raise ConfigError(f"{source}: nested too deeply to read") from None
-    finally:
-        loader.dispose()
-
-
-def read_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe as a mapping (an empty file is an empty mapping)."""
-    import yaml
-
-    try:
-        if Path(path).is_file() and Path(path).stat().st_size > MAX_RECIPE_BYTES:
-            raise ConfigError(f"{path}: larger than {MAX_RECIPE_BYTES} bytes; a recipe is a page of settings")
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such recipe file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a recipe file") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the recipe as UTF-8") from None
-    try:
-        data = load_yaml(text, str(path))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of fields, got {type(data).__name__}")
-    return data
-
-
-def merge_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``--set`` overrides to a recipe mapping (a copy)."""
-    import copy
-
-    data = copy.deepcopy(data)
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = data
-        for i, key in enumerate(keys[:-1]):
-            child = node.get(key)
-            if child is None:
-                child = node[key] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"--set {text}: {'.'.join(keys[: i + 1])} is not a section")
-            node = child
-        node[keys[-1]] = value
-    return data
-
-
 def build_job(cls: type, data: Mapping[str, Any]) -> Any:
     """Build and validate a job from a mapping (what a recipe plus overrides give)."""
     rewards = data.get("rewards")
     if isinstance(rewards, Mapping) and rewards.get("weights") is not None and "set" not in rewards:
         data = {**data, "rewards": {**rewards, "set": None}}  # explicit weights replace the default set
-    job = _build(cls, data)
+    job = build_dataclass(cls, data)
     job.validate()
     return job
 
@@ -792,57 +426,6 @@ def load_job(cls: type, config: str | Path | None, overrides: Sequence[str] = ()
     """Read the recipe (if any), apply ``--set`` overrides, then build and validate the job."""
     data = read_recipe(config) if config else {}
     return build_job(cls, merge_overrides(data, overrides))
-
-
-# --------------------------------------------------------------------------------------------------
-# Printing
-
-
-def to_dict(job: Any) -> dict[str, Any]:
-    """The job as plain data, fields in declaration order."""
-    return dataclasses.asdict(job)
-
-
-def dump_yaml(job: Any) -> str:
-    """The job as a YAML recipe that :func:`load_job` reads back to an equal job."""
-    import yaml
-
-    class Dumper(yaml.SafeDumper):
-        pass
-
-    def text(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-        style = "|" if "\n" in value else None  # multi-line strings (system prompts) as literal blocks
-        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-    Dumper.add_representer(str, text)
-    return yaml.dump(to_dict(job), Dumper=Dumper, sort_keys=False, allow_unicode=True, width=100)
-
-
-def describe_fields(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted name, default, help) for every field of a job, nested sections flattened."""
-    rows = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            rows += describe_fields(tp, f"{prefix}{f.name}.")
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f.metadata.get("help", "")
-        if f.metadata.get("choices"):
-            help_text += f" [{'|'.join(map(str, f.metadata['choices']))}]"
-        rows.append((prefix + f.name, repr(default) if not isinstance(default, str) else default, help_text))
-    return rows
-
-
-def fields_help(cls: type) -> str:
-    """Text listing every field of a job with its default and help (used as the --help epilog)."""
-    lines = [f"{cls.__name__} fields (recipe keys; override with --set NAME=VALUE):"]
-    for name, default, help_text in describe_fields(cls):
-        shown = default if len(default) <= 40 else default[:37] + "..."
-        shown = shown.replace("\n", "\\n")
-        lines.append(f"  {name} = {shown}\n      {help_text}")
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------

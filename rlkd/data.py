@@ -1,4 +1,4 @@
-"""Data: reading inputs, building the training sets, and the ``rlkd data`` commands.
+"""Data: reading inputs and building the training sets (the work of ``rlkd data``; its options: :mod:`rlkd.cli.data`).
 
 - :class:`Records` reads any input the pipelines take (JSONL, JSON, parquet, a ``datasets`` folder, or a
   hub dataset name when online) as numbered records, with errors naming the file and line.
@@ -31,27 +31,21 @@ How this departs from the authors' code (SPEC section 4):
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from rlkd.cli import CliError, iter_jsonl
-from rlkd.gsrm import (
-    DOMAINS,
-    Decomposer,
-    DecomposeResult,
-    JsonlWriter,
-    WorkItem,
-    build_prompt,
-    decompose_resumably,
-    id_key,
-    load_prompt,
-    read_done_ids,
-    split_reasoning,
-)
+from rlkd import testbed
+from rlkd.backends import Backend, FailureBudget
+from rlkd.backends.build import build_backend
+from rlkd.backends.config import BackendConfig
+from rlkd.config import SYSTEM_PROMPT
+from rlkd.errors import ConfigError, InputError
+from rlkd.files import JsonlWriter, OutputLock, check_output_path, id_key, iter_jsonl, read_done_ids
+from rlkd.gsrm import DecomposeResult, Decomposer, WorkItem, decompose_resumably, sft_example, split_reasoning
+from rlkd.models import build_tiny_model, build_tokenizer
+from rlkd.templates import DOMAINS, load_prompt
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -75,7 +69,7 @@ def is_local(path: str) -> bool:
 class Records:
     """The records of an input, numbered from 0, each with a location for error messages.
 
-    JSONL files are streamed (a bad line raises :class:`~rlkd.cli.CliError` naming it); JSON, parquet,
+    JSONL files are streamed (a bad line raises :class:`~rlkd.errors.InputError` naming it); JSON, parquet,
     ``datasets`` folders and hub datasets are opened with ``datasets`` (memory-mapped).
     """
 
@@ -87,7 +81,7 @@ class Records:
         self._count: int | None = None
         if path.endswith(".jsonl"):
             if not Path(path).is_file():
-                raise CliError(f"{path}: no such file")
+                raise InputError(f"{path}: no such file")
         else:
             self._table = _open_table(path, split, subset)
 
@@ -135,21 +129,21 @@ def _open_table(path: str, split: str, subset: str | None):
             loaded = datasets.load_from_disk(str(p))
             if isinstance(loaded, datasets.DatasetDict):
                 if split not in loaded:
-                    raise CliError(f"{path}: no split {split!r} (has {', '.join(loaded)})")
+                    raise InputError(f"{path}: no split {split!r} (has {', '.join(loaded)})")
                 loaded = loaded[split]
             return loaded
         if p.is_file():
             kind = {".json": "json", ".parquet": "parquet"}.get(p.suffix)
             if kind is None:
-                raise CliError(f"{path}: unknown file type (expected .jsonl, .json or .parquet)")
+                raise InputError(f"{path}: unknown file type (expected .jsonl, .json or .parquet)")
             return datasets.load_dataset(kind, data_files=str(p), split="train")
         if is_local(path):
-            raise CliError(f"{path}: no such file or folder")
+            raise InputError(f"{path}: no such file or folder")
         return datasets.load_dataset(path, subset, split=split)
-    except CliError:
+    except InputError:
         raise
     except Exception as exc:  # datasets raises many types; name the input either way
-        raise CliError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
 
 
 def first_columns(path: str, split: str = "train", subset: str | None = None) -> list[str] | None:
@@ -162,7 +156,7 @@ def first_columns(path: str, split: str = "train", subset: str | None = None) ->
 def _text(value: Any, column: str, where: str) -> str:
     if not isinstance(value, str):
         got = "missing" if value is None else f"a {type(value).__name__}, not text"
-        raise CliError(f"{where}: column '{column}' is {got}")
+        raise InputError(f"{where}: column '{column}' is {got}")
     return value
 
 
@@ -187,17 +181,17 @@ def grpo_rows(records: Records, data: Any, need_structure: bool, limit: int | No
         problem = _text(obj.get(data.problem_column), data.problem_column, where)
         answer = obj.get(data.answer_column)
         if answer is None:
-            raise CliError(f"{where}: column '{data.answer_column}' is missing")
+            raise InputError(f"{where}: column '{data.answer_column}' is missing")
         row = {"prompt": chat_prompt(problem, data.system_prompt), "problem": problem, "answer": str(answer)}
         if need_structure:
             structure = obj.get(data.teacher_structure_column)
             if structure is None:
-                raise CliError(f"{where}: column '{data.teacher_structure_column}' is missing (the structure "
+                raise InputError(f"{where}: column '{data.teacher_structure_column}' is missing (the structure "
                                "reward needs the teacher's decomposition: build the data with rlkd data rlkd)")
             row["teacher_structure"] = structure if isinstance(structure, str) else json.dumps(structure)
         rows.append(row)
     if not rows:
-        raise CliError(f"{records.path}: no training rows")
+        raise InputError(f"{records.path}: no training rows")
     return rows
 
 
@@ -241,19 +235,19 @@ def sft_rows(records: Records, data: Any, limit: int | None = None) -> list[dict
                 rows.append({"prompt": _messages(obj["prompt"], "prompt", where),
                              "completion": _messages(obj["completion"], "completion", where)})
             else:
-                raise CliError(f"{where}: chat data needs a 'messages' column or 'prompt' and 'completion' columns")
+                raise InputError(f"{where}: chat data needs a 'messages' column or 'prompt' and 'completion' columns")
             continue
         problem = _text(obj.get(data.problem_column), data.problem_column, where)
         reasoning = _text(obj.get(data.reasoning_column), data.reasoning_column, where)
         answer = obj.get(data.answer_column)
         if answer is None:
-            raise CliError(f"{where}: column '{data.answer_column}' is missing")
+            raise InputError(f"{where}: column '{data.answer_column}' is missing")
         solution = obj.get(data.solution_column) if data.solution_column else None
         rows.append({"prompt": chat_prompt(problem, data.system_prompt),
                      "completion": [{"role": "assistant",
                                      "content": teacher_completion(reasoning, solution, str(answer))}]})
     if not rows:
-        raise CliError(f"{records.path}: no training rows")
+        raise InputError(f"{records.path}: no training rows")
     return rows
 
 
@@ -262,7 +256,7 @@ def _messages(value: Any, column: str, where: str) -> list[dict[str, str]]:
         isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
         for m in value
     ):
-        raise CliError(f"{where}: column '{column}' must be a list of {{role, content}} messages")
+        raise InputError(f"{where}: column '{column}' must be a list of {{role, content}} messages")
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
@@ -277,22 +271,20 @@ def _record_id(obj: Mapping[str, Any], index: int, id_column: str | None, where:
     if id_column is None:
         return index
     if id_column not in obj or obj[id_column] is None:
-        raise CliError(f"{where}: id column '{id_column}' is missing")
+        raise InputError(f"{where}: id column '{id_column}' is missing")
     if seen is not None:
         key = id_key(obj[id_column])
         if key in seen:
-            raise CliError(f"{where}: id {obj[id_column]!r} appears twice in the input (column '{id_column}')")
+            raise InputError(f"{where}: id {obj[id_column]!r} appears twice in the input (column '{id_column}')")
         seen.add(key)
     return obj[id_column]
 
 
-def _backend(config: Any, cache: str | None, where: str):
-    from rlkd.backends import backend_from_config
-
+def _backend(config: BackendConfig, cache: str | None, where: str) -> Backend:
     try:
-        return backend_from_config(config.as_backend_config(cache=cache), where=where)
-    except (ValueError, OSError) as exc:
-        raise CliError(f"{where}: {exc}") from None
+        return build_backend(config, where, cache=cache)
+    except ConfigError as exc:
+        raise InputError(f"{where}: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,8 +301,6 @@ def run_data_gsrm(job: Any, backend: Any = None) -> dict[str, int]:
     the raw text. A backend failure is not written, so the next run retries it. ``backend`` overrides
     ``job.backend`` (tests pass a scripted one).
     """
-    from rlkd.files import OutputLock, check_output_path
-
     records = Records(job.input, job.split, job.subset)
     output, failures = Path(job.output), job.failures_path()
     for path, what in ((output, "output"), (failures, "failures")):
@@ -323,8 +313,6 @@ def run_data_gsrm(job: Any, backend: Any = None) -> dict[str, int]:
 
 def _data_gsrm_locked(job: Any, backend: Any, records: "Records", output: Path, failures: Path,
                       done: set[str]) -> dict[str, int]:
-    from rlkd.backends import FailureBudget
-
     total = len(records) if job.limit is None else min(job.limit, len(records))
     backend = backend if backend is not None else _backend(job.backend, job.cache_path(), "backend")
     decomposer = Decomposer(backend, domain=job.default_domain, max_trace_chars=job.max_trace_chars,
@@ -341,7 +329,7 @@ def _data_gsrm_locked(job: Any, backend: Any, records: "Records", output: Path, 
             reasoning = _text(obj.get(job.reasoning_column), job.reasoning_column, where)
             domain = obj.get(job.domain_column) if job.domain_column else None
             if domain is not None and domain not in DOMAINS:
-                raise CliError(f"{where}: column '{job.domain_column}' is {domain!r}; expected one of "
+                raise InputError(f"{where}: column '{job.domain_column}' is {domain!r}; expected one of "
                                f"{', '.join(DOMAINS)}")
             if id_key(record_id) in done:
                 counts["already_done"] += 1
@@ -355,12 +343,10 @@ def _data_gsrm_locked(job: Any, backend: Any, records: "Records", output: Path, 
                 out.write("failures", {"id": item.id, "domain": item.domain, "reason": result.reason,
                                        "raw": result.raw})
             elif result.status == "ok":
-                prompt = build_prompt(item.problem, item.reasoning, item.domain,
+                example = sft_example(item.problem, item.reasoning, result.decomposition, item.domain,
                                       max_trace_chars=job.max_trace_chars, few_shot=job.sft_few_shot)
-                out.write("output", {
-                    "id": item.id, "domain": item.domain, "prompt": prompt,
-                    "completion": [{"role": "assistant", "content": result.decomposition.render()}],
-                    "steps": len(result.decomposition.steps), "truncated": result.truncated})
+                out.write("output", {"id": item.id, "domain": item.domain, **example,
+                                     "steps": len(result.decomposition.steps), "truncated": result.truncated})
 
         decompose_resumably(decomposer, todo(), write, batch_size=job.batch_size,
                             budget=FailureBudget(job.max_failure_share, job.min_failures, what="traces"),
@@ -378,11 +364,11 @@ def _data_gsrm_locked(job: Any, backend: Any, records: "Records", output: Path, 
 def first_correct(generations: Any, flags: Any, where: str, job: Any) -> int | None:
     """Index of the first generation flagged correct (None if none is); errors name the record."""
     if not isinstance(generations, list) or not all(isinstance(g, str) for g in generations):
-        raise CliError(f"{where}: column '{job.generations_column}' must be a list of texts")
+        raise InputError(f"{where}: column '{job.generations_column}' must be a list of texts")
     if not isinstance(flags, list):
-        raise CliError(f"{where}: column '{job.correctness_column}' must be a list of true/false flags")
+        raise InputError(f"{where}: column '{job.correctness_column}' must be a list of true/false flags")
     if len(flags) != len(generations):
-        raise CliError(f"{where}: {len(generations)} generations but {len(flags)} correctness flags")
+        raise InputError(f"{where}: {len(generations)} generations but {len(flags)} correctness flags")
     for i, flag in enumerate(flags):
         if flag is True:
             return i
@@ -409,12 +395,10 @@ def run_data_rlkd(job: Any, backend: Any = None) -> dict[str, int]:
     steps as GSRM text). Records without a correct generation, or whose decomposition has no steps, go
     to ``skipped.jsonl`` with the reason. A backend failure is not written (the next run retries it).
     """
-    from rlkd.files import OutputLock, check_output_path
-
     records = Records(job.input, job.split, job.subset)
     out = Path(job.output_dir)
     if out.exists() and not out.is_dir():
-        raise CliError(f"output_dir: {out} is a file, not a folder")
+        raise InputError(f"output_dir: {out} is a file, not a folder")
     paths = {"train": out / "train.jsonl", "test": out / "test.jsonl", "skipped": out / "skipped.jsonl"}
     for name, path in paths.items():
         check_output_path(path, f"output_dir's {name}.jsonl", same_as=[job.input])
@@ -427,8 +411,6 @@ def run_data_rlkd(job: Any, backend: Any = None) -> dict[str, int]:
 
 def _data_rlkd_locked(job: Any, backend: Any, records: "Records", out: Path, paths: dict[str, Path],
                       done: set[str]) -> dict[str, int]:
-    from rlkd.backends import FailureBudget
-
     total = len(records) if job.limit is None else min(job.limit, len(records))
 
     usable: list[Any] = []
@@ -467,7 +449,7 @@ def _data_rlkd_locked(job: Any, backend: Any, records: "Records", out: Path, pat
                     continue
                 problem = _text(obj.get(job.problem_column), job.problem_column, where)
                 if obj.get(job.answer_column) is None:
-                    raise CliError(f"{where}: column '{job.answer_column}' is missing")
+                    raise InputError(f"{where}: column '{job.answer_column}' is missing")
                 yield WorkItem(record_id, problem, gens[chosen], extra=(str(obj[job.answer_column]), chosen))
 
         def write(item: WorkItem, result: DecomposeResult) -> None:
@@ -520,9 +502,6 @@ def build_tiny(output_dir: str | Path, *, train: int = 64, test: int = 16, seed:
       decompositions standing in for the strong LLM's;
     - ``student/`` and ``gsrm_base/``: tiny random Llama models sharing one tokenizer trained on all of it.
     """
-    from rlkd import testbed
-    from rlkd.config import SYSTEM_PROMPT
-    from rlkd.models import build_tiny_model, build_tokenizer
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -545,98 +524,10 @@ def build_tiny(output_dir: str | Path, *, train: int = 64, test: int = 16, seed:
                                      "generations": [wrong_generation(task.trace, answer), task.trace],
                                      "correctness_math_verify": [False, correct]}) + "\n")
             sft.write(json.dumps({"id": task.id, "domain": "math",
-                                  "prompt": build_prompt(task.problem, task.trace, "math", few_shot=False),
-                                  "completion": [{"role": "assistant", "content": task.decomposition.render()}],
+                                  **sft_example(task.problem, task.trace, task.decomposition, "math"),
                                   "steps": len(task.decomposition.steps), "truncated": False}) + "\n")
     texts = testbed.corpus(train_tasks) + [SYSTEM_PROMPT] + [text for _, text in load_prompt("math").turns]
     tokenizer = build_tokenizer(texts, vocab_size=1024)
     paths["student"] = build_tiny_model(out / "student", tokenizer=tokenizer, seed=seed)
     paths["gsrm_base"] = build_tiny_model(out / "gsrm_base", tokenizer=tokenizer, seed=seed + 1)
     return paths
-
-
-# --------------------------------------------------------------------------------------------------
-# rlkd data
-
-
-def add_parser(subparsers) -> None:
-    """Register ``rlkd data gsrm``, ``rlkd data rlkd`` and ``rlkd data tiny``."""
-    from rlkd.config import DataGsrmJob, DataRlkdJob, fields_help
-
-    p = subparsers.add_parser("data", help="build datasets: GSRM SFT data, RLKD train/test sets, tiny CPU data",
-                              description="Build the datasets the training recipes read.")
-    sub = p.add_subparsers(dest="data_command", metavar="KIND")
-    p.set_defaults(func=_no_kind)
-    for kind, cls, text in (
-        ("gsrm", DataGsrmJob, "teacher traces -> decompositions by a strong LLM -> chat SFT data for the GSRM"),
-        ("rlkd", DataRlkdJob, "OpenR1-Math-style records -> train/test sets with the first correct teacher "
-                              "generation and its GSRM decomposition"),
-    ):
-        q = sub.add_parser(kind, help=text, description=f"{text}. Resumable: run the same command again.",
-                           epilog=fields_help(cls), formatter_class=argparse.RawDescriptionHelpFormatter)
-        q.add_argument("--config", metavar="RECIPE.yaml", help="YAML recipe (e.g. configs/tiny/data_rlkd.yaml)")
-        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one field, e.g. --set limit=100 (repeatable; value read as YAML)")
-        q.add_argument("--dry-run", action="store_true",
-                       help="print the resolved configuration and the input's columns, then stop")
-        q.set_defaults(func=cmd_data)
-    q = sub.add_parser("tiny", help="build the tiny models and testbed data the configs/tiny recipes run on (CPU)",
-                       description="Build everything configs/tiny/ reads: testbed tasks as rlkd rows, teacher "
-                       "traces, OpenR1-style records, GSRM SFT data, and tiny student and GSRM models.")
-    q.add_argument("--output-dir", default="runs/tiny", help="where to write (default %(default)s)")
-    q.add_argument("--train", type=int, default=64, help="training tasks (default %(default)s)")
-    q.add_argument("--test", type=int, default=16, help="test tasks (default %(default)s)")
-    q.add_argument("--seed", type=int, default=0, help="testbed seed (default %(default)s)")
-    q.set_defaults(func=cmd_tiny)
-
-
-def _no_kind(args: argparse.Namespace) -> int:
-    raise CliError("choose a kind: rlkd data gsrm|rlkd|tiny ...")
-
-
-def cmd_tiny(args: argparse.Namespace) -> int:
-    """``rlkd data tiny``."""
-    if args.train < 1 or args.test < 0:
-        raise CliError("--train must be >= 1 and --test >= 0")
-    paths = build_tiny(args.output_dir, train=args.train, test=args.test, seed=args.seed)
-    for name, path in paths.items():
-        print(f"{name:12} {path}")
-    return 0
-
-
-def _check_columns(records: Records, wanted: Sequence[str | None]) -> None:
-    found = records.columns()
-    missing = [c for c in wanted if c and c not in found]
-    if missing:
-        raise CliError(f"{records.path}: missing column(s) {', '.join(missing)}; found {', '.join(found) or 'none'}")
-
-
-def cmd_data(args: argparse.Namespace) -> int:
-    """``rlkd data gsrm|rlkd``: exit status 0, or 1 when some requests failed (run again to retry them)."""
-    from rlkd.config import DataGsrmJob, DataRlkdJob, dump_yaml, load_job
-
-    gsrm = args.data_command == "gsrm"
-    job = load_job(DataGsrmJob if gsrm else DataRlkdJob, args.config, args.set)
-    records = Records(job.input, job.split, job.subset)
-    if gsrm:
-        _check_columns(records, [job.id_column, job.problem_column, job.reasoning_column, job.domain_column])
-    else:
-        _check_columns(records, [job.id_column, job.problem_column, job.answer_column, job.generations_column,
-                                 job.correctness_column])
-    if args.dry_run:
-        print(dump_yaml(job).rstrip())
-        print(f"input: {len(records)} records, columns {', '.join(records.columns())}")
-        return 0
-    if gsrm:
-        counts = run_data_gsrm(job)
-        print(f"{job.output}: {counts['ok']} examples written; {counts['no_steps']} unparsable (in "
-              f"{job.failures_path()} with the reason); {counts['already_done']} already done; {counts['error']} "
-              "requests failed (not written; run again to retry them)", file=sys.stderr)
-    else:
-        counts = run_data_rlkd(job)
-        print(f"{job.output_dir}: {counts['train']} train and {counts['test']} test records written; skipped "
-              f"{counts['no_correct']} without a correct generation and {counts['no_steps']} with an unparsable "
-              f"decomposition (skipped.jsonl); {counts['already_done']} already done; {counts['error']} requests "
-              f"failed (not written; run again to retry them); test split {counts['test_target']} of "
-              f"{counts['usable']} usable records", file=sys.stderr)
-    return 1 if counts["error"] else 0

@@ -16,24 +16,38 @@ Every output goes through the helpers here, so the rules hold the same way every
    resumed run is never locked out. The sidecar file is left in place (removing it would race with a
    process opening it).
 
-Failures raise :class:`OutputRefused` (the command line prints its message on one line, exit status 2).
+5. :func:`atomic_write_jsonl`: a whole JSONL file written the same way (:func:`atomic_write_text`).
+6. :func:`read_text` and :func:`iter_jsonl`: inputs read as UTF-8, a bad file or line an
+   :class:`~rlkd.errors.InputError` naming the file and line.
+7. :func:`read_done_ids` and :class:`JsonlWriter`: the resumable outputs of ``rlkd decompose``, ``rlkd data``
+   and ``rlkd score --completions``: one whole record a line, appended and flushed at once; a rerun reads
+   the ids already done and cuts off the torn last line a kill may leave.
+
+Failures raise :class:`OutputRefused` or :class:`~rlkd.errors.InputError` (both :class:`~rlkd.errors.RlkdError`:
+the command line prints the message on one line, exit status 2). This module knows nothing of the method.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from rlkd.errors import InputError, RlkdError
 
 try:  # POSIX; elsewhere the lock is a no-op
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
+log = logging.getLogger("rlkd")
 
-class OutputRefused(Exception):
+
+class OutputRefused(RlkdError):
     """An output this command must not write: not its format, a folder, unwritable, or in use."""
 
 
@@ -141,6 +155,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> None:
+    """Write ``records`` as a whole JSONL file (one JSON object a line) with :func:`atomic_write_text`."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
 class OutputLock:
     """Hold an exclusive lock on ``<path>.lock`` for one writer of ``path`` (use in a ``with``).
 
@@ -195,3 +214,181 @@ class OutputLock:
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading inputs
+
+
+def read_text(path: str | os.PathLike, what: str = "file", error: type[RlkdError] = InputError,
+              hint: str = "", dash_is_stdin: bool = True) -> str:
+    """Read a file as UTF-8 (``-`` is standard input unless ``dash_is_stdin`` is false). A missing file, a
+    folder or text that is not UTF-8 raises ``error`` naming the file (``what`` says what it should be,
+    ``hint`` follows the UTF-8 error)."""
+    if dash_is_stdin and str(path) == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {what}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start}){hint}") from None
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; a bad line raises InputError naming it."""
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, not a JSONL file") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"{path}:{number}: not UTF-8 text") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            except RecursionError:
+                raise InputError(f"{path}:{number}: JSON nested too deeply to read") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+            yield number, obj
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, for error messages (``null``, ``number``, ``list``, ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {"str": "text", "dict": "an object", "list": "a list"}.get(type(value).__name__, type(value).__name__)
+
+
+
+# --------------------------------------------------------------------------------------------------
+# Resumable JSONL outputs: the loop of rlkd decompose, rlkd data gsrm and rlkd data rlkd
+
+
+def id_key(value: Any) -> str:
+    """The key an id is compared by when resuming (the id as canonical JSON, so ``1`` and ``"1"`` differ)."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def read_done_ids(*paths: Path | str, fields: Mapping[str, Sequence[str]] | None = None,
+                  statuses: dict[str, int] | None = None) -> set[str]:
+    """Ids already written to any of ``paths`` (a missing file has none), as :func:`id_key` keys.
+
+    Records are written one whole line at a time, so a run killed mid-write leaves at most a torn
+    last line without its newline: that line is cut off the file (and its item is redone). Any other
+    unreadable line is an error naming the line; nothing is changed then. A file that is not this
+    command's output (its first line is not a JSON record with an ``id`` and the ``fields`` named for
+    that path, e.g. notes, a JSON config or a binary) is refused with an error before anything is
+    changed, whether or not it ends in a newline. ``statuses``, when given, counts the records' ``status``.
+    """
+    done: set[str] = set()
+    for path in paths:
+        wanted = ("id", *((fields or {}).get(str(path), ())))
+        _read_ids(Path(path), done, wanted, statuses)
+    return done
+
+
+_RECORD_START = b'{"id": '  # how every record JsonlWriter writes begins (json.dumps of a dict led by its id)
+
+
+def _read_ids(path: Path, done: set[str], fields: Sequence[str] = ("id",),
+              statuses: dict[str, int] | None = None) -> None:
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an output file")
+    pieces = path.read_bytes().split(b"\n")  # the last piece is what follows the final newline ('' normally)
+    position = 0
+    records = 0
+    for number, raw in enumerate(pieces, start=1):
+        last = number == len(pieces)
+        if raw.strip():
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+                if not isinstance(obj, dict) or "id" not in obj:
+                    raise ValueError("not an object with an 'id'")
+                missing = [f for f in fields if f not in obj]
+                if missing:
+                    raise ValueError(f"no field {', '.join(map(repr, missing))}")
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                torn = last and (records > 0 or raw.startswith(_RECORD_START))
+                if not records and not torn:  # not a file rlkd wrote: never truncate or append to it
+                    raise InputError(f"{path}: exists and is not an output of this command (line {number}: "
+                                   f"{_short_reason(exc)}); refusing to change it: move it away or choose "
+                                   "another output") from None
+                if not last:
+                    raise InputError(f"{path}:{number}: unreadable line in the output file ({_short_reason(exc)}); "
+                                   "fix or remove it, then run again") from None
+                log.warning("%s:%d: dropping the torn last line of an interrupted run", path, number)
+                with open(path, "r+b") as handle:
+                    handle.truncate(position)
+                return
+            records += 1
+            done.add(id_key(obj["id"]))
+            if statuses is not None:
+                status = str(obj.get("status"))
+                statuses[status] = statuses.get(status, 0) + 1
+            if last:  # a whole record that lost only its newline
+                with open(path, "ab") as handle:
+                    handle.write(b"\n")
+        position += len(raw) + 1
+
+
+def _short_reason(exc: BaseException) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply"
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+class JsonlWriter:
+    """Append JSON records to named files, one whole line per write, flushed at once, so a killed run
+    leaves at most a torn last line (which :func:`read_done_ids` cuts off). Use it in a ``with``.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> with JsonlWriter(output=folder / "out.jsonl") as out:
+    ...     out.write("output", {"id": 1})
+    >>> (folder / "out.jsonl").read_text()
+    '{"id": 1}\\n'
+    """
+
+    def __init__(self, **paths: Path | str) -> None:
+        self.handles = {}
+        for name, path in paths.items():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.handles[name] = open(path, "a", encoding="utf-8")
+
+    def write(self, name: str, record: Mapping[str, Any]) -> None:
+        """Append ``record`` to the file named ``name`` and flush."""
+        handle = self.handles[name]
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+
+    def close(self) -> None:
+        """Close every file."""
+        for handle in self.handles.values():
+            handle.close()
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

@@ -24,12 +24,14 @@ an earlier output at that path survives any failure.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any
 
-from rlkd.cli import CliError, iter_jsonl
+from rlkd.answers import DEFAULT_EVAL_PROTOCOL, DEFAULT_TIMEOUT_S, STATS, grade_all
+from rlkd.errors import InputError
+from rlkd.evaluate import Problem, no_answer_line, pass_at_k_lines, summarize
+from rlkd.files import atomic_write_jsonl, iter_jsonl
 
 log = logging.getLogger("rlkd.grade")
 
@@ -37,58 +39,59 @@ BENCHMARK_KINDS = {"math500": "math", "aime24": "math", "gpqa_diamond": "choice"
 
 
 def read_completions(path: str, kind: str) -> list[tuple[dict[str, Any], list[str]]]:
-    """Every line of ``path`` with its completions as a list; CliError naming file and line if bad."""
+    """Every line of ``path`` with its completions as a list; InputError naming file and line if bad."""
     rows: list[tuple[dict[str, Any], list[str]]] = []
     seen: dict[str, int] = {}
     for number, obj in iter_jsonl(path):
         where = f"{path}:{number}"
         if "id" not in obj or obj["id"] is None or isinstance(obj["id"], (dict, list)):
-            raise CliError(f"{where}: missing field 'id' (a string or a number)")
+            raise InputError(f"{where}: missing field 'id' (a string or a number)")
         pid = str(obj["id"])
         if pid in seen:
-            raise CliError(f"{where}: id {pid!r} appears twice (first on line {seen[pid]})")
+            raise InputError(f"{where}: id {pid!r} appears twice (first on line {seen[pid]})")
         seen[pid] = number
         if ("completion" in obj) == ("completions" in obj):
-            raise CliError(f"{where}: give exactly one of 'completion' (a string) or 'completions' (a list of "
+            raise InputError(f"{where}: give exactly one of 'completion' (a string) or 'completions' (a list of "
                            "strings)")
         if "completion" in obj:
             if not isinstance(obj["completion"], str):
-                raise CliError(f"{where}: field 'completion' must be a string, got {type(obj['completion']).__name__}")
+                raise InputError(f"{where}: field 'completion' must be a string, got {type(obj['completion']).__name__}")
             texts = [obj["completion"]]
         else:
             texts = obj["completions"]
             if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-                raise CliError(f"{where}: field 'completions' must be a non-empty list of strings")
+                raise InputError(f"{where}: field 'completions' must be a non-empty list of strings")
         gold = obj.get("answer")
         if gold is None or isinstance(gold, (dict, list, bool)) or str(gold).strip() == "":
-            raise CliError(f"{where}: field 'answer' (the gold) is missing or empty")
+            raise InputError(f"{where}: field 'answer' (the gold) is missing or empty")
         if kind == "choice" and (len(str(gold).strip()) != 1 or str(gold).strip().upper() not in "ABCD"):
-            raise CliError(f"{where}: field 'answer' must be the correct letter (A, B, C or D) for gpqa_diamond, "
+            raise InputError(f"{where}: field 'answer' must be the correct letter (A, B, C or D) for gpqa_diamond, "
                            f"got {gold!r}")
         rows.append((obj, texts))
     if not rows:
-        raise CliError(f"{path}: no problems (the file is empty)")
+        raise InputError(f"{path}: no problems (the file is empty)")
     return rows
 
 
-def regrade(args: argparse.Namespace) -> dict[str, Any]:
-    """Grade every completion of ``args.input`` and write ``args.output``; the summary."""
-    from rlkd.answers import STATS, grade_all
-    from rlkd.evaluate import Problem, _write_jsonl, summarize
+def regrade(input_path: str, output_path: str, benchmark: str, grading: str = DEFAULT_EVAL_PROTOCOL,
+            timeout: float = DEFAULT_TIMEOUT_S, progress: bool = False) -> dict[str, Any]:
+    """Grade every completion of the JSONL ``input_path`` under the rules of ``benchmark`` (a key of
+    :data:`BENCHMARK_KINDS`) and the ``grading`` protocol, and write ``output_path``; the summary. ``timeout``
+    bounds math-verify on one completion; ``progress`` shows a progress bar."""
 
-    kind = BENCHMARK_KINDS[args.benchmark]
-    if args.timeout <= 0:
-        raise CliError("--timeout must be positive")
-    output = Path(args.output)
-    if output.resolve() == Path(args.input).resolve():
-        raise CliError(f"--output {args.output} is the input file: write the grades to another file")
+    kind = BENCHMARK_KINDS[benchmark]
+    if timeout <= 0:
+        raise InputError("--timeout must be positive")
+    output_name, output = str(output_path), Path(output_path)
+    if output.resolve() == Path(input_path).resolve():
+        raise InputError(f"--output {output_name} is the input file: write the grades to another file")
     if not output.parent.is_dir():
-        raise CliError(f"--output {args.output}: no such folder {output.parent}")
-    rows = read_completions(args.input, kind)
+        raise InputError(f"--output {output_name}: no such folder {output.parent}")
+    rows = read_completions(input_path, kind)
     stats_before = dict(STATS)
     items = [(text, obj["answer"]) for obj, texts in rows for text in texts]
-    grades = iter(grade_all(items, kind=kind, protocol=args.grading, timeout_s=args.timeout,
-                            progress="grading" if args.progress else None))
+    grades = iter(grade_all(items, kind=kind, protocol=grading, timeout_s=timeout,
+                            progress="grading" if progress else None))
     problems, records, out_rows = [], [], []
     for obj, texts in rows:
         pid = str(obj["id"])
@@ -101,61 +104,19 @@ def regrade(args: argparse.Namespace) -> dict[str, Any]:
                          "correct": gs[0].correct if single else [g.correct for g in gs],
                          "extracted": gs[0].answer if single else [g.answer for g in gs],
                          "reason": gs[0].reason if single else [g.reason for g in gs]})
-    _write_jsonl(output, out_rows)
-    summary = {"benchmark": args.benchmark, "model": f"graded from {args.input}", "grading_protocol": args.grading,
+    atomic_write_jsonl(output, out_rows)
+    summary = {"benchmark": benchmark, "model": f"graded from {input_path}", "grading_protocol": grading,
                **summarize(problems, records), "grading": {k: STATS[k] - stats_before.get(k, 0) for k in STATS}}
     return summary
 
 
 def format_grade_summary(summary: dict[str, Any]) -> str:
     """The printed table: problems, n, pass@k rows with n beside each, and the share with no answer."""
-    n = summary["n"]
     lines = [f"{summary['benchmark']} | {summary['model']} | grading {summary['grading_protocol']} | "
-             f"{summary['graded_problems']} problems graded of {summary['problems']} | n={n} samples per problem"]
-    if summary.get("ungradable_problems"):
-        lines.append(f"  left out (gold answer unreadable): {', '.join(summary['ungradable_problems'][:10])}")
-    stderr = summary.get("pass_at_1_stderr")
-    for k, value in summary["pass_at_k"].items():
-        extra = f"  (n={n}" + (f", stderr {stderr:.3f})" if k == "1" and stderr is not None else ")")
-        lines.append(f"  pass@{k:<7} {value:>8.3f}{extra}")
-    share = summary.get("no_answer_share")
-    lines.append(f"  {'no answer':<12} {'-' if share is None else f'{share:.3f}':>8}  share with no extractable answer")
+             f"{summary['graded_problems']} problems graded of {summary['problems']} | n={summary['n']} samples "
+             "per problem", *pass_at_k_lines(summary, header=False), no_answer_line(summary)]
     grading = summary["grading"]
     if grading.get("timeouts") or grading.get("errors") or grading.get("gold_unparsable"):
         lines.append(f"  math-verify: {grading['timeouts']} timeouts, {grading['errors']} errors, "
                      f"{grading['gold_unparsable']} unreadable gold answers")
     return "\n".join(lines)
-
-
-def cmd_grade(args: argparse.Namespace) -> int:
-    summary = regrade(args)
-    print(format_grade_summary(summary))
-    print(f"  grades written to {args.output}")
-    return 0
-
-
-def add_parser(subparsers) -> None:
-    """Register ``rlkd grade``."""
-    from rlkd.evaluate import add_grading_argument
-
-    p = subparsers.add_parser(
-        "grade",
-        help="regrade completions from any harness (vLLM, lighteval, your script) and print pass@1 / pass@k",
-        description="Grade existing completions with the code rlkd eval grades with. Each input line has "
-        "'id', 'completion' (a string) or 'completions' (a list: the n samples of the problem), and 'answer' "
-        "(the gold: the answer or a worked solution for math, the correct letter for gpqa_diamond). Each "
-        "output line is the input line plus 'correct' (a bool, or a list), 'extracted' (the answer(s) read "
-        "from the completion(s)) and 'reason'. Prints pass@1 with n beside it and pass@k.",
-    )
-    p.add_argument("--input", required=True, metavar="FILE.jsonl", help="completions to grade (JSON lines)")
-    p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARK_KINDS),
-                   help="which benchmark's grading rules apply: math500 and aime24 are math (math-verify), "
-                        "gpqa_diamond is four-choice (a letter A-D)")
-    p.add_argument("--output", required=True, metavar="OUT.jsonl",
-                   help="where the graded lines go (written in one step at the end; not the input file)")
-    add_grading_argument(p)
-    p.add_argument("--timeout", type=float, default=5.0,
-                   help="seconds math-verify may spend on one completion before it counts as wrong "
-                        "(default %(default)s)")
-    p.add_argument("--progress", action="store_true", help="show a progress bar while grading")
-    p.set_defaults(func=cmd_grade)

@@ -39,99 +39,31 @@ How this departs from the authors' code:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import re
-import sys
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
+from rlkd.backends import Completion, FailureBudget, GenerationRequest, TooManyFailures
+from rlkd.errors import InputError
+from rlkd.files import JsonlWriter, OutputLock, atomic_write_text, check_output_path, id_key, iter_jsonl, read_done_ids
 from rlkd.structure import Decomposition, parse_decomposition
+from rlkd.templates import DOMAINS, load_prompt
+from rlkd.testbed import rule_decompose
 
-if TYPE_CHECKING:
-    from rlkd.backends import FailureBudget
 
 log = logging.getLogger("rlkd.gsrm")
 
-DOMAINS = ("math", "code", "science", "puzzle")
 DEFAULT_MAX_TRACE_CHARS = 24_000
 DEFAULT_MAX_TOKENS = 2048
 HEAD_SHARE = 2 / 3  # of the trace budget kept from the start; the rest comes from the end
-PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"  # package data (pyproject: prompts/*.txt)
 OMISSION_MARKER = "\n\n[... {n} characters of the reasoning omitted ...]\n\n"
 
-_SECTION = re.compile(r"^=== (system|user|assistant) ===[ \t]*$", re.MULTILINE)
 _THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
 _THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
-
-
-# --------------------------------------------------------------------------------------------------
-# Prompts
-
-
-@dataclass(frozen=True)
-class PromptTemplate:
-    """A chat prompt read from a prompt file: (role, text) turns, the last one holding the placeholders.
-
-    The judge prompts of :mod:`rlkd.llm_judge` use the same file format with other placeholders.
-    """
-
-    turns: tuple[tuple[str, str], ...]
-    source: str = ""
-    placeholders: tuple[str, ...] = ("problem", "reasoning")
-
-    @classmethod
-    def parse(cls, text: str, source: str = "<string>",
-              placeholders: Sequence[str] = ("problem", "reasoning")) -> "PromptTemplate":
-        """Read the ``=== role ===`` sections of a prompt file. Raises ValueError naming the file."""
-        marks = list(_SECTION.finditer(text))
-        if not marks:
-            raise ValueError(f"{source}: no '=== system ===' / '=== user ===' section found")
-        if text[: marks[0].start()].strip():
-            raise ValueError(f"{source}: text before the first '=== role ===' line")
-        turns = []
-        for i, m in enumerate(marks):
-            end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-            turns.append((m.group(1), text[m.end():end].strip("\n")))
-        missing = [name for name in placeholders if "{" + name + "}" not in turns[-1][1]]
-        if turns[-1][0] != "user" or missing:
-            raise ValueError(f"{source}: the last section must be '=== user ===' and contain "
-                             + " and ".join("{" + name + "}" for name in placeholders))
-        return cls(tuple(turns), source, tuple(placeholders))
-
-    def fill(self, values: Mapping[str, str], few_shot: bool = True) -> list[dict[str, str]]:
-        """The chat messages with the placeholders of the last turn filled in (in one pass, so a
-        placeholder-like text inside a value is left alone); ``few_shot=False`` keeps only the system
-        turns and the last one."""
-        turns = list(self.turns)
-        if not few_shot:
-            turns = [t for t in turns[:-1] if t[0] == "system"] + [turns[-1]]
-        messages = [{"role": role, "content": content} for role, content in turns[:-1]]
-        last_role, last = turns[-1]
-        pattern = re.compile(r"\{(" + "|".join(map(re.escape, self.placeholders)) + r")\}")
-        messages.append({"role": last_role, "content": pattern.sub(lambda m: values[m.group(1)], last)})
-        return messages
-
-    def render(self, problem: str, reasoning: str, few_shot: bool = True) -> list[dict[str, str]]:
-        """The GSRM chat messages for one trace."""
-        return self.fill({"problem": problem, "reasoning": reasoning}, few_shot)
-
-
-@lru_cache(maxsize=None)
-def load_prompt(domain_or_path: str = "math") -> PromptTemplate:
-    """The packaged prompt of a domain (``math``, ``code``, ``science``, ``puzzle``) or a prompt file."""
-    if domain_or_path in DOMAINS:
-        text = (PROMPTS_DIR / f"gsrm_{domain_or_path}.txt").read_text(encoding="utf-8")
-        return PromptTemplate.parse(text, f"rlkd/prompts/gsrm_{domain_or_path}.txt")
-    path = Path(domain_or_path)
-    if not path.is_file():
-        raise ValueError(f"unknown GSRM domain {domain_or_path!r} (choose one of {', '.join(DOMAINS)}, "
-                         "or give a prompt file)")
-    return PromptTemplate.parse(path.read_text(encoding="utf-8"), str(path))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,6 +101,16 @@ def build_prompt(problem: str, reasoning: str, domain: str = "math", *,
                  max_trace_chars: int = DEFAULT_MAX_TRACE_CHARS, few_shot: bool = True) -> list[dict[str, str]]:
     """The GSRM chat messages for one problem and trace (``</think>`` handling and truncation applied)."""
     return _prepare(problem, reasoning, domain, max_trace_chars, few_shot)[0]
+
+
+def sft_example(problem: str, reasoning: str, decomposition: Decomposition, domain: str = "math", *,
+                max_trace_chars: int = DEFAULT_MAX_TRACE_CHARS, few_shot: bool = False) -> dict[str, Any]:
+    """One chat SFT example for the GSRM: ``prompt``, the messages :func:`build_prompt` makes (without the
+    worked example by default, as a fine-tuned GSRM is then prompted), and ``completion``, the assistant
+    message holding ``decomposition`` written canonically. ``rlkd data gsrm``, ``rlkd data tiny`` and the
+    demo build their GSRM training rows with it."""
+    return {"prompt": build_prompt(problem, reasoning, domain, max_trace_chars=max_trace_chars, few_shot=few_shot),
+            "completion": [{"role": "assistant", "content": decomposition.render()}]}
 
 
 def _prepare(problem: str, reasoning: str, domain: str, max_trace_chars: int,
@@ -238,8 +180,6 @@ class Decomposer:
 
     def request(self, problem: str, reasoning: str, domain: str | None = None):
         """The backend request for one trace, with its truncation flag and notes."""
-        from rlkd.backends import GenerationRequest
-
         messages, truncated, notes = _prepare(problem, reasoning, domain or self.domain,
                                               self.max_trace_chars, self.few_shot)
         return GenerationRequest.chat(messages, max_tokens=self.max_tokens, temperature=0.0), truncated, notes
@@ -288,8 +228,6 @@ class Decomposer:
         makes no call: its sink is finished at once with an empty completion (and, when the sink has a
         ``student`` attribute, the no-steps decomposition in it).
         """
-        from rlkd.backends import Completion
-
         results: list[DecomposeResult | None] = [None] * len(items)
         prepared, positions = [], []
         for i, item in enumerate(items):
@@ -344,8 +282,6 @@ class RuleDecomposer:
     async def decompose(self, items: Sequence[tuple[str, str] | tuple[str, str, str | None]],
                         domain: str | None = None) -> list[DecomposeResult]:
         """Decompose ``(problem, reasoning)`` items; one result per item, in order; never raises."""
-        from rlkd.testbed import rule_decompose
-
         results = []
         for item in items:
             self.calls += 1
@@ -358,8 +294,6 @@ class RuleDecomposer:
     async def decompose_stream(self, items: Sequence[tuple[str, str] | tuple[str, str, str | None]],
                                sinks: Sequence[Any], domain: str | None = None) -> list[DecomposeResult]:
         """:meth:`decompose`, each result fed whole to its sink (the rules cost nothing to run to the end)."""
-        from rlkd.backends import Completion
-
         results = await self.decompose(items, domain)
         for result, sink in zip(results, sinks):
             if hasattr(sink, "student"):  # the rules' own parse, reason included
@@ -371,122 +305,6 @@ class RuleDecomposer:
 
 # --------------------------------------------------------------------------------------------------
 # Resumable runs: the loop of rlkd decompose, rlkd data gsrm and rlkd data rlkd
-
-
-def id_key(value: Any) -> str:
-    """The key an id is compared by when resuming (the id as canonical JSON, so ``1`` and ``"1"`` differ)."""
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
-
-
-def read_done_ids(*paths: Path | str, fields: Mapping[str, Sequence[str]] | None = None,
-                  statuses: dict[str, int] | None = None) -> set[str]:
-    """Ids already written to any of ``paths`` (a missing file has none), as :func:`id_key` keys.
-
-    Records are written one whole line at a time, so a run killed mid-write leaves at most a torn
-    last line without its newline: that line is cut off the file (and its item is redone). Any other
-    unreadable line is an error naming the line; nothing is changed then. A file that is not this
-    command's output (its first line is not a JSON record with an ``id`` and the ``fields`` named for
-    that path, e.g. notes, a JSON config or a binary) is refused with an error before anything is
-    changed, whether or not it ends in a newline. ``statuses``, when given, counts the records' ``status``.
-    """
-    done: set[str] = set()
-    for path in paths:
-        wanted = ("id", *((fields or {}).get(str(path), ())))
-        _read_ids(Path(path), done, wanted, statuses)
-    return done
-
-
-_RECORD_START = b'{"id": '  # how every record JsonlWriter writes begins (json.dumps of a dict led by its id)
-
-
-def _read_ids(path: Path, done: set[str], fields: Sequence[str] = ("id",),
-              statuses: dict[str, int] | None = None) -> None:
-    from rlkd.cli import CliError
-
-    if not path.exists():
-        return
-    if path.is_dir():
-        raise CliError(f"{path}: is a folder, not an output file")
-    pieces = path.read_bytes().split(b"\n")  # the last piece is what follows the final newline ('' normally)
-    position = 0
-    records = 0
-    for number, raw in enumerate(pieces, start=1):
-        last = number == len(pieces)
-        if raw.strip():
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-                if not isinstance(obj, dict) or "id" not in obj:
-                    raise ValueError("not an object with an 'id'")
-                missing = [f for f in fields if f not in obj]
-                if missing:
-                    raise ValueError(f"no field {', '.join(map(repr, missing))}")
-            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-                torn = last and (records > 0 or raw.startswith(_RECORD_START))
-                if not records and not torn:  # not a file rlkd wrote: never truncate or append to it
-                    raise CliError(f"{path}: exists and is not an output of this command (line {number}: "
-                                   f"{_short_reason(exc)}); refusing to change it: move it away or choose "
-                                   "another output") from None
-                if not last:
-                    raise CliError(f"{path}:{number}: unreadable line in the output file ({_short_reason(exc)}); "
-                                   "fix or remove it, then run again") from None
-                log.warning("%s:%d: dropping the torn last line of an interrupted run", path, number)
-                with open(path, "r+b") as handle:
-                    handle.truncate(position)
-                return
-            records += 1
-            done.add(id_key(obj["id"]))
-            if statuses is not None:
-                status = str(obj.get("status"))
-                statuses[status] = statuses.get(status, 0) + 1
-            if last:  # a whole record that lost only its newline
-                with open(path, "ab") as handle:
-                    handle.write(b"\n")
-        position += len(raw) + 1
-
-
-def _short_reason(exc: BaseException) -> str:
-    if isinstance(exc, UnicodeDecodeError):
-        return "not UTF-8 text"
-    if isinstance(exc, RecursionError):
-        return "JSON nested too deeply"
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
-class JsonlWriter:
-    """Append JSON records to named files, one whole line per write, flushed at once, so a killed run
-    leaves at most a torn last line (which :func:`read_done_ids` cuts off). Use it in a ``with``.
-
-    >>> import tempfile
-    >>> folder = Path(tempfile.mkdtemp())
-    >>> with JsonlWriter(output=folder / "out.jsonl") as out:
-    ...     out.write("output", {"id": 1})
-    >>> (folder / "out.jsonl").read_text()
-    '{"id": 1}\\n'
-    """
-
-    def __init__(self, **paths: Path | str) -> None:
-        self.handles = {}
-        for name, path in paths.items():
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.handles[name] = open(path, "a", encoding="utf-8")
-
-    def write(self, name: str, record: Mapping[str, Any]) -> None:
-        """Append ``record`` to the file named ``name`` and flush."""
-        handle = self.handles[name]
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        handle.flush()
-
-    def close(self) -> None:
-        """Close every file."""
-        for handle in self.handles.values():
-            handle.close()
-
-    def __enter__(self) -> "JsonlWriter":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
 
 
 class WorkItem(NamedTuple):
@@ -508,20 +326,17 @@ def decompose_resumably(decomposer: Decomposer, items: Iterable[WorkItem],
     """Decompose ``items`` batch by batch, writing as they come back; the loop of every resumable job.
 
     ``items`` yields the traces still to do (the caller skips the ids :func:`read_done_ids` found, and
-    may raise :class:`~rlkd.cli.CliError` at a bad input line: batches already written stay). For each
+    may raise :class:`~rlkd.errors.InputError` at a bad input line: batches already written stay). For each
     result, in input order, ``write(item, result)`` writes the record or the failure line and counts it;
     for a backend failure (status ``error``) it writes nothing, so the next run retries the item, and the
     failure is logged here as ``id <id>: <failure_log>: <error>``. Every result is then recorded in
     ``budget``, after writing, so a stop loses nothing already done. At the end the budget is finished and
     the backend closed. The progress bar ``label`` counts ``total`` input records, the ``skipped()`` ones
-    included. Raises CliError when failures pass the budget, saying that what was written is kept in
+    included. Raises InputError when failures pass the budget, saying that what was written is kept in
     ``kept_in`` and what a rerun will do (:func:`rerun_advice`; ``retry_no_steps`` says how to ask again
     for traces whose reply had no steps).
     """
     from tqdm.auto import tqdm
-
-    from rlkd.backends import TooManyFailures
-    from rlkd.cli import CliError
 
     backend = decomposer.backend
     tally = {"ok": 0, "no_steps": 0, "error": 0}
@@ -555,7 +370,7 @@ def decompose_resumably(decomposer: Decomposer, items: Iterable[WorkItem],
         asyncio.run(run())
     except TooManyFailures as exc:
         unsent = max(total - skipped() - sum(tally.values()), 0)
-        raise CliError(f"stopped: {exc}. Everything written so far is kept in {kept_in}; "
+        raise InputError(f"stopped: {exc}. Everything written so far is kept in {kept_in}; "
                        f"{rerun_advice(tally['error'], tally['no_steps'], unsent, retry_no_steps)}") from None
     finally:
         bar.close()
@@ -594,7 +409,30 @@ def _batched(items: Iterable[WorkItem], size: int) -> Iterator[list[WorkItem]]:
 
 
 # --------------------------------------------------------------------------------------------------
-# rlkd decompose
+# rlkd decompose (the job; its options: rlkd.cli.decompose)
+
+
+@dataclass
+class DecomposeJob:
+    """What ``rlkd decompose`` does, as a library call (:func:`decompose_file`): decompose each line of the
+    JSONL ``input`` into ``output`` (appended to; ids already there are skipped, so a rerun resumes).
+    The command line's options have these names and defaults."""
+
+    input: str
+    output: str
+    domain: str = "math"
+    domain_column: str | None = None
+    prompt_file: str | None = None
+    zero_shot: bool = False
+    problem_column: str = "problem"
+    reasoning_column: str = "reasoning"
+    id_column: str | None = "id"
+    batch_size: int = 64
+    max_trace_chars: int = DEFAULT_MAX_TRACE_CHARS
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_failure_share: float = 0.2
+    min_failures: int = 10
+    retry_no_steps: bool = False
 
 
 def _count_lines(path: str) -> int:
@@ -602,24 +440,22 @@ def _count_lines(path: str) -> int:
         return sum(1 for line in handle if line.strip())
 
 
-def _work_items(args: argparse.Namespace, done: set[str], counts: dict[str, int]) -> Iterator[WorkItem]:
+def _work_items(args: DecomposeJob, done: set[str], counts: dict[str, int]) -> Iterator[WorkItem]:
     """Input lines still to do; checks columns and duplicate ids on the way."""
-    from rlkd.cli import CliError, iter_jsonl
-
     seen: set[str] = set()
     for number, obj in iter_jsonl(args.input):
         where = f"{args.input}:{number}"
         item_id = obj.get(args.id_column, number) if args.id_column else number
         key = id_key(item_id)
         if key in seen:
-            raise CliError(f"{where}: id {item_id!r} appears twice in the input")
+            raise InputError(f"{where}: id {item_id!r} appears twice in the input")
         seen.add(key)
         for column in (args.problem_column, args.reasoning_column):
             if not isinstance(obj.get(column), str):
                 got = "missing" if column not in obj else f"a {type(obj[column]).__name__}, not text"
-                raise CliError(f"{where}: column '{column}' is {got}")
+                raise InputError(f"{where}: column '{column}' is {got}")
         if args.domain_column and obj.get(args.domain_column) not in (None, *DOMAINS):
-            raise CliError(f"{where}: column '{args.domain_column}' is {obj[args.domain_column]!r}; "
+            raise InputError(f"{where}: column '{args.domain_column}' is {obj[args.domain_column]!r}; "
                            f"expected one of {', '.join(DOMAINS)}")
         if key in done:
             counts["skipped"] += 1
@@ -628,48 +464,43 @@ def _work_items(args: argparse.Namespace, done: set[str], counts: dict[str, int]
                        obj.get(args.domain_column) if args.domain_column else None)
 
 
-def _check_args(args: argparse.Namespace) -> str:
-    """Validate ``rlkd decompose`` options; returns the prompt (domain name or file)."""
-    from rlkd.cli import CliError
-
+def check_decompose_job(args: DecomposeJob) -> str:
+    """Validate a :class:`DecomposeJob` (an InputError names the option); returns the prompt (domain name or file)."""
     if args.batch_size < 1:
-        raise CliError("--batch-size must be at least 1")
+        raise InputError("--batch-size must be at least 1")
     if not 0.0 <= args.max_failure_share <= 1.0:
-        raise CliError("--max-failure-share must be between 0 and 1")
+        raise InputError("--max-failure-share must be between 0 and 1")
     if args.max_tokens < 1:
-        raise CliError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+        raise InputError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     if args.max_trace_chars < 0:
-        raise CliError(f"--max-trace-chars must be 0 (never cut) or more, got {args.max_trace_chars}")
+        raise InputError(f"--max-trace-chars must be 0 (never cut) or more, got {args.max_trace_chars}")
     if args.min_failures < 1:
-        raise CliError(f"--min-failures must be at least 1, got {args.min_failures}")
+        raise InputError(f"--min-failures must be at least 1, got {args.min_failures}")
     if Path(args.input).is_dir():
-        raise CliError(f"{args.input}: is a folder, not a JSONL file")
+        raise InputError(f"{args.input}: is a folder, not a JSONL file")
     if not Path(args.input).is_file():
-        raise CliError(f"{args.input}: no such file")
-    from rlkd.files import check_output_path
+        raise InputError(f"{args.input}: no such file")
 
     check_output_path(args.output, "--output", same_as=[args.input])
     if args.prompt_file and not Path(args.prompt_file).is_file():
-        raise CliError(f"{args.prompt_file}: no such file")
+        raise InputError(f"{args.prompt_file}: no such file")
     prompt = args.prompt_file or args.domain
     try:
         load_prompt(prompt)
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise InputError(str(exc)) from None
     return prompt
 
 
-def decompose_file(args: argparse.Namespace, backend) -> dict[str, int]:
+def decompose_file(args: DecomposeJob, backend) -> dict[str, int]:
     """The work of ``rlkd decompose`` with a given backend (closed at the end); returns counts by status.
 
     Input lines whose id is already in the output are skipped; each batch's records are appended and
     flushed before the next batch starts; lines whose backend call failed are not written (a re-run
-    retries them). Raises CliError when failures pass ``--max-failure-share``, after writing what came
+    retries them). Raises InputError when failures pass ``--max-failure-share``, after writing what came
     back.
     """
-    from rlkd.files import OutputLock
-
-    prompt = _check_args(args)
+    prompt = check_decompose_job(args)
     output = Path(args.output)
     with OutputLock(output):  # a second writer of this output is refused, not interleaved
         return _decompose_locked(args, backend, prompt, output)
@@ -677,8 +508,6 @@ def decompose_file(args: argparse.Namespace, backend) -> dict[str, int]:
 
 def _drop_no_steps(output: Path) -> int:
     """Rewrite ``output`` (atomically) without its ``no_steps`` records; returns how many were dropped."""
-    from rlkd.files import atomic_write_text
-
     kept, dropped = [], 0
     for line in output.read_text(encoding="utf-8").splitlines(keepends=True):
         if line.strip() and json.loads(line).get("status") == "no_steps":
@@ -690,12 +519,10 @@ def _drop_no_steps(output: Path) -> int:
     return dropped
 
 
-def _decompose_locked(args: argparse.Namespace, backend, prompt: str, output: Path) -> dict[str, int]:
-    from rlkd.backends import FailureBudget
-
+def _decompose_locked(args: DecomposeJob, backend, prompt: str, output: Path) -> dict[str, int]:
     earlier: dict[str, int] = {}
     done = read_done_ids(output, fields={str(output): ("status", "structure")}, statuses=earlier)
-    if getattr(args, "retry_no_steps", False) and earlier.get("no_steps"):
+    if args.retry_no_steps and earlier.get("no_steps"):
         dropped = _drop_no_steps(output)
         log.info("%s: asking again for the %d traces whose reply had no steps", output, dropped)
         earlier = {}
@@ -721,88 +548,3 @@ def _decompose_locked(args: argparse.Namespace, backend, prompt: str, output: Pa
     counts["ok_in_output"] = earlier.get("ok", 0) + counts["ok"]
     counts["records_in_output"] = sum(earlier.values()) + counts["ok"] + counts["no_steps"]
     return counts
-
-
-def cmd_decompose(args: argparse.Namespace) -> int:
-    """``rlkd decompose``: exit status 0, or 1 when some backend calls failed (run again to retry); 2 when
-    failures passed the share, or when the output holds records but none with steps."""
-    from rlkd.backends import backend_from_args
-    from rlkd.cli import CliError
-
-    _check_args(args)
-    if args.no_cache:
-        args.cache = None
-    elif not args.cache:
-        args.cache = str(args.output) + ".cache.sqlite"
-    backend = backend_from_args(args)
-    try:
-        counts = decompose_file(args, backend)
-    finally:
-        backend.log_stats()
-    print(f"{args.output}: {counts['ok']} traces with steps, {counts['no_steps']} without (see 'reason'), "
-          f"{counts['truncated']} truncated, {counts['skipped']} already done, {counts['error']} backend "
-          "failures (not written; run again to retry them)", file=sys.stderr)
-    records, without = counts["records_in_output"], counts["records_in_output"] - counts["ok_in_output"]
-    if records and without / records > args.max_failure_share and not counts["error"]:
-        # the budget over the whole output: a rerun that had nothing left to send must not look like success
-        raise CliError(f"{args.output}: {without} of its {records} records have no steps ({without / records:.1%} > "
-                       f"{args.max_failure_share:.1%} allowed; see their 'reason'); running the same command again "
-                       "does not ask again for lines already written: fix the prompt or the GSRM, then run again "
-                       "with --retry-no-steps")
-    return 1 if counts["error"] else 0
-
-
-def add_parser(subparsers) -> None:
-    """Register ``rlkd decompose``."""
-    try:
-        from rlkd.backends import add_backend_arguments
-    except ImportError:
-        from rlkd.cli import add_backend_arguments
-
-    p = subparsers.add_parser(
-        "decompose",
-        help="rewrite reasoning traces into structure steps with a GSRM (resumable)",
-        description="Decompose each input line's problem + reasoning (the text before </think>) into "
-        "meta-reasoning / sub-problem / answer steps with a GSRM served by an OpenAI-compatible server "
-        "(or --local-model). Writes one line per input line: id, status (ok or no_steps), reason, "
-        "structure, raw GSRM text, truncated. Lines whose id is already in the output are skipped, so "
-        "running the same command again resumes an interrupted run; backend failures are not written "
-        "and are retried by the next run.",
-    )
-    p.add_argument("--input", required=True, metavar="IN.jsonl", help="input JSONL file")
-    p.add_argument("--output", required=True, metavar="OUT.jsonl", help="output JSONL file (appended to)")
-    p.add_argument("--domain", default="math", choices=DOMAINS, help="prompt domain (default %(default)s)")
-    p.add_argument("--domain-column", default=None, metavar="COL",
-                   help="take each line's domain from this column instead (lines without it use --domain)")
-    p.add_argument("--prompt-file", default=None, metavar="FILE",
-                   help="use this prompt file instead of the packaged one for --domain "
-                        "(format: see rlkd/prompts/gsrm_math.txt)")
-    p.add_argument("--zero-shot", action="store_true",
-                   help="drop the worked example from the prompt (for a GSRM fine-tuned on the instruction)")
-    p.add_argument("--problem-column", default="problem", metavar="COL", help="default %(default)s")
-    p.add_argument("--reasoning-column", default="reasoning", metavar="COL",
-                   help="the trace; only the text before </think> is used (default %(default)s)")
-    p.add_argument("--id-column", default="id", metavar="COL",
-                   help="id column (default %(default)s); lines without it get their line number")
-    p.add_argument("--batch-size", type=int, default=64,
-                   help="lines sent together and written when all are back; keep it a few times "
-                        "--concurrency (default %(default)s)")
-    p.add_argument("--max-trace-chars", type=int, default=DEFAULT_MAX_TRACE_CHARS,
-                   help="longer traces keep their first 2/3 and last 1/3 of this many characters, with "
-                        "a marker between (default %(default)s; 0 = never cut)")
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
-                   help="most tokens the GSRM may write per trace (default %(default)s)")
-    p.add_argument("--max-failure-share", type=float, default=0.2,
-                   help="stop when more than this share of lines failed (backend error or no steps), checked "
-                        "once --min-failures lines were sent and again at the end (default %(default)s)")
-    p.add_argument("--min-failures", type=int, default=10,
-                   help="lines sent before the failure share is first checked (the name is historical: it "
-                        "counts lines, failed or not; default %(default)s)")
-    add_backend_arguments(p)
-    p.add_argument("--retry-no-steps", action="store_true",
-                   help="first remove the output's records whose GSRM reply had no steps (the file is rewritten "
-                        "at once), so this run asks again for them, e.g. after fixing the prompt (an unchanged "
-                        "prompt and model answer again from the cache, the same way)")
-    p.add_argument("--no-cache", action="store_true",
-                   help="do not use the request cache (by default OUT.jsonl.cache.sqlite, or --cache DB)")
-    p.set_defaults(func=cmd_decompose)

@@ -1,6 +1,6 @@
 """Look at the structure reward: teacher and student steps side by side with the judge's verdicts.
 
-``rlkd inspect --pairs SCORED.jsonl`` reads what ``rlkd score --pairs --output`` writes (or the scored
+``rlkd inspect --pairs SCORED.jsonl`` (options: :mod:`rlkd.cli.inspector`) reads what ``rlkd score --pairs --output`` writes (or the scored
 samples a training run logs with the same fields) and shows, per pair, each aligned step of teacher and
 student with the meta-reasoning / sub-problem / answer verdicts, where the gate closed, and the reward.
 ``--html OUT.html`` writes the same view for many pairs as one self-contained page (inline CSS, script
@@ -15,18 +15,17 @@ matched prefix ends.
 
 from __future__ import annotations
 
-import argparse
 import html
-import json
-import math
-import shutil
-import sys
 import textwrap
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from rlkd.structure import FIELDS, Decomposition, StepVerdict, StructureResult
+from rlkd.errors import InputError
+from rlkd.files import iter_jsonl, json_type
+from rlkd.judges import decomposition_field, score_structure
+from rlkd.reward_config import StructureConfig, build_judge
+from rlkd.structure import Decomposition, FIELDS, StepVerdict, StructureResult
 
 _FIELD_TITLES = {"meta": "meta-reasoning", "subproblem": "sub-problem", "answer": "answer"}
 PAGE_MARKER = "<meta name='generator' content='rlkd inspect'>"  # how an existing page is known to be ours
@@ -48,8 +47,6 @@ def load_pairs(path: str, judge_name: str = "hybrid") -> list[InspectedPair]:
     """Read scored pairs; records with no verdicts are scored with ``judge_name``."""
     import asyncio
 
-    from rlkd.cli import CliError, decomposition_field, iter_jsonl
-    from rlkd.judges import make_judge, score_structure
 
     pairs: list[InspectedPair] = []
     to_score: list[int] = []
@@ -57,17 +54,17 @@ def load_pairs(path: str, judge_name: str = "hybrid") -> list[InspectedPair]:
         where = f"{path}:{number}"
         for name in ("teacher", "student"):
             if name not in obj:
-                raise CliError(f"{where}: missing field '{name}' (inspect needs the teacher and student decompositions)")
+                raise InputError(f"{where}: missing field '{name}' (inspect needs the teacher and student decompositions)")
         teacher, student = decomposition_field(obj, "teacher", where), decomposition_field(obj, "student", where)
         extra = {k: v for k, v in obj.items() if k not in _RESULT_KEYS and k not in ("teacher", "student", "id")}
         if "reward" in obj and "steps" in obj:
             problem = scored_record_problem(obj)
             if problem:
-                raise CliError(f"{where}: not a scored record: {problem}")
+                raise InputError(f"{where}: not a scored record: {problem}")
             try:
                 result = StructureResult.from_dict({**obj, "reward": obj["reward"] if obj["reward"] is not None else 0.0})
             except (KeyError, TypeError, ValueError) as exc:
-                raise CliError(f"{where}: not a scored record ({exc})") from None
+                raise InputError(f"{where}: not a scored record ({exc})") from None
             if obj["reward"] is None:
                 result.reward = None  # type: ignore[assignment]  # unjudged: shown as such, never as 0
         else:
@@ -75,7 +72,7 @@ def load_pairs(path: str, judge_name: str = "hybrid") -> list[InspectedPair]:
             to_score.append(len(pairs))
         pairs.append(InspectedPair(obj.get("id", number), teacher, student, result, extra))
     if to_score:
-        judge = make_judge(judge_name)
+        judge = build_judge(StructureConfig(judge=judge_name))
 
         async def score_all():
             return await asyncio.gather(*(score_structure(pairs[i].teacher, pairs[i].student, judge) for i in to_score))
@@ -99,7 +96,6 @@ def scored_record_problem(obj: dict[str, Any]) -> str | None:
     ...                        "matched_prefix": 1, "steps": [{"index": 1, "failures": "x"}]})
     "field 'steps[0].failures' must be an object, got text"
     """
-    from rlkd.cli import json_type
 
     def number(value: Any, optional: bool = False) -> bool:
         return (value is None and optional) or (isinstance(value, _NUMBER) and not isinstance(value, bool)
@@ -307,64 +303,3 @@ def render_html(pairs: Sequence[InspectedPair], title: str = "rlkd structure ins
         out.append("</table></div>")
     out.append("</body></html>")
     return "\n".join(out)
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    from rlkd.cli import CliError
-
-    from rlkd.files import OutputLock, atomic_write_text, check_output_path, refuse_foreign_page
-
-    for name in ("min_reward", "max_reward"):
-        value = getattr(args, name)
-        if value is not None and not math.isfinite(value):
-            raise CliError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
-    if args.page < 1 or args.page_size < 1 or args.width < 0:
-        raise CliError("--page and --page-size must be at least 1, --width 0 (detect) or more")
-    if args.html:  # before reading: a page that is not ours, a folder, a path that cannot be written
-        check_output_path(args.html, "--html", same_as=[args.pairs])
-        refuse_foreign_page(args.html, (PAGE_MARKER, "<title>rlkd inspect"), "rlkd inspect")
-    pairs = select(load_pairs(args.pairs, args.judge), args.id, args.min_reward, args.max_reward)
-    if args.html:
-        page = render_html(pairs, title=f"rlkd inspect: {args.pairs}")  # whole before the file is touched
-        with OutputLock(args.html):
-            atomic_write_text(args.html, page)
-        print(f"wrote {len(pairs)} pairs to {args.html}", file=sys.stderr)
-        return 0
-    if not pairs:
-        raise CliError("no pair matches the selection")
-    start = (args.page - 1) * args.page_size
-    page = pairs[start:start + args.page_size]
-    if not page:
-        raise CliError(f"page {args.page} is empty: {len(pairs)} pairs, {args.page_size} per page")
-    width = args.width or shutil.get_terminal_size((110, 20)).columns
-    print("\n\n".join(render_text(p, width) for p in page))
-    pages = (len(pairs) + args.page_size - 1) // args.page_size
-    print(f"\npage {args.page} of {pages} ({len(pairs)} pairs selected)", file=sys.stderr)
-    return 0
-
-
-def add_parser(sub) -> None:
-    """Register ``rlkd inspect``."""
-    p = sub.add_parser(
-        "inspect",
-        help="show teacher and student steps side by side with the judge's verdicts",
-        description="Show scored pairs (the output of `rlkd score --pairs --output`, or the scored samples "
-        "a training run logs) as teacher and student steps side by side, with each verdict, where the gate "
-        "closed, and the reward; or write them all to one self-contained HTML page.",
-    )
-    p.add_argument("--pairs", required=True, metavar="SCORED.jsonl",
-                   help="scored records; records with only 'teacher' and 'student' are scored with --judge")
-    p.add_argument("--id", action="append", metavar="ID", help="show only this id (repeatable)")
-    p.add_argument("--min-reward", type=float, help="show only pairs with reward >= this")
-    p.add_argument("--max-reward", type=float, help="show only pairs with reward <= this")
-    p.add_argument("--page", type=int, default=1, help="page of the selection to print (default %(default)s)")
-    p.add_argument("--page-size", type=int, default=5, help="pairs per page (default %(default)s)")
-    p.add_argument("--width", type=int, default=0, help="terminal width (default: detected)")
-    p.add_argument("--judge", default="hybrid", choices=["text", "overlap", "math", "hybrid"],
-                   help="judge for records that carry no verdicts (default %(default)s)")
-    p.add_argument("--html", metavar="OUT.html", help="write every selected pair to one HTML page instead")
-    p.set_defaults(func=cmd_inspect)

@@ -42,16 +42,21 @@ import string
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
+from rlkd.answers import math_equal
+from rlkd.errors import InputError
+from rlkd.files import json_type
 from rlkd.structure import (
-    FIELDS,
     Decomposition,
+    FIELDS,
     Field,
     IncrementalParser,
+    MODES,
     Step,
     StructureResult,
     Verdict,
+    as_decomposition,
     needed_pairs,
     structure_reward,
 )
@@ -155,7 +160,6 @@ class MathJudge(Judge):
     def judge_one(self, request: JudgeRequest) -> Verdict:
         if request.field != "answer":  # math-verify would pull numbers out of prose: compare as text
             return self._text.judge_one(request)
-        from rlkd.answers import math_equal
 
         grade = math_equal(request.teacher, request.student, timeout_s=self.timeout_s)
         if grade.reason.startswith(("math-verify took longer", "grading error")):
@@ -195,7 +199,9 @@ class HybridJudge(Judge):
         return out  # type: ignore[return-value]
 
 
-LOCAL_JUDGES = ("text", "overlap", "math", "hybrid")
+JUDGES = ("text", "overlap", "math", "hybrid", "llm")  # what a recipe or --judge may name
+FIELD_JUDGES = ("text", "overlap", "math", "llm")  # what one field of the hybrid judge may use
+LOCAL_JUDGES = ("text", "overlap", "math", "hybrid")  # the judges that need no backend
 
 
 def make_judge(name: str, *, overlap_threshold: float = 0.5, fields: Mapping[Field, str] | None = None,
@@ -224,6 +230,21 @@ def make_judge(name: str, *, overlap_threshold: float = 0.5, fields: Mapping[Fie
 
 # --------------------------------------------------------------------------------------------------
 # Scoring a pair
+
+
+def decomposition_field(obj: dict[str, Any], name: str, where: str) -> Decomposition:
+    """Field ``name`` of a JSONL record as a Decomposition; InputError naming ``where`` and the field when it is
+    missing or is neither GSRM text nor a decomposition object (a number or null is a broken record)."""
+    if name not in obj:
+        raise InputError(f"{where}: missing field '{name}'")
+    value = obj[name]
+    if not isinstance(value, (str, dict)):  # a number or null is a broken record, not an empty decomposition
+        raise InputError(f"{where}: field '{name}' must be GSRM text or a decomposition object, got "
+                       f"{json_type(value)}")
+    try:
+        return as_decomposition(value)
+    except ValueError as exc:
+        raise InputError(f"{where}: field '{name}': {exc}") from None
 
 
 def _request(teacher: Decomposition, student: Decomposition, f: Field, i: int) -> JudgeRequest:
@@ -387,8 +408,6 @@ async def score_structure_streaming(teacher: Decomposition, judge: Judge, sink: 
     except that a stopped generation's ``student_steps`` counts the steps read (``gsrm_stopped``).
     A teacher without steps gets no early exit (the student's parse is reported, as in the full path).
     """
-    from rlkd.structure import MODES
-
     if mode not in MODES:
         raise ValueError(f"unknown structure reward mode {mode!r}; choose one of {', '.join(MODES)}")
     gate = not mode.startswith("ungated")

@@ -32,15 +32,15 @@ How this departs from the authors' code:
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from functools import lru_cache
 from typing import Any, Sequence
 
-from rlkd.gsrm import PROMPTS_DIR, PromptTemplate
+from rlkd.backends import GenerationRequest
 from rlkd.judges import Judge, JudgeRequest
 from rlkd.structure import FIELDS, Verdict
+from rlkd.templates import PROMPTS_DIR, PromptTemplate
 
 FIELD_NAMES = {"meta": "meta-reasoning", "subproblem": "sub-problem", "answer": "answer"}
 QUESTIONS = {
@@ -168,8 +168,6 @@ class LLMJudge(Judge):
         self.failures = 0
 
     def _request(self, messages: list[dict[str, str]], max_tokens: int):
-        from rlkd.backends import GenerationRequest
-
         return GenerationRequest.chat(messages, max_tokens=max_tokens, temperature=0.0)
 
     async def ajudge(self, requests: Sequence[JudgeRequest]) -> list[Verdict]:
@@ -220,17 +218,3 @@ class LLMJudge(Judge):
         if completion.error is not None:
             return [Verdict(None, name, f"judge call failed: {completion.error}")] * len(requests)
         return [Verdict(same, name, reason) for same, reason in parse_batched_verdicts(completion.text, len(requests))]
-
-    def stats(self) -> dict[str, int]:
-        """The judge's counters, for logs."""
-        return {"calls": self.calls, "verdicts": self.verdicts, "failures": self.failures}
-
-
-def judge_from_args(args: argparse.Namespace) -> LLMJudge:
-    """The LLM judge of ``--judge llm`` (or a hybrid LLM field) over the backend options of the command.
-
-    Reads ``--judge-batched`` when the command defines it (default: one request per pair).
-    """
-    from rlkd.backends import backend_from_args
-
-    return LLMJudge(backend_from_args(args), batched=bool(getattr(args, "judge_batched", False)))

@@ -23,7 +23,7 @@
    (transformers reads GGUF with the ``gguf`` package) and saves a fresh model built from the file's
    config without the GGUF quantization flag, because transformers refuses to ``save_pretrained`` a
    model loaded from GGUF. The weights are then those of the quantized file, not of the original
-   bfloat16 checkpoint. ``rlkd model convert`` (``rlkd/convert.py``) runs the conversion by hand.
+   bfloat16 checkpoint. ``rlkd model convert`` (``rlkd/cli/model.py``) runs the conversion by hand.
 """
 
 from __future__ import annotations

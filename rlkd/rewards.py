@@ -52,7 +52,10 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from rlkd.structure import Decomposition, StructureResult, as_decomposition
+from rlkd.answers import grade_math
+from rlkd.backends import FailureBudget, TooManyFailures
+from rlkd.judges import EarlyExitSink, score_many, score_structure_streaming
+from rlkd.structure import Decomposition, MODES, StructureResult, as_decomposition
 
 log = logging.getLogger("rlkd.rewards")
 
@@ -100,8 +103,6 @@ def accuracy(completions: Sequence[Any], answer: Sequence[Any], **kwargs: Any) -
     >>> accuracy(["<think>2+2</think>\\n<answer>\\\\boxed{4}</answer>", "\\\\boxed{5}", "4"], ["4", "4", "4"])
     [1.0, 0.0, 0.0]
     """
-    from rlkd.answers import grade_math
-
     rewards: list[float | None] = []
     for completion, gold in zip(completions, answer, strict=True):
         correct = grade_math(completion_text(completion), gold)
@@ -228,8 +229,6 @@ class StructureReward:
         samples_per_step: int = 2,
         teacher_cache_size: int = 100_000,
     ) -> None:
-        from rlkd.backends import FailureBudget
-        from rlkd.structure import MODES
 
         if mode not in MODES:
             raise ValueError(f"unknown structure reward mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -353,8 +352,6 @@ class StructureReward:
         same rewards, fewer generated tokens. This is the one path training and ``rlkd score
         --completions`` share; it records no failures (the caller does).
         """
-        from rlkd.judges import EarlyExitSink, score_many, score_structure_streaming
-
         count = len(texts)
         items = list(zip(problems, texts))
         if not self.early_exit:
@@ -372,8 +369,6 @@ class StructureReward:
 
     def _check_batch(self, what: str, failed: int, total: int, reasons: Sequence[str]) -> None:
         """Raise TooManyFailures when more than ``max_batch_failure_share`` of this call's items failed."""
-        from rlkd.backends import TooManyFailures
-
         if total and failed / total > self.max_batch_failure_share:
             raise TooManyFailures(f"{failed} of {total} {what} in one batch ({failed / total:.1%} > "
                                   f"{self.max_batch_failure_share:.1%} allowed per batch); reasons: "

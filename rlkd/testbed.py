@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from rlkd.errors import InputError
+from rlkd.files import iter_jsonl
 from rlkd.structure import Decomposition, Step, as_decomposition
 
 SPLITS: dict[str, dict[str, Any]] = {
@@ -631,15 +633,13 @@ def write_dataset(tasks: Iterable[Task], path: str | Path) -> Path:
 
 
 def read_tasks(path: str | Path) -> list[Task]:
-    """Read a JSONL written by :func:`write_dataset`; a bad line raises ``rlkd.cli.CliError`` naming it."""
-    from rlkd.cli import CliError, iter_jsonl
-
+    """Read a JSONL written by :func:`write_dataset`; a bad line raises ``rlkd.errors.InputError`` naming it."""
     tasks = []
     for number, obj in iter_jsonl(path):
         try:
             tasks.append(Task.from_dict(obj))
         except ValueError as exc:
-            raise CliError(f"{path}:{number}: {exc}") from None
+            raise InputError(f"{path}:{number}: {exc}") from None
     return tasks
 
 

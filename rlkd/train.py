@@ -1,4 +1,4 @@
-"""Training: ``rlkd train sft`` and ``rlkd train grpo`` on Hugging Face TRL.
+"""Training: the work of ``rlkd train sft`` and ``rlkd train grpo`` on Hugging Face TRL (options: :mod:`rlkd.cli.train`).
 
 - ``rlkd train sft --config RECIPE`` runs TRL's ``SFTTrainer``: the SFT-distillation baseline (teacher
   traces turned into ``<think>``/``<answer>`` completions) or GSRM training (chat data from
@@ -31,7 +31,6 @@ How this departs from the authors' code:
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import logging
@@ -42,19 +41,15 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from rlkd.cli import CliError
-from rlkd.config import (
-    ConfigError,
-    GRPOJob,
-    SFTJob,
-    StructureConfig,
-    build_trl_config,
-    check_trl_fields,
-    dump_yaml,
-    fields_help,
-    load_job,
-    shown_trl_values,
-)
+from rlkd.backends import TooManyFailures
+from rlkd.config import GRPOJob, SFTJob, build_trl_config, check_trl_fields, shown_trl_values
+from rlkd.data import Records, first_columns, grpo_rows, is_local, sft_rows
+from rlkd.errors import InputError
+from rlkd.files import atomic_write_text
+from rlkd.models import is_gguf, load_tokenizer, resolve_model
+from rlkd.recipes import dump_yaml
+from rlkd.reward_config import build_structure_reward
+from rlkd.rewards import StructureReward, build_rewards
 
 log = logging.getLogger("rlkd.train")
 
@@ -100,12 +95,9 @@ class Preflight:
 
 
 def _check_model(check: Preflight, field: str, name: str) -> None:
-    from rlkd.data import is_local
-
     if not is_local(name):
         check.note(f"{field} = {name}: hub name (loaded from the hub or the local cache at run time)")
         return
-    from rlkd.models import is_gguf
 
     path = Path(name).expanduser()
     if is_gguf(name):
@@ -125,8 +117,6 @@ def _check_model(check: Preflight, field: str, name: str) -> None:
 def _check_data(check: Preflight, field: str, path: str, split: str, subset: str | None,
                 columns: Sequence[str], alternatives: Sequence[Sequence[str]] = ()) -> None:
     """Check that a local dataset exists and has ``columns`` (or one of the ``alternatives`` sets)."""
-    from rlkd.data import first_columns, is_local
-
     if not is_local(path):
         check.note(f"{field} = {path}: hub dataset (columns checked when it loads)")
         return
@@ -135,7 +125,7 @@ def _check_data(check: Preflight, field: str, path: str, split: str, subset: str
         return
     try:
         found = first_columns(path, split, subset) or []
-    except CliError as exc:
+    except InputError as exc:
         check.error(f"{field} = {path}: {exc}")
         return
     options = [list(columns)] if columns else []
@@ -196,9 +186,7 @@ def drop_logs_after(output_dir: str | Path, checkpoint: Path) -> None:
             else:
                 dropped += 1
         if dropped:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            tmp.replace(path)
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
             log.info("%s: dropped %d line(s) logged after %s (those steps run again)", path, dropped, checkpoint.name)
 
 
@@ -363,9 +351,7 @@ def write_run_record(job: SFTJob | GRPOJob, kind: str, resumed_from: Path | None
         "platform": platform.platform(),
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
     })
-    tmp = run_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(run_path)
+    atomic_write_text(run_path, json.dumps(record, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -440,54 +426,20 @@ def _quiet_progress(trainer) -> None:
 # Running
 
 
-def structure_reward(job: GRPOJob):
-    """The structure reward of a GRPO job: the GSRM backend, the decomposer and the judge."""
+def grpo_structure_reward(job: GRPOJob) -> StructureReward:
+    """The structure reward of a GRPO job (:func:`rlkd.reward_config.build_structure_reward` of its
+    ``structure`` section), logging scored samples to ``<output_dir>/structure_samples.jsonl`` when asked."""
     sample_log = Path(job.output_dir) / "structure_samples.jsonl" if job.structure.sample_log else None
     return build_structure_reward(job.structure, sample_log)
-
-
-def build_structure_reward(s: StructureConfig, sample_log: Path | None = None):
-    """A :class:`rlkd.rewards.StructureReward` from the ``structure:`` section of a recipe (also what
-    ``rlkd score --completions`` builds from its options, so both score on one path)."""
-    from rlkd.backends import backend_from_config
-    from rlkd.gsrm import Decomposer, RuleDecomposer
-    from rlkd.judges import make_judge
-    from rlkd.rewards import StructureReward
-
-    if s.decomposer == "rule":
-        decomposer: Any = RuleDecomposer()
-    else:
-        try:
-            gsrm_backend = backend_from_config(s.gsrm.as_backend_config(), where="structure.gsrm")
-        except (ValueError, OSError) as exc:
-            raise ConfigError(str(exc)) from None
-        decomposer = Decomposer(gsrm_backend, domain=s.prompt_source(), max_trace_chars=s.gsrm_max_trace_chars,
-                                max_tokens=s.gsrm_max_tokens, few_shot=s.gsrm_few_shot)
-    llm = None
-    if s.uses_llm_judge():
-        from rlkd.llm_judge import LLMJudge
-
-        try:
-            judge_backend = backend_from_config(s.judge_backend.as_backend_config(), where="structure.judge_backend")
-        except (ValueError, OSError) as exc:
-            raise ConfigError(str(exc)) from None
-        llm = LLMJudge(judge_backend, batched=s.judge_batched)
-    fields = {"meta": s.meta_judge, "subproblem": s.subproblem_judge, "answer": s.answer_judge}
-    judge = make_judge(s.judge, overlap_threshold=s.overlap_threshold, fields=fields, llm=llm)
-    return StructureReward(decomposer, judge, mode=s.mode, lazy=s.lazy, early_exit=s.early_exit,
-                           max_failure_share=s.max_failure_share,
-                           min_failures=s.min_failures, max_batch_failure_share=s.max_batch_failure_share,
-                           sample_log=sample_log, samples_per_step=s.samples_per_step)
 
 
 def reward_functions(job: GRPOJob) -> tuple[list[Any], list[float], list[str]]:
     """(functions, weights, the names TRL logs them under) for the job's rewards."""
     from trl.trainer.utils import get_callable_name
 
-    from rlkd.rewards import build_rewards
 
     weights = job.rewards.resolved()
-    structure = structure_reward(job) if "structure" in weights else None
+    structure = grpo_structure_reward(job) if "structure" in weights else None
     funcs, func_weights = build_rewards(weights, structure)
     return list(funcs), list(func_weights), [get_callable_name(f) for f in funcs]
 
@@ -505,7 +457,7 @@ def _drop_long_prompts(rows: list[dict[str, Any]], tokenizer: Any, limit: int) -
         log.warning("dropped %d of %d prompts longer than training.max_prompt_length=%d tokens",
                     dropped, len(rows), limit)
     if not kept:
-        raise CliError(f"every prompt is longer than training.max_prompt_length={limit} tokens")
+        raise InputError(f"every prompt is longer than training.max_prompt_length={limit} tokens")
     return kept
 
 
@@ -514,8 +466,6 @@ def run_grpo(job: GRPOJob, trl_config: Any, resume_from: Path | None) -> dict[st
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    from rlkd.data import Records, grpo_rows
-    from rlkd.models import load_tokenizer, resolve_model
 
     need_structure = "structure" in job.reward_names()
     rows = grpo_rows(Records(job.data.path, job.data.split, job.data.subset), job.data, need_structure, job.data.limit)
@@ -537,8 +487,6 @@ def run_sft(job: SFTJob, trl_config: Any, resume_from: Path | None) -> dict[str,
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from rlkd.data import Records, sft_rows
-    from rlkd.models import load_tokenizer, resolve_model
 
     rows = sft_rows(Records(job.data.path, job.data.split, job.data.subset), job.data, job.data.limit)
     tokenizer = load_tokenizer(job.model)
@@ -557,20 +505,18 @@ def train_job(job: SFTJob | GRPOJob, argv: Sequence[str] | None = None) -> dict[
 
     The one path from a job to a trained model, for the command and for Python callers (``rlkd demo``):
     validate the job, check the TRL fields and the inputs (:func:`preflight`; a missing or bad input is a
-    :class:`~rlkd.cli.CliError`), record the launch (``argv``, default ``sys.argv``), find the checkpoint to
+    :class:`~rlkd.errors.InputError`), record the launch (``argv``, default ``sys.argv``), find the checkpoint to
     resume from and drop what was logged after it, then train with :func:`run_grpo` or :func:`run_sft`. A
-    backend that failed too often (:class:`~rlkd.backends.TooManyFailures`) ends in a CliError that says
+    backend that failed too often (:class:`~rlkd.backends.TooManyFailures`) ends in an InputError that says
     how to resume.
     """
-    from rlkd.backends import TooManyFailures
-
     job.validate()
     kind = "grpo" if isinstance(job, GRPOJob) else "sft"
     check_trl_fields(job)
     trl_config, _ = build_trl_config(job)
     check = preflight(job)
     if check.errors or check.missing:
-        raise CliError("inputs not ready:\n  " + "\n  ".join(check.errors + check.missing))
+        raise InputError("inputs not ready:\n  " + "\n  ".join(check.errors + check.missing))
     resume_from = resume_point(job)
     if is_main_process():
         write_run_record(job, kind, resume_from, argv)
@@ -585,55 +531,8 @@ def train_job(job: SFTJob | GRPOJob, argv: Sequence[str] | None = None) -> dict[
         metrics = run_grpo(job, trl_config, resume_from) if kind == "grpo" else run_sft(job, trl_config, resume_from)
     except TooManyFailures as exc:
         last = last_checkpoint(job.output_dir)
-        raise CliError(f"stopped before training on noise: {exc}. Fix the backend, then run the same command "
+        raise InputError(f"stopped before training on noise: {exc}. Fix the backend, then run the same command "
                        f"again to resume from {last or 'the start'}.") from None
     if is_main_process():
         log.info("done: %s", json.dumps(metrics))
     return metrics
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """``rlkd train sft|grpo``: validate, check inputs, print the plan (``--dry-run``) or train (:func:`train_job`)."""
-    cls = GRPOJob if args.train_command == "grpo" else SFTJob
-    job = load_job(cls, args.config, args.set)
-    if not args.dry_run:
-        train_job(job)
-        return 0
-    check_trl_fields(job)
-    trl_config, notes = build_trl_config(job, preview=True)
-    check = preflight(job)
-    print(render_plan(job, trl_config, notes, check))
-    problems = check.errors + (check.missing if args.strict else [])
-    if problems:
-        print(f"dry run: {len(problems)} problem(s):\n  " + "\n  ".join(problems), file=sys.stderr)
-        return 2
-    print(f"dry run: configuration valid ({len(check.missing)} input(s) not found here)", file=sys.stderr)
-    return 0
-
-
-def _no_kind(args: argparse.Namespace) -> int:
-    raise CliError("choose a kind: rlkd train sft|grpo ...")
-
-
-def add_parser(subparsers) -> None:
-    """Register ``rlkd train sft`` and ``rlkd train grpo``."""
-    p = subparsers.add_parser("train", help="train a student or the GSRM (SFT, GRPO) from a YAML recipe",
-                              description="Train with TRL from a YAML recipe (see configs/).")
-    sub = p.add_subparsers(dest="train_command", metavar="KIND")
-    p.set_defaults(func=_no_kind)
-    for kind, cls, text in (
-        ("sft", SFTJob, "supervised fine-tuning: the SFT-distillation baseline, or GSRM training on chat data"),
-        ("grpo", GRPOJob, "GRPO with a reward set: rlkd (3/3/2/2, RLKD and RLKD-zero), outcome, or explicit weights"),
-    ):
-        q = sub.add_parser(kind, help=text, description=f"{text[0].upper()}{text[1:]}. The recipe is validated "
-                           "and the inputs checked before any weights load.",
-                           epilog=fields_help(cls), formatter_class=argparse.RawDescriptionHelpFormatter)
-        q.add_argument("--config", metavar="RECIPE.yaml", help="YAML recipe (e.g. configs/tiny/rlkd_grpo.yaml)")
-        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one field, e.g. --set training.max_steps=10 (repeatable; value read as YAML)")
-        q.add_argument("--dry-run", action="store_true",
-                       help="print the resolved configuration, TRL values and reward weights, check the inputs, "
-                            "and stop before loading weights")
-        q.add_argument("--strict", action="store_true",
-                       help="--dry-run: also fail when an input is not found here")
-        q.set_defaults(func=cmd_train)

@@ -18,12 +18,11 @@ from rlkd.backends import (
     OpenAIBackend,
     ScriptedBackend,
     TooManyFailures,
-    add_backend_arguments,
-    backend_from_args,
     backend_from_config,
     parse_retry_after,
 )
 from rlkd.cli import CliError
+from rlkd.cli.options import add_backend_arguments, backend_from_args
 
 
 def ask(text: str, **kwargs) -> GenerationRequest:

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from rlkd.backends import GenerationRequest, ScriptedBackend
-from rlkd.cache import CachedBackend, RequestCache, request_key
+from rlkd.backends.cache import CachedBackend, RequestCache, request_key
 
 
 def ask(text: str, **kwargs) -> GenerationRequest:

@@ -17,11 +17,10 @@ from rlkd.config import (
     SFTJob,
     build_job,
     check_trl_fields,
-    dump_yaml,
     load_job,
-    merge_overrides,
     trl_kwargs,
 )
+from rlkd.recipes import dump_yaml, merge_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL_GRPO = {"model": "m", "output_dir": "out", "data": {"path": "train.jsonl"}, "rewards": {"set": "outcome"}}

@@ -455,7 +455,7 @@ def test_a_stop_requested_between_tokens_closes_the_stream_without_waiting_for_t
 
 
 def test_cache_stores_only_complete_streams(tmp_path):
-    from rlkd.cache import CachedBackend
+    from rlkd.backends.cache import CachedBackend
 
     inner = ScriptedBackend(lambda request: "one two three four five")
     backend = CachedBackend(inner, tmp_path / "cache.sqlite")

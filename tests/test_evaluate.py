@@ -3,6 +3,7 @@ tiny model that is interrupted and resumed, GPQA-style option shuffling, and the
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -11,15 +12,16 @@ from pathlib import Path
 import pytest
 
 from rlkd.cli import build_parser, main
-from rlkd.evaluate import ks_up_to, load_problems, pass_at_k
+from rlkd.evaluate import EvalJob, ks_up_to, load_problems, pass_at_k
 
 DATA = Path(__file__).parent / "data"
 MATH_FILE = DATA / "eval_math.jsonl"
 GPQA_FILE = DATA / "eval_gpqa.jsonl"
 
 
-def _args(*argv: str):
-    return build_parser().parse_args(["eval", *argv])
+def _args(*argv: str) -> EvalJob:
+    args = build_parser().parse_args(["eval", *argv])
+    return EvalJob(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalJob)})
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -9,15 +9,16 @@ import pytest
 
 from rlkd.cli import main
 from rlkd.config import ConfigError
+from rlkd.evaluate import pass_at_k
 from rlkd.experiment import (
     DataSection,
     Experiment,
     gsrm_sft_rows,
     load_demo_job,
     make_tasks,
-    pass_at_k,
     write_gsrm_prompt,
 )
+from rlkd.recipes import dump_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -204,10 +205,8 @@ def test_experiment_counts_its_stages(tmp_path):
 
 def test_resuming_with_another_recipe_is_refused(tmp_path):
     from rlkd.cli import CliError
-    from rlkd.experiment import _dump_job
-
     job = load_demo_job(None, [f"output={tmp_path}"])
-    (tmp_path / "config.yaml").write_text(_dump_job(job), encoding="utf-8")
+    (tmp_path / "config.yaml").write_text(dump_yaml(job), encoding="utf-8")
     Experiment(load_demo_job(None, [f"output={tmp_path}", "seeds=[0, 1, 2, 3]"]))  # more seeds: resumable
     with pytest.raises(CliError, match=r"another recipe \(changed: rl.max_steps\)"):
         Experiment(load_demo_job(None, [f"output={tmp_path}", "rl.max_steps=9"]))
@@ -229,7 +228,7 @@ def test_demo_recipe_spells_out_the_built_in_defaults():
 def test_training_sections_follow_the_device():
     import torch
 
-    from rlkd.experiment import _training_for_device
+    from rlkd.experiment.measurements import _training_for_device
 
     job = load_demo_job(None)
     on_cpu = _training_for_device(job.sft, "cpu")

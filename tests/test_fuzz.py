@@ -14,7 +14,7 @@ the answer extraction (:func:`rlkd.answers.extract_answer`, ``extract_boxed``, `
    margin (the linear cases take milliseconds). The cases run in a child process with a memory limit and
    a per-case alarm, so a regression fails the test instead of hanging or exhausting the machine.
 
-``KNOWN_SLOW`` keeps the inputs that were super-linear in ``rlkd/answers.py`` before it was fixed, as
+``KNOWN_SLOW`` keeps the inputs that were super-linear in ``rlkd/answers`` before it was fixed, as
 regression cases.
 """
 
@@ -148,7 +148,7 @@ PARSERS = {
     "extract_choice": "rlkd.answers:extract_choice",
 }
 
-# Inputs that were super-linear in rlkd/answers.py before its fixes; kept as regression cases.
+# Inputs that were super-linear in rlkd/answers before its fixes; kept as regression cases.
 KNOWN_SLOW = {
     ("extract_boxed", "nested_boxed"): "every nested box's content was copied",
     ("extract_choice", "nested_boxed"): "the same copies, one per box, in _boxed_letter",

@@ -10,17 +10,15 @@ import pytest
 
 from rlkd.backends import ScriptedBackend
 from rlkd.cli import main
+from rlkd.files import read_done_ids
 from rlkd.gsrm import (
-    DOMAINS,
     Decomposer,
-    PromptTemplate,
     build_prompt,
-    load_prompt,
-    read_done_ids,
     split_reasoning,
     truncate_trace,
 )
 from rlkd.structure import parse_decomposition
+from rlkd.templates import DOMAINS, PROMPTS_DIR, PromptTemplate, load_prompt
 
 CANNED = (
     "[Meta-reasoning 1]: The sum needs both numbers, so find x first.\n"
@@ -33,6 +31,9 @@ CANNED = (
 
 
 class TestPrompts:
+    def test_the_domains_are_the_packaged_gsrm_prompt_files(self):
+        assert sorted(DOMAINS) == sorted(p.stem.removeprefix("gsrm_") for p in PROMPTS_DIR.glob("gsrm_*.txt"))
+
     @pytest.mark.parametrize("domain", DOMAINS)
     def test_every_domain_has_an_instruction_an_example_and_the_request(self, domain):
         messages = build_prompt("What is 1 + 1?", "<think>1 + 1 = 2</think> 2", domain)
@@ -337,14 +338,14 @@ class TestRuleDecomposer:
 
     def _reward(self, tmp_path):
         from rlkd.config import GRPOJob
-        from rlkd.train import structure_reward
+        from rlkd.train import grpo_structure_reward
 
         job = GRPOJob(model="unused", output_dir=str(tmp_path / "run"))
         job.structure.decomposer = "rule"
         job.structure.judge, job.structure.meta_judge = "hybrid", "overlap"
         job.structure.subproblem_judge, job.structure.answer_judge = "text", "math"
         job.structure.sample_log = False
-        return structure_reward(job)
+        return grpo_structure_reward(job)
 
     def test_the_oracle_gets_the_reward_of_the_exact_structure(self, tmp_path):
         from rlkd.testbed import generate_tasks

@@ -512,7 +512,7 @@ class TestCache:
         assert notes.read_bytes() == b"garbage garbage! and more"
 
     def test_another_programs_database_is_left_alone(self, tmp_path):
-        from rlkd.cache import RequestCache
+        from rlkd.backends.cache import RequestCache
 
         db = tmp_path / "app.db"
         with sqlite3.connect(db) as conn:
@@ -525,7 +525,7 @@ class TestCache:
     @pytest.mark.parametrize("texts,n", [("not json", 1), ('"one text"', 1), ("[1, 2]", 1), ("[]", 1), ('["a"]', 2)])
     def test_an_incomplete_entry_is_never_served(self, texts, n, tmp_path):
         from rlkd.backends import GenerationRequest, ScriptedBackend
-        from rlkd.cache import CachedBackend, RequestCache, request_key
+        from rlkd.backends.cache import CachedBackend, RequestCache, request_key
 
         cache = RequestCache(tmp_path / "c.sqlite")
         request = GenerationRequest.chat([("user", "q")], n=n, temperature=0.5 if n > 1 else 0.0, seed=1)

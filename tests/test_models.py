@@ -8,7 +8,7 @@ import sys
 import pytest
 from test_backends import parse
 
-from rlkd.backends import backend_from_args
+from rlkd.cli.options import backend_from_args
 from rlkd.cli import CliError, main
 from rlkd.models import TAG_TOKENS, ModelFileError, build_tokenizer, load_tokenizer, resolve_model
 

@@ -23,8 +23,9 @@ import pytest
 from test_backends import parse
 from test_serve import RecordingBackend, transformers_serve
 
-from rlkd.backends import GenerationRequest, OpenAIBackend, TransformersBackend, backend_from_args
-from rlkd.cache import CachedBackend
+from rlkd.backends import GenerationRequest, OpenAIBackend, TransformersBackend
+from rlkd.cli.options import backend_from_args
+from rlkd.backends.cache import CachedBackend
 from rlkd.judges import JudgeRequest
 
 pytestmark = pytest.mark.slow

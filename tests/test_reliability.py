@@ -672,8 +672,8 @@ def test_everything_that_listens_binds_to_localhost():
                     found.append((f"{path.relative_to(root)}:{number}", line.strip()))
     assert found, "the scan found nothing: it is not looking at the sources"
     # rlkd serve binds --host (default 127.0.0.1) and refuses any non-loopback host without a token
-    # (rlkd.serve.is_loopback; tests/test_reward_server.py checks the refusal)
-    guarded = {"rlkd/serve.py", "tests/test_reward_server.py"}  # the second asserts that refusal
+    # (rlkd/cli/serve.py with rlkd.serve.is_loopback; tests/test_reward_server.py checks the refusal)
+    guarded = {"rlkd/cli/serve.py", "tests/test_reward_server.py"}  # the second asserts that refusal
     assert [(where, line) for where, line in found if "127.0.0.1" not in line and "_server.server_address" not in line
             and where.split(":")[0] not in guarded] == []
 
@@ -696,7 +696,7 @@ def test_the_package_never_evaluates_or_executes_text():
                 spawns.append(f"{path.name}: {line.strip()}")
     assert hits == []
     assert spawns == [
-        "answers.py: self.proc = subprocess.Popen(",  # [sys.executable, "-c", <fixed import>], data on stdin as JSON
+        "verify.py: self.proc = subprocess.Popen(",  # rlkd/answers/verify.py: [sys.executable, "-c", <fixed import>], data on stdin as JSON
         'train.py: commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,',
         'train.py: status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,',
     ]

@@ -23,7 +23,7 @@ from typing import Iterator
 import pytest
 
 from rlkd.backends import Backend, Completion, GenerationRequest, OpenAIBackend, StreamSink, TransformersBackend
-from rlkd.cache import CachedBackend
+from rlkd.backends.cache import CachedBackend
 
 QUESTIONS = ["hello", "What is 2+2?", "x", "Find the value of x if 3x = 12.", "Are these equal? yes or no", "abc"]
 
@@ -270,7 +270,7 @@ class TestTransformersBackend:
     def test_local_model_option_builds_this_backend(self, varied_model_dir, tmp_path):
         from test_backends import parse
 
-        from rlkd.backends import backend_from_args
+        from rlkd.cli.options import backend_from_args
 
         backend = backend_from_args(parse(["--local-model", str(varied_model_dir), "--local-batch-size", "2",
                                            "--cache", str(tmp_path / "c.sqlite")]))

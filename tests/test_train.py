@@ -231,7 +231,7 @@ def test_train_job_runs_a_job_built_in_python(tiny, tmp_path):
 def test_structure_reward_sends_the_gsrm_prompt_file(tiny, tmp_path):
     """structure.gsrm_prompt replaces the packaged prompt of structure.domain in every GSRM request."""
     from rlkd.config import GRPOJob, build_job
-    from rlkd.train import structure_reward
+    from rlkd.train import grpo_structure_reward
 
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("=== user ===\nSplit up.\nProblem: {problem}\nReasoning: {reasoning}\n", encoding="utf-8")
@@ -239,6 +239,6 @@ def test_structure_reward_sends_the_gsrm_prompt_file(tiny, tmp_path):
                               "data": {"path": str(tiny["tasks_train"])}, "rewards": {"set": "rlkd"},
                               "structure": {"gsrm": {"local_model": str(tiny["gsrm_base"])},
                                             "gsrm_prompt": str(prompt)}})
-    reward = structure_reward(job)
+    reward = grpo_structure_reward(job)
     request = reward.decomposer.request("What is 2+2?", "<think>2+2=4</think> 4")[0]
     assert request.messages == (("user", "Split up.\nProblem: What is 2+2?\nReasoning: 2+2=4"),)

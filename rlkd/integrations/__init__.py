@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Sequence
 
-from rlkd.serve import TOKEN_ENV, RewardRequest, ScoredItem
+from rlkd.serve import Batcher, RewardRequest, RewardScorer, ScoredItem, TOKEN_ENV, load_serve_job
 
 log = logging.getLogger("rlkd.integrations")
 
@@ -43,8 +43,6 @@ class LocalScorer:
 
     def __init__(self, config: str, overrides: Sequence[str] = (), *, max_batch: int = 64,
                  batch_wait: float = 0.05, concurrency: int = 4, max_pending: int = 1_000_000) -> None:
-        from rlkd.serve import Batcher, RewardScorer, load_serve_job
-
         job = load_serve_job(config, overrides)
         self.scorer = RewardScorer.from_job(job, stop_on_failures=True)
         self.batcher = Batcher(self.scorer.score, max_batch=max_batch, max_wait=batch_wait,

@@ -38,8 +38,9 @@ import math
 import sys
 from typing import Any, Mapping, Sequence
 
+from rlkd.errors import InputError
 from rlkd.integrations import scorer_for
-from rlkd.serve import RewardRequest, ScoredItem
+from rlkd.serve import RecordIndex, RewardRequest, ScoredItem, load_serve_job
 
 log = logging.getLogger("rlkd.integrations.verl")
 
@@ -96,8 +97,6 @@ def compute_score_sync(data_source: str, solution_str: str, ground_truth: Any,
 
 def verl_rows(config: str, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The RLKD dataset of a recipe as verl training rows (the record id as ``ground_truth``)."""
-    from rlkd.serve import RecordIndex, load_serve_job
-
     job = load_serve_job(config, overrides)
     index = RecordIndex.from_job(job)
     ids = {position: record_id for record_id, position in index.by_id.items()}
@@ -117,11 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import pandas as pd
 
-    from rlkd.cli import CliError
 
     try:
         rows = verl_rows(args.config, args.set)
-    except CliError as exc:
+    except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     pd.DataFrame(rows).to_parquet(args.output)

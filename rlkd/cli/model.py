@@ -16,13 +16,12 @@ import argparse
 import json
 import time
 
-from rlkd.cli import CliError
+from rlkd.cli.options import CliError
+from rlkd.models import ModelFileError, convert_gguf
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert ``args.file`` into ``args.out_dir``; print what was written as one JSON line."""
-    from rlkd.models import ModelFileError, convert_gguf
-
     start = time.monotonic()
     try:
         out = convert_gguf(args.file, args.out_dir)

@@ -1,7 +1,7 @@
 """A persistent request cache in SQLite, so that a re-run is free and an interrupted job resumes.
 
 Use it by wrapping any backend: ``CachedBackend(inner, "cache.sqlite")`` (or ``--cache DB`` on the
-command line, ``cache:`` in a config; see :func:`rlkd.backends.backend_from_args`). A request whose
+command line, ``cache:`` in a config; see :func:`rlkd.backends.backend_from_config`). A request whose
 answer is in the cache never reaches the inner backend and counts as ``cache_hits``, not ``calls``, in
 the shared :class:`~rlkd.backends.BackendStats` (the wrapper and the inner backend share one ``stats``).
 
@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from rlkd.backends import Backend, Completion, GenerationRequest, StreamSink
+from rlkd.backends.base import Backend, Completion, GenerationRequest, StreamSink
 
 log = logging.getLogger("rlkd.cache")
 

@@ -1,85 +1,42 @@
-"""The ``rlkd`` command line.
+"""``rlkd parse`` and ``rlkd score``: check decompositions and the structure reward by hand, JSON in and out.
 
-``parse`` and ``score`` (this file) check decompositions and the structure reward by hand, JSON in and
-out; ``score --completions`` decomposes raw student completions with a GSRM and scores them on the path
-training uses (:func:`rlkd.train.build_structure_reward`). The other commands live beside the code they drive: each of those modules has an ``add_parser``
-that registers its sub-command, and keeps its heavy imports (torch, transformers) inside functions so
-that ``rlkd --help`` stays fast.
+``score --completions`` decomposes raw student completions with a GSRM and scores them on the path training
+uses (:func:`rlkd.reward_config.build_structure_reward`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
-from rlkd.backends import add_backend_arguments  # noqa: F401 - commands import it from here too
-from rlkd.structure import MODES, Decomposition, as_decomposition, parse_decomposition
-
-# sub-command -> module with add_parser(subparsers); listed in the order --help shows them
-MODULE_COMMANDS = [
-    ("rlkd.gsrm", "decompose"),
-    ("rlkd.data", "data"),
-    ("rlkd.train", "train"),
-    ("rlkd.evaluate", "eval"),
-    ("rlkd.grade", "grade"),
-    ("rlkd.inspector", "inspect"),
-    ("rlkd.experiment", "demo"),
-    ("rlkd.serve", "serve"),
-    ("rlkd.convert", "model"),
-]
+from rlkd.backends import FailureBudget, TooManyFailures
+from rlkd.cli.options import CliError, add_backend_arguments, backend_from_args
+from rlkd.config import BackendConfig, ConfigError, StructureConfig
+from rlkd.files import (
+    JsonlWriter,
+    OutputLock,
+    atomic_write_text,
+    check_output_path,
+    id_key,
+    iter_jsonl,
+    read_done_ids,
+    read_text,
+    refuse_foreign_jsonl,
+)
+from rlkd.judges import FIELD_JUDGES, JUDGES, decomposition_field, score_many, score_structure
+from rlkd.llm_judge import LLMJudge
+from rlkd.reward_config import build_judge, build_structure_reward, uses_llm_judge
+from rlkd.structure import MODES, as_decomposition, parse_decomposition
+from rlkd.templates import DOMAINS
 
 log = logging.getLogger("rlkd")
 
 
-class CliError(Exception):
-    """A user-facing error: printed without a traceback, exit status 2."""
-
-
-def read_text(path: str) -> str:
-    """Read a file as UTF-8 (``-`` is standard input); a clear error names the file on failure."""
-    if path == "-":
-        return sys.stdin.read()
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CliError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CliError(f"{path}: is a folder, not a file") from None
-    except UnicodeDecodeError as exc:
-        raise CliError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-
-
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; a bad line raises CliError naming it."""
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        raise CliError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise CliError(f"{path}: is a folder, not a JSONL file") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise CliError(f"{path}:{number}: not UTF-8 text") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CliError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            except RecursionError:
-                raise CliError(f"{path}:{number}: JSON nested too deeply to read") from None
-            if not isinstance(obj, dict):
-                raise CliError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
-            yield number, obj
 
 
 def _dump(obj: Any) -> str:
@@ -103,48 +60,10 @@ def cmd_parse(args: argparse.Namespace) -> int:
 # rlkd score
 
 
-def decomposition_field(obj: dict[str, Any], name: str, where: str) -> Decomposition:
-    """Field ``name`` of a JSONL record as a Decomposition; CliError naming ``where`` and the field when it is
-    missing or is neither GSRM text nor a decomposition object (a number or null is a broken record)."""
-    if name not in obj:
-        raise CliError(f"{where}: missing field '{name}'")
-    value = obj[name]
-    if not isinstance(value, (str, dict)):  # a number or null is a broken record, not an empty decomposition
-        raise CliError(f"{where}: field '{name}' must be GSRM text or a decomposition object, got "
-                       f"{json_type(value)}")
-    try:
-        return as_decomposition(value)
-    except ValueError as exc:
-        raise CliError(f"{where}: field '{name}': {exc}") from None
-
-
-def json_type(value: Any) -> str:
-    """The JSON name of a value's type, for error messages (``null``, ``number``, ``list``, ...)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, (int, float)):
-        return "a number"
-    return {"str": "text", "dict": "an object", "list": "a list"}.get(type(value).__name__, type(value).__name__)
-
-
-def build_judge(args: argparse.Namespace):
-    """The judge named by ``--judge`` (and ``--meta-judge`` etc. for hybrid), with its backend if any."""
-    from rlkd.judges import make_judge
-
-    fields = {"meta": args.meta_judge, "subproblem": args.subproblem_judge, "answer": args.answer_judge}
-    llm = None
-    if args.judge == "llm" or (args.judge == "hybrid" and "llm" in fields.values()):
-        try:
-            from rlkd.llm_judge import judge_from_args
-        except ImportError as exc:  # pragma: no cover - present once the backends are installed
-            raise CliError(f"the LLM judge is not available: {exc}") from None
-        llm = judge_from_args(args)
-    try:
-        return make_judge(args.judge, overlap_threshold=args.overlap_threshold, fields=fields, llm=llm)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
+def judge_from_options(args: argparse.Namespace):
+    """The judge named by ``--judge`` (and ``--meta-judge`` etc. for hybrid), by
+    :func:`rlkd.reward_config.build_judge`; the LLM judge, if asked for, over the backend options."""
+    return build_judge(args, backend_from_args(args) if uses_llm_judge(args) else None)
 
 
 def _unjudged_reason(result) -> str | None:
@@ -160,8 +79,6 @@ def _unjudged_reason(result) -> str | None:
 
 def _llm_backend_stats(judge) -> Any:
     """The request counters of the LLM judge inside ``judge`` (None when no LLM is used)."""
-    from rlkd.llm_judge import LLMJudge
-
     for candidate in [judge, *getattr(judge, "judges", {}).values()]:
         if isinstance(candidate, LLMJudge):
             return candidate.backend.stats
@@ -195,8 +112,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     null); 2 when more than ``--max-failure-share`` of them could not (or on bad input)."""
     import asyncio
 
-    from rlkd.files import OutputLock, check_output_path, refuse_foreign_jsonl
-    from rlkd.judges import score_many, score_structure
 
     if args.completions:
         if args.pairs or args.teacher or args.student:
@@ -211,7 +126,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             raise CliError("give --teacher FILE and --student FILE, or --pairs PAIRS.jsonl")
         teacher = as_decomposition(read_text(args.teacher))
         student = as_decomposition(read_text(args.student))
-        judge = build_judge(args)
+        judge = judge_from_options(args)
         result = asyncio.run(score_structure(teacher, student, judge, args.mode, args.lazy))
         print(json.dumps(_score_record(None, result), ensure_ascii=False, indent=2))
         if _unjudged_reason(result) is not None:
@@ -231,15 +146,13 @@ def cmd_score(args: argparse.Namespace) -> int:
             where = f"{args.pairs}:{number}"
             pairs.append((decomposition_field(obj, "teacher", where), decomposition_field(obj, "student", where)))
             ids.append(obj.get("id", number))
-        judge = build_judge(args)
+        judge = judge_from_options(args)
         results = asyncio.run(score_many(pairs, judge, args.mode, args.lazy))
         records = [_score_record(pair_id, result, obj) for (_, obj), pair_id, result in zip(rows, ids, results)]
         judged = [r for r in results if _unjudged_reason(r) is None]
         if judged or not results:  # when nothing could be judged, an earlier output is left as it was
             text = "".join(_dump(record) + "\n" for record in records)
             if to_file:
-                from rlkd.files import atomic_write_text
-
                 atomic_write_text(args.output, text)
             else:
                 sys.stdout.write(text)
@@ -260,7 +173,6 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def _completion_items(args: argparse.Namespace, done: set[str], counts: dict[str, int]) -> Iterator[dict[str, Any]]:
     """The lines of ``--completions`` still to score, checked: id, problem, teacher_structure, completion."""
-    from rlkd.gsrm import id_key
 
     seen: set[str] = set()
     for number, obj in iter_jsonl(args.completions):
@@ -286,13 +198,9 @@ def _completion_items(args: argparse.Namespace, done: set[str], counts: dict[str
 def cmd_score_completions(args: argparse.Namespace) -> int:
     """``rlkd score --completions``: decompose each student completion with the GSRM and score it against
     its teacher structure on the path training uses (:meth:`rlkd.rewards.StructureReward.score`, built by
-    :func:`rlkd.train.build_structure_reward`); resumable like ``rlkd decompose``."""
+    :func:`rlkd.reward_config.build_structure_reward`); resumable like ``rlkd decompose``."""
     import asyncio
 
-    from rlkd.backends import FailureBudget, TooManyFailures
-    from rlkd.config import BackendConfig, ConfigError, StructureConfig
-    from rlkd.gsrm import JsonlWriter, read_done_ids
-    from rlkd.train import build_structure_reward
 
     if not args.output or args.output == "-":
         raise CliError("--completions needs --output OUT.jsonl (appended to, so a second run resumes)")
@@ -368,7 +276,13 @@ def cmd_score_completions(args: argparse.Namespace) -> int:
     return 1 if counts["error"] else 0
 
 
-def _score_parser(sub) -> None:
+def add_parser(sub) -> None:
+    """Register ``rlkd parse`` and ``rlkd score``."""
+    p = sub.add_parser("parse", help="parse GSRM output into steps (JSON)",
+                       description="Parse a GSRM decomposition into steps and print them as JSON. Exit "
+                       "status 1 (with the reason on stderr) when the text gives no steps.")
+    p.add_argument("file", nargs="?", default="-", help="decomposition text file (default: stdin)")
+    p.set_defaults(func=cmd_parse)
     p = sub.add_parser(
         "score",
         help="structure reward of a student decomposition against a teacher's",
@@ -395,30 +309,30 @@ def _score_parser(sub) -> None:
     p.add_argument("--no-early-exit", action="store_true",
                    help="--completions: let the GSRM write every decomposition to its end (by default its "
                         "generation is stopped once the reward is decided, which gives the same reward)")
-    p.add_argument("--domain", default="math", choices=["math", "code", "science", "puzzle"],
+    p.add_argument("--domain", default=StructureConfig.domain, choices=DOMAINS,
                    help="--completions: GSRM prompt domain (default %(default)s)")
     p.add_argument("--zero-shot", action="store_true",
                    help="--completions: drop the worked example from the GSRM prompt (a fine-tuned GSRM)")
-    p.add_argument("--gsrm-max-tokens", type=int, default=2048,
+    p.add_argument("--gsrm-max-tokens", type=int, default=StructureConfig.gsrm_max_tokens,
                    help="--completions: most tokens the GSRM may write per completion (default %(default)s)")
-    p.add_argument("--max-trace-chars", type=int, default=24000,
+    p.add_argument("--max-trace-chars", type=int, default=StructureConfig.gsrm_max_trace_chars,
                    help="--completions: longer reasonings keep their first 2/3 and last 1/3 of this many "
                         "characters (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=64,
                    help="--completions: lines scored together and written when all are back (default %(default)s)")
     p.add_argument("--min-failures", type=int, default=10,
                    help="--completions: GSRM calls made before the failure share is first checked (default %(default)s)")
-    p.add_argument("--judge", default="hybrid", choices=["text", "overlap", "math", "hybrid", "llm"],
+    p.add_argument("--judge", default=StructureConfig.judge, choices=JUDGES,
                    help="how step fields are compared (default %(default)s)")
-    p.add_argument("--meta-judge", default="overlap", choices=["text", "overlap", "math", "llm"],
+    p.add_argument("--meta-judge", default=StructureConfig.meta_judge, choices=FIELD_JUDGES,
                    help="hybrid: judge for meta-reasoning (default %(default)s)")
-    p.add_argument("--subproblem-judge", default="overlap", choices=["text", "overlap", "math", "llm"],
+    p.add_argument("--subproblem-judge", default=StructureConfig.subproblem_judge, choices=FIELD_JUDGES,
                    help="hybrid: judge for sub-problems (default %(default)s)")
-    p.add_argument("--answer-judge", default="math", choices=["text", "overlap", "math", "llm"],
+    p.add_argument("--answer-judge", default=StructureConfig.answer_judge, choices=FIELD_JUDGES,
                    help="hybrid: judge for answers (default %(default)s)")
-    p.add_argument("--overlap-threshold", type=float, default=0.5,
+    p.add_argument("--overlap-threshold", type=float, default=StructureConfig.overlap_threshold,
                    help="token F1 at or above which the overlap judge says 'same' (default %(default)s)")
-    p.add_argument("--mode", default="paper", choices=MODES,
+    p.add_argument("--mode", default=StructureConfig.mode, choices=MODES,
                    help="paper: the authors' algorithm (default); normalized: divided by the teacher's "
                         "step count; ungated: no prefix gate")
     p.add_argument("--lazy", action="store_true",
@@ -434,78 +348,3 @@ def _score_parser(sub) -> None:
                         "(default %(default)s)")
     add_backend_arguments(p)
     p.set_defaults(func=cmd_score)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rlkd",
-        description="Distil a teacher's multi-branch reasoning structure into a student with GRPO (RLKD).",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("parse", help="parse GSRM output into steps (JSON)",
-                       description="Parse a GSRM decomposition into steps and print them as JSON. Exit "
-                       "status 1 (with the reason on stderr) when the text gives no steps.")
-    p.add_argument("file", nargs="?", default="-", help="decomposition text file (default: stdin)")
-    p.set_defaults(func=cmd_parse)
-    _score_parser(sub)
-    for module_name, _ in MODULE_COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.add_parser(sub)
-    return parser
-
-
-RESUMABLE = ("decompose", "data", "train", "eval", "demo")  # commands whose rerun continues a killed run
-
-
-def configure_logging(verbose: bool) -> None:
-    """rlkd's own loggers at INFO (DEBUG with ``-v``); every other logger (httpx, openai, datasets, ...) at
-    WARNING unless ``-v``, so one INFO line per HTTP request does not bury the warnings that matter."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logging.getLogger("rlkd").setLevel(logging.DEBUG if verbose else logging.INFO)
-
-
-def os_error_line(exc: OSError) -> str:
-    """One line for an OSError: the path (shortened) and what the system said."""
-    name = exc.filename if exc.filename is not None else ""
-    name = str(name)
-    if len(name) > 120:
-        name = name[:60] + f"...({len(name)} characters)..." + name[-40:]
-    detail = exc.strerror or " ".join(str(exc).split())
-    if len(detail) > 400:
-        detail = detail[:397] + "..."
-    return f"{name}: {detail}" if name else detail
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from rlkd.files import OutputRefused
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except (CliError, OutputRefused) as exc:
-        print(f"rlkd {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a folder where a file belongs, a name too long, a permission denied
-        print(f"rlkd {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        again = "; run the same command again to resume" if args.command in RESUMABLE else ""
-        print(f"rlkd {args.command}: interrupted (Ctrl-C); what was written so far is kept{again}", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

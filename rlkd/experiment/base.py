@@ -1,0 +1,205 @@
+"""The base student: pretrained once on the testbed's problem language (:func:`build_base`, resumable), with
+probes of how well it copies and looks up what a problem defines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from rlkd.config import SFTJob
+from rlkd.errors import InputError
+from rlkd.models import build_tiny_model, build_tokenizer, load_model, load_tokenizer
+from rlkd.templates import load_prompt
+from rlkd.testbed import base_text, corpus, generate_tasks, whole_word_check
+from rlkd.train import last_checkpoint, train_job
+
+from rlkd.experiment.measurements import _read_metrics, _training_for_device, machine_info
+from rlkd.experiment.recipe import BaseSection, DemoJob
+from rlkd.experiment.tasks import _write_jsonl, write_gsrm_prompt
+
+log = logging.getLogger("rlkd.experiment")
+
+# --------------------------------------------------------------------------------------------------
+# The base student: pretrained once on the testbed's problem language
+
+BASE_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+              "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+BASE_CARD = "base_card.json"
+
+
+def base_tasks(base: BaseSection) -> tuple[list[Any], list[Any]]:
+    """The pretraining tasks and the held-out probe tasks of the base student (one generator stream)."""
+    tasks = generate_tasks(base.tasks + base.probe_tasks, "id", seed=base.seed, **base.knobs)
+    return tasks[: base.tasks], tasks[base.tasks:]
+
+
+def probe_lookups(model_dir: str | Path, tasks: Sequence[Any], batch_size: int = 64) -> dict[str, float]:
+    """How well a model writes the computations of held-out problems (greedy, after ``problem + "\\n"``,
+    the layout of :func:`rlkd.testbed.base_text`). Each written sentence ``x = <definition> = <input
+    values> = <result>`` is checked on its own against the task's graph, in any order (the problem does
+    not say which definition to compute first): ``lines_right`` is the share of the task's definitions
+    written exactly right (definition restated, input values looked up, result right), ``values_right``
+    the share whose result alone is right, ``tasks_right`` the share of problems with every definition
+    right. The look-ups are where copying shows: the definition and the values must be found in the
+    input."""
+    import torch
+
+
+    tokenizer, model = load_tokenizer(model_dir), load_model(model_dir, device="cpu", dtype="float32")
+    total = right = values = whole = 0
+    for start in range(0, len(tasks), batch_size):
+        chunk = tasks[start: start + batch_size]
+        batch = tokenizer([t.problem + "\n" for t in chunk], return_tensors="pt", padding=True,
+                          add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=200, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+        for task, ids in zip(chunk, out[:, batch["input_ids"].shape[1]:]):
+            written = check_computations(task, tokenizer.decode(ids, skip_special_tokens=True).strip().split("\n")[0])
+            defined = [q.name for q in task.quantities if q.inputs]
+            total += len(defined)
+            right += sum(written.get(n, (False, False))[0] for n in defined)
+            values += sum(written.get(n, (False, False))[1] for n in defined)
+            whole += all(written.get(n, (False, False))[0] for n in defined)
+    return {"lines_right": right / total if total else 0.0, "values_right": values / total if total else 0.0,
+            "tasks_right": whole / len(tasks) if tasks else 0.0, "tasks": float(len(tasks))}
+
+
+# the roles of the 11 tokens of a computation sentence ``x = a + b = 1 + 3 = 4`` (the period aside)
+_ROLES = ("choice", None, "copy_definition", "copy_operator", "copy_definition", None, "look_up_value",
+          "copy_operator", "look_up_value", None, "arithmetic")
+
+
+def probe_positions(model_dir: str | Path, tasks: Sequence[Any]) -> dict[str, float]:
+    """Teacher-forced next-token accuracy on the computations of held-out problems, by the role of the
+    token: ``choice`` (which quantity is computed next; the problem does not say, so this stays low),
+    ``copy_definition`` (an input name of its definition, copied from the problem), ``copy_operator``,
+    ``look_up_value`` (an input's value, found in the problem or an earlier computation) and
+    ``arithmetic`` (the result, given the values). Copying has formed when ``copy_definition`` and
+    ``look_up_value`` climb towards 1; greedy generation (:func:`probe_lookups`) needs all of them."""
+    import torch
+
+
+    tokenizer, model = load_tokenizer(model_dir), load_model(model_dir, device="cpu", dtype="float32")
+    hits: dict[str, list[int]] = {role: [0, 0] for role in _ROLES if role}
+    for task in tasks:
+        ids = tokenizer.encode(base_text(task), add_special_tokens=False)
+        start = len(tokenizer.encode(task.problem + "\n", add_special_tokens=False))
+        with torch.no_grad():
+            predicted = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        i = start
+        while i < len(ids):
+            j = i
+            while j < len(ids) and pieces[j] != ".":
+                j += 1
+            if j - i == len(_ROLES):
+                for k, role in enumerate(_ROLES):
+                    if role:
+                        hits[role][1] += 1
+                        hits[role][0] += int(predicted[i + k - 1] == ids[i + k])
+            i = j + 1
+    return {role: right / seen if seen else 0.0 for role, (right, seen) in hits.items()}
+
+
+def check_computations(task: Any, text: str) -> dict[str, tuple[bool, bool]]:
+    """For each defined quantity a text computes (``x = <definition> = <input values> = <result>.``
+    sentences, the first one per quantity, in any order): (written exactly right, result right).
+
+    >>> from rlkd.testbed import base_text, generate_tasks
+    >>> task = generate_tasks(1, seed=0)[0]
+    >>> all(exact for exact, _ in check_computations(task, base_text(task).split("\\n")[1]).values())
+    True
+    >>> check_computations(task, "lev = zor + cod = 1 + 3 = 5.")
+    {'lev': (False, False)}
+    """
+    by_name = {q.name: q for q in task.quantities}
+    written: dict[str, tuple[bool, bool]] = {}
+    for sentence in text.split(". "):
+        parts = [p.strip() for p in sentence.rstrip(".").split("=")]
+        q = by_name.get(parts[0]) if len(parts) == 4 else None
+        if q is None or not q.inputs or q.name in written:
+            continue
+        numbers = " ".join(str(by_name[t].value) if t in by_name else t for t in q.symbolic().split())
+        written[q.name] = (parts[1:] == [q.symbolic(), numbers, str(q.value)], parts[3] == str(q.value))
+    return written
+
+
+def build_base(job: "DemoJob") -> dict[str, Any]:
+    """Build the base student at ``job.base.path`` (``rlkd demo --build-base``), deterministically from
+    the recipe, resuming after an interruption; return its card (also written as ``base_card.json``).
+
+    1. Draw ``base.tasks`` tasks (their own seed, the id split's knobs) and write each one's
+       :func:`rlkd.testbed.base_text` to ``<path>-build/pretrain.jsonl``: the problem, and the
+       computations that follow it, on which alone the loss is taken (the problem's own tokens are
+       random names and values; training on them only slows the look-ups down).
+    2. Train a BPE tokenizer that keeps every name and number one token (refused otherwise) and a random
+       Llama of the recipe's size (``<path>-build/init``).
+    3. Pretrain it with ``rlkd train sft`` (``data.format: text``) into ``<path>-build/train``, saving a
+       checkpoint every ``pretraining.save_steps``; a re-run resumes from the last one.
+    4. Probe every checkpoint on held-out problems: greedy computations (:func:`probe_lookups`) and
+       teacher-forced accuracy by token role (:func:`probe_positions`): when copying forms.
+    5. Copy the final model and tokenizer to ``path`` with the card: recipe, loss curve, probes, times.
+    """
+
+    b = job.base
+    final, work = Path(b.path), Path(f"{b.path}-build")
+    started = time.monotonic()
+    train, probe = base_tasks(b)
+    data = work / "pretrain.jsonl"
+    if not data.exists():
+        _write_jsonl(data, [{"id": t.id, "problem": t.problem + "\n", "text": base_text(t).split("\n", 1)[1]}
+                            for t in train])
+    init = work / "init"
+    if not (init / "config.json").exists():
+        texts = corpus(train[:2000]) + [c for _, c in load_prompt(str(write_gsrm_prompt(work / "gsrm_prompt.txt"))).turns]
+        tokenizer = build_tokenizer(texts, b.vocab_size)
+        split = whole_word_check(tokenizer)
+        if split:
+            raise InputError(f"base.vocab_size: {b.vocab_size} is too small to keep every name and number one token "
+                           f"({len(split)} are split, e.g. {split[:5]}); raise it")
+        build_tiny_model(init, tokenizer=tokenizer, hidden_size=b.hidden_size, num_layers=b.num_layers,
+                         num_heads=b.num_heads, max_position_embeddings=b.max_position_embeddings, seed=b.seed)
+    training = _training_for_device(job.pretraining, job.device)
+    training.seed = b.seed
+    sft = SFTJob(model=str(init), output_dir=str(work / "train"), resume="auto")
+    sft.data.path, sft.data.format, sft.training = str(data), "text", training
+    sft.data.prompt_column = "problem"  # the loss is on the computations: look-ups and arithmetic
+
+    last = last_checkpoint(sft.output_dir)
+    if last is not None and int(last.name.split("-")[-1]) >= training.max_steps > 0:
+        log.info("base student: pretraining finished before (%s); probing only", last)
+        metrics = {"resumed_finished": str(last)}  # a finished run is not trained again (not even one step)
+    else:
+        log.info("base student: pretraining %s on %d texts -> %s", init, len(train), sft.output_dir)
+        metrics = train_job(sft, argv=["rlkd demo", "--build-base"])
+    points = sorted(((int(p.name.split("-")[1]), p) for p in (work / "train").glob("checkpoint-*")
+                     if p.name.split("-")[1].isdigit()), key=lambda x: x[0])
+    t0 = (init / "config.json").stat().st_mtime
+    probes = []
+    for step, folder in points:
+        result = probe_lookups(folder, probe)
+        probes.append({"step": step, "wall_s": round(folder.stat().st_mtime - t0, 1), **result,
+                       "teacher_forced": probe_positions(folder, probe)})
+        log.info("base student probe at step %d: %s", step, json.dumps(result))
+    final.mkdir(parents=True, exist_ok=True)
+    for name in BASE_FILES:
+        if (work / "train" / name).exists():
+            shutil.copy2(work / "train" / name, final / name)
+    losses = [{"step": r.get("step"), "loss": r.get("loss")} for r in _read_metrics(work / "train" / "metrics.jsonl")
+              if "loss" in r]
+    card = {"recipe": {"base": dataclasses.asdict(b), "pretraining": dataclasses.asdict(job.pretraining)},
+            "parameters": _parameter_count(final), "train_metrics": metrics, "loss": losses, "probes": probes,
+            "final_probe": probe_lookups(final, probe), "build_wall_s": round(time.monotonic() - started, 1),
+            "machine": machine_info(), "command": "rlkd demo --build-base"}
+    (final / BASE_CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return card
+
+
+def _parameter_count(model_dir: Path) -> int:
+    return sum(p.numel() for p in load_model(model_dir, device="cpu", dtype="float32").parameters())
