@@ -15,7 +15,7 @@ from rlkd.config import SFTJob
 from rlkd.errors import InputError
 from rlkd.models import build_tiny_model, build_tokenizer, load_model, load_tokenizer
 from rlkd.templates import load_prompt
-from rlkd.testbed import base_text, corpus, generate_tasks, whole_word_check
+from rlkd.testbed import base_text, copying_texts, corpus, generate_tasks, whole_word_check
 from rlkd.train import last_checkpoint, train_job
 
 from rlkd.experiment.measurements import _read_metrics, _training_for_device, machine_info
@@ -134,6 +134,10 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
     """Build the base student at ``job.base.path`` (``rlkd demo --build-base``), deterministically from
     the recipe, resuming after an interruption; return its card (also written as ``base_card.json``).
 
+    0. The copying warm-up (``base.copying_steps > 0``): ``rlkd train sft`` of the random initial model on
+       :func:`rlkd.testbed.copying_texts` (the loss on the repeat) into ``<path>-build/copying``; the
+       pretraining below starts from it. A model of the base's size learns there to find a thing by its
+       content in about 2,500 steps; on the problems alone it had not by 3,000 (docs/demo-results.md).
     1. Draw ``base.tasks`` tasks (their own seed, the id split's knobs) and write each one's
        :func:`rlkd.testbed.base_text` to ``<path>-build/pretrain.jsonl``: the problem, and the
        computations that follow it, on which alone the loss is taken (the problem's own tokens are
@@ -167,17 +171,16 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
                          num_heads=b.num_heads, max_position_embeddings=b.max_position_embeddings, seed=b.seed)
     training = _training_for_device(job.pretraining, job.device)
     training.seed = b.seed
-    sft = SFTJob(model=str(init), output_dir=str(work / "train"), resume="auto")
-    sft.data.path, sft.data.format, sft.training = str(data), "text", training
-    sft.data.prompt_column = "problem"  # the loss is on the computations: look-ups and arithmetic
-
-    last = last_checkpoint(sft.output_dir)
-    if last is not None and int(last.name.split("-")[-1]) >= training.max_steps > 0:
-        log.info("base student: pretraining finished before (%s); probing only", last)
-        metrics = {"resumed_finished": str(last)}  # a finished run is not trained again (not even one step)
-    else:
-        log.info("base student: pretraining %s on %d texts -> %s", init, len(train), sft.output_dir)
-        metrics = train_job(sft, argv=["rlkd demo", "--build-base"])
+    start, copying_metrics = init, None
+    if b.copying_steps > 0:
+        texts = work / "copying.jsonl"
+        if not texts.exists():
+            _write_jsonl(texts, copying_texts(b.copying_texts, seed=b.seed))
+        warm = dataclasses.replace(training, max_steps=b.copying_steps, save_steps=max(1, b.copying_steps // 5))
+        copying_metrics = _pretrain(init, texts, work / "copying", warm, "copying warm-up")
+        start = work / "copying"
+    # the loss is on the computations: look-ups and arithmetic
+    metrics = _pretrain(start, data, work / "train", training, "problem language")
     points = sorted(((int(p.name.split("-")[1]), p) for p in (work / "train").glob("checkpoint-*")
                      if p.name.split("-")[1].isdigit()), key=lambda x: x[0])
     t0 = (init / "config.json").stat().st_mtime
@@ -193,12 +196,30 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
             shutil.copy2(work / "train" / name, final / name)
     losses = [{"step": r.get("step"), "loss": r.get("loss")} for r in _read_metrics(work / "train" / "metrics.jsonl")
               if "loss" in r]
+    copying_loss = [{"step": r.get("step"), "loss": r.get("loss")}
+                    for r in _read_metrics(work / "copying" / "metrics.jsonl") if "loss" in r]
     card = {"recipe": {"base": dataclasses.asdict(b), "pretraining": dataclasses.asdict(job.pretraining)},
-            "parameters": _parameter_count(final), "train_metrics": metrics, "loss": losses, "probes": probes,
+            "parameters": _parameter_count(final), "copying_metrics": copying_metrics, "copying_loss": copying_loss,
+            "train_metrics": metrics, "loss": losses, "probes": probes,
             "final_probe": probe_lookups(final, probe), "build_wall_s": round(time.monotonic() - started, 1),
             "machine": machine_info(), "command": "rlkd demo --build-base"}
     (final / BASE_CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return card
+
+
+def _pretrain(model: Path, data: Path, output: Path, training: Any, what: str) -> dict[str, Any]:
+    """One ``rlkd train sft`` stage of the base build on ``data`` (text rows, the loss after the
+    ``problem`` column), resuming from its last checkpoint. A finished stage is not trained again (not
+    even the one step TRL would add on a resume), only reported."""
+    sft = SFTJob(model=str(model), output_dir=str(output), resume="auto")
+    sft.data.path, sft.data.format, sft.training = str(data), "text", training
+    sft.data.prompt_column = "problem"
+    last = last_checkpoint(sft.output_dir)
+    if last is not None and int(last.name.split("-")[-1]) >= training.max_steps > 0 and (output / "config.json").exists():
+        log.info("base student: %s finished before (%s)", what, last)
+        return {"resumed_finished": str(last)}
+    log.info("base student: %s, %s -> %s", what, model, output)
+    return train_job(sft, argv=["rlkd demo", "--build-base"])
 
 
 def _parameter_count(model_dir: Path) -> int:
