@@ -44,8 +44,6 @@ import sys
 import time
 from pathlib import Path
 
-ROLES = ("choice", None, "copy_definition", "copy_operator", "copy_definition", None, "look_up_value",
-         "copy_operator", "look_up_value", None, "arithmetic")
 _SUBJECT = re.compile(r"(^|\. |\n)([a-z]+)(?= (?:=|is) )")
 
 
@@ -146,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from rlkd.experiment.base import ROLES, count_roles
     from rlkd.models import build_tokenizer
     from rlkd.testbed import NAMES, generate_tasks
 
@@ -216,17 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(start, comp):  # the restated sentences, when --recall
                 recall[1] += 1
                 recall[0] += int(predicted[i - 1] == ids[i])
-            i = comp
-            while i < len(ids):
-                j = i
-                while j < len(ids) and pieces[j] != ".":
-                    j += 1
-                if j - i == len(ROLES):
-                    for offset, role in enumerate(ROLES):
-                        if role:
-                            hits[role][1] += 1
-                            hits[role][0] += int(predicted[i + offset - 1] == ids[i + offset])
-                i = j + 1
+            count_roles(ids, pieces, predicted, comp, hits)
         model.train()
         result = {role: right / seen if seen else 0.0 for role, (right, seen) in hits.items()}
         if args.recall:

@@ -71,7 +71,7 @@ def probe_lookups(model_dir: str | Path, tasks: Sequence[Any], batch_size: int =
 
 
 # the roles of the 11 tokens of a computation sentence ``x = a + b = 1 + 3 = 4`` (the period aside)
-_ROLES = ("choice", None, "copy_definition", "copy_operator", "copy_definition", None, "look_up_value",
+ROLES = ("choice", None, "copy_definition", "copy_operator", "copy_definition", None, "look_up_value",
           "copy_operator", "look_up_value", None, "arithmetic")
 
 
@@ -84,27 +84,32 @@ def probe_positions(model_dir: str | Path, tasks: Sequence[Any]) -> dict[str, fl
     ``look_up_value`` climb towards 1; greedy generation (:func:`probe_lookups`) needs all of them."""
     import torch
 
-
     tokenizer, model = load_tokenizer(model_dir), load_model(model_dir, device="cpu", dtype="float32")
-    hits: dict[str, list[int]] = {role: [0, 0] for role in _ROLES if role}
+    hits: dict[str, list[int]] = {role: [0, 0] for role in ROLES if role}
     for task in tasks:
         ids = tokenizer.encode(base_text(task), add_special_tokens=False)
         start = len(tokenizer.encode(task.problem + "\n", add_special_tokens=False))
         with torch.no_grad():
             predicted = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
-        pieces = tokenizer.convert_ids_to_tokens(ids)
-        i = start
-        while i < len(ids):
-            j = i
-            while j < len(ids) and pieces[j] != ".":
-                j += 1
-            if j - i == len(_ROLES):
-                for k, role in enumerate(_ROLES):
-                    if role:
-                        hits[role][1] += 1
-                        hits[role][0] += int(predicted[i + k - 1] == ids[i + k])
-            i = j + 1
+        count_roles(ids, tokenizer.convert_ids_to_tokens(ids), predicted, start, hits)
     return {role: right / seen if seen else 0.0 for role, (right, seen) in hits.items()}
+
+
+def count_roles(ids: Sequence[int], pieces: Sequence[str], predicted: Sequence[int], start: int,
+                hits: dict[str, list[int]]) -> None:
+    """Add to ``hits`` (role -> [right, seen]) the teacher-forced predictions (``predicted[i]`` is the
+    guess for ``ids[i + 1]``) of every computation sentence from token ``start`` on, by :data:`ROLES`."""
+    i = start
+    while i < len(ids):
+        j = i
+        while j < len(ids) and pieces[j] != ".":
+            j += 1
+        if j - i == len(ROLES):
+            for k, role in enumerate(ROLES):
+                if role:
+                    hits[role][1] += 1
+                    hits[role][0] += int(predicted[i + k - 1] == ids[i + k])
+        i = j + 1
 
 
 def check_computations(task: Any, text: str) -> dict[str, tuple[bool, bool]]:
@@ -176,7 +181,9 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
         texts = work / "copying.jsonl"
         if not texts.exists():
             _write_jsonl(texts, copying_texts(b.copying_texts, seed=b.seed))
-        warm = dataclasses.replace(training, max_steps=b.copying_steps, save_steps=max(1, b.copying_steps // 5))
+        # a constant learning rate: the copying forms late in the stage, which a decay would slow
+        warm = dataclasses.replace(training, max_steps=b.copying_steps, save_steps=max(1, b.copying_steps // 5),
+                                   lr_scheduler_type="constant_with_warmup")
         copying_metrics = _pretrain(init, texts, work / "copying", warm, "copying warm-up")
         start = work / "copying"
     # the loss is on the computations: look-ups and arithmetic

@@ -156,7 +156,7 @@ class DemoJob:
                               "example) or a prompt file")
     data: DataSection = section(DataSection, "testbed tasks")
     base: BaseSection = section(BaseSection, "the base student (pretrained once, shipped)")
-    pretraining: SFTTraining = option(_sft_defaults(max_steps=3000, per_device_train_batch_size=32,
+    pretraining: SFTTraining = option(_sft_defaults(max_steps=2000, per_device_train_batch_size=32,
                                                     warmup_steps=0.02, save_steps=250, logging_steps=50),
                                       "the base student's pretraining (rlkd train sft on text, resumable)")
     gsrm_training: SFTTraining = option(_sft_defaults(max_steps=100), "GSRM fine-tuning (TRL SFTConfig fields, "
