@@ -161,7 +161,7 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
     started = time.monotonic()
     train, probe = base_tasks(b)
     data = work / "pretrain.jsonl"
-    if not data.exists():
+    if _rows(data) != len(train):  # written again when the recipe's count changed
         _write_jsonl(data, [{"id": t.id, "problem": t.problem + "\n", "text": base_text(t).split("\n", 1)[1]}
                             for t in train])
     init = work / "init"
@@ -179,7 +179,7 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
     start, copying_metrics = init, None
     if b.copying_steps > 0:
         texts = work / "copying.jsonl"
-        if not texts.exists():
+        if _rows(texts) != b.copying_texts:
             _write_jsonl(texts, copying_texts(b.copying_texts, seed=b.seed))
         # a constant learning rate: the copying forms late in the stage, which a decay would slow
         warm = dataclasses.replace(training, max_steps=b.copying_steps, save_steps=max(1, b.copying_steps // 5),
@@ -212,6 +212,14 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
             "machine": machine_info(), "command": "rlkd demo --build-base"}
     (final / BASE_CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return card
+
+
+def _rows(path: Path) -> int:
+    """The number of lines of a JSONL file the build wrote (-1 when there is none)."""
+    if not path.exists():
+        return -1
+    with open(path, "rb") as handle:
+        return sum(1 for _ in handle)
 
 
 def _pretrain(model: Path, data: Path, output: Path, training: Any, what: str) -> dict[str, Any]:

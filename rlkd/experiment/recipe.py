@@ -90,10 +90,10 @@ class BaseSection:
     num_heads: int = option(4, "attention heads")
     max_position_embeddings: int = option(1024, "context length")
     probe_tasks: int = option(64, "held-out tasks on which every checkpoint's look-ups are measured")
-    copying_steps: int = option(2500, "steps of the copying warm-up before the problem language "
+    copying_steps: int = option(4000, "steps of the copying warm-up before the problem language "
                                 "(rlkd.testbed.copying_texts: a run of names repeated at a random offset; "
                                 "0: none). Without it the look-ups did not form")
-    copying_texts: int = option(80000, "copying warm-up texts (their own seed stream)")
+    copying_texts: int = option(128000, "copying warm-up texts (their own seed stream)")
 
 
 @dataclass
