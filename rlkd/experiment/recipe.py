@@ -90,9 +90,9 @@ class BaseSection:
     num_heads: int = option(4, "attention heads")
     max_position_embeddings: int = option(1024, "context length")
     probe_tasks: int = option(64, "held-out tasks on which every checkpoint's look-ups are measured")
-    copying_steps: int = option(4000, "steps of the copying warm-up before the problem language "
+    copying_steps: int = option(0, "steps of a copying warm-up before the problem language "
                                 "(rlkd.testbed.copying_texts: a run of names repeated at a random offset; "
-                                "0: none). Without it the look-ups did not form")
+                                "0: none; 4000 made the definition copy form, see docs/demo-results.md)")
     copying_texts: int = option(128000, "copying warm-up texts (their own seed stream)")
 
 
@@ -156,7 +156,7 @@ class DemoJob:
                               "example) or a prompt file")
     data: DataSection = section(DataSection, "testbed tasks")
     base: BaseSection = section(BaseSection, "the base student (pretrained once, shipped)")
-    pretraining: SFTTraining = option(_sft_defaults(max_steps=2000, per_device_train_batch_size=32,
+    pretraining: SFTTraining = option(_sft_defaults(max_steps=3000, per_device_train_batch_size=32,
                                                     warmup_steps=0.02, save_steps=250, logging_steps=50),
                                       "the base student's pretraining (rlkd train sft on text, resumable)")
     gsrm_training: SFTTraining = option(_sft_defaults(max_steps=100), "GSRM fine-tuning (TRL SFTConfig fields, "
