@@ -149,7 +149,7 @@ def _render_trace(steps: Sequence[tuple[list[str], str]], answer: str) -> str:
     return "<think>\n" + " ".join(sentences) + "\n</think>\n<answer>\\boxed{" + answer + "}</answer>"
 
 
-# other words for the testbed's meta-reasoning templates (rlkd.testbed._OPENING, _WALK, _CHOICE)
+# other words for the testbed's meta-reasoning templates (rlkd.testbed.tasks._OPENING, _WALK, _CHOICE)
 _PARAPHRASES = (
     (("We want", "The goal is"), (" needs ", " depends on "), ("all known, so compute", "all ready, so work out")),
     (("We want", "We look for"), (" needs ", " uses "), ("all known, so compute", "which we have, so find")),
