@@ -43,13 +43,14 @@ import asyncio
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from rlkd.backends import Completion, FailureBudget, GenerationRequest, TooManyFailures
 from rlkd.errors import InputError
 from rlkd.files import JsonlWriter, OutputLock, atomic_write_text, check_output_path, id_key, iter_jsonl, read_done_ids
+from rlkd.recipes import option
 from rlkd.structure import Decomposition, parse_decomposition
 from rlkd.templates import DOMAINS, load_prompt
 from rlkd.testbed import rule_decompose
@@ -418,21 +419,31 @@ class DecomposeJob:
     JSONL ``input`` into ``output`` (appended to; ids already there are skipped, so a rerun resumes).
     The command line's options have these names and defaults."""
 
-    input: str
-    output: str
-    domain: str = "math"
-    domain_column: str | None = None
-    prompt_file: str | None = None
-    zero_shot: bool = False
-    problem_column: str = "problem"
-    reasoning_column: str = "reasoning"
-    id_column: str | None = "id"
-    batch_size: int = 64
-    max_trace_chars: int = DEFAULT_MAX_TRACE_CHARS
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    max_failure_share: float = 0.2
-    min_failures: int = 10
-    retry_no_steps: bool = False
+    input: str = option(MISSING, "input JSONL file", metavar="IN.jsonl")
+    output: str = option(MISSING, "output JSONL file (appended to)", metavar="OUT.jsonl")
+    domain: str = option("math", "prompt domain", DOMAINS)
+    domain_column: str | None = option(None, "take each line's domain from this column instead (lines without "
+                                       "it use --domain)", metavar="COL")
+    prompt_file: str | None = option(None, "use this prompt file instead of the packaged one for --domain "
+                                     "(format: see rlkd/prompts/gsrm_math.txt)", metavar="FILE")
+    zero_shot: bool = option(False, "drop the worked example from the prompt (for a GSRM fine-tuned on the "
+                             "instruction)")
+    problem_column: str = option("problem", "column holding the problem text", metavar="COL")
+    reasoning_column: str = option("reasoning", "column holding the trace; only the text before </think> is used", metavar="COL")
+    id_column: str | None = option("id", "id column; lines without it get their line number", metavar="COL")
+    batch_size: int = option(64, "lines sent together and written when all are back; keep it a few times "
+                             "--concurrency")
+    max_trace_chars: int = option(DEFAULT_MAX_TRACE_CHARS, "longer traces keep their first 2/3 and last 1/3 of "
+                                  "this many characters, with a marker between (0 = never cut)")
+    max_tokens: int = option(DEFAULT_MAX_TOKENS, "most tokens the GSRM may write per trace")
+    max_failure_share: float = option(0.2, "stop when more than this share of lines failed (backend error or no "
+                                      "steps), checked once --min-failures lines were sent and again at the end")
+    min_failures: int = option(10, "lines sent before the failure share is first checked (the name is "
+                               "historical: it counts lines, failed or not)")
+    retry_no_steps: bool = option(False, "first remove the output's records whose GSRM reply had no steps (the "
+                                  "file is rewritten at once), so this run asks again for them, e.g. after "
+                                  "fixing the prompt (an unchanged prompt and model answer again from the cache, "
+                                  "the same way)")
 
 
 def _count_lines(path: str) -> int:

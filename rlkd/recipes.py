@@ -28,9 +28,13 @@ from rlkd.errors import ConfigError
 from rlkd.files import read_text
 
 
-def option(default: Any, help: str, choices: Sequence[Any] | None = None) -> Any:
-    """A dataclass field with its help text (and allowed values) in the metadata."""
-    meta = {"help": help, "choices": tuple(choices) if choices else None}
+def option(default: Any, help: str, choices: Sequence[Any] | None = None, metavar: str | None = None) -> Any:
+    """A dataclass field with its help text, allowed values and the placeholder a command line shows for its
+    value (``metavar``, e.g. ``IN.jsonl``) in the metadata; ``dataclasses.MISSING`` as the default makes a
+    required field. The command line's options are generated from these (``rlkd.cli.options.add_fields``)."""
+    meta = {"help": help, "choices": tuple(choices) if choices else None, "metavar": metavar}
+    if default is dataclasses.MISSING:
+        return field(metadata=meta)
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     if dataclasses.is_dataclass(default):
@@ -40,7 +44,7 @@ def option(default: Any, help: str, choices: Sequence[Any] | None = None) -> Any
 
 def section(cls: type, help: str) -> Any:
     """A nested configuration section (a dataclass field holding another dataclass)."""
-    return field(default_factory=cls, metadata={"help": help, "choices": None})
+    return field(default_factory=cls, metadata={"help": help, "choices": None, "metavar": None})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -45,7 +45,8 @@ class StructureConfig:
     gsrm_max_tokens: int = option(2048, "most tokens the GSRM may write per decomposition")
     gsrm_max_trace_chars: int = option(24000, "longer completions keep their first 2/3 and last 1/3 of this "
                                        "many characters before the GSRM sees them")
-    judge: str = option("hybrid", "how step fields are compared; 'llm' asks judge_backend", JUDGES)
+    judge: str = option("hybrid", "how step fields are compared; 'llm' asks an LLM (judge_backend in a recipe; "
+                       "rlkd score: the backend options' server)", JUDGES)
     meta_judge: str = option("overlap", "hybrid judge: judge for meta-reasoning", FIELD_JUDGES)
     subproblem_judge: str = option("overlap", "hybrid judge: judge for sub-problems", FIELD_JUDGES)
     answer_judge: str = option("math", "hybrid judge: judge for answers", FIELD_JUDGES)

@@ -89,3 +89,64 @@ class TestScoreCommand:
         assert p.returncode == 0
         for option in ("--teacher", "--student", "--pairs", "--judge", "--mode", "--lazy", "--overlap-threshold"):
             assert option in p.stdout
+
+
+class TestOptionsFromDataclasses:
+    """Each job option's default, choices and help are written once, on the library's dataclass field."""
+
+    @staticmethod
+    def _actions(command: str) -> dict[str, object]:
+        from rlkd.cli import build_parser
+
+        sub = next(a for a in build_parser()._actions if isinstance(getattr(a, "choices", None), dict))
+        return {a.dest: a for a in sub.choices[command]._actions}
+
+    @pytest.mark.parametrize("command, job, renamed, names", [
+        ("decompose", "rlkd.gsrm:DecomposeJob", {}, None),
+        ("eval", "rlkd.evaluate:EvalJob", {}, None),
+        ("decompose", "rlkd.backends.config:BackendConfig", {"model": "backend_model"}, None),
+        # rlkd score's own failure budget (exit status over pairs) is not the training one
+        ("score", "rlkd.reward_config:StructureConfig", {"gsrm_max_trace_chars": "max_trace_chars"},
+         {"judge", "meta_judge", "subproblem_judge", "answer_judge", "overlap_threshold", "mode", "lazy",
+          "judge_batched", "domain", "gsrm_max_tokens", "gsrm_max_trace_chars"}),
+    ])
+    def test_options_carry_the_fields_default_choices_and_help(self, command, job, renamed, names):
+        import dataclasses
+        import importlib
+
+        module, name = job.split(":")
+        cls = getattr(importlib.import_module(module), name)
+        actions = self._actions(command)
+        seen = 0
+        for f in dataclasses.fields(cls):
+            action = actions.get(renamed.get(f.name, f.name))
+            if names is not None and f.name not in names:
+                continue
+            assert action is not None or names is None, f.name
+            if action is None or not f.metadata.get("help"):
+                continue  # a recipe-only field (a nested backend, the sample log, ...)
+            seen += 1
+            assert action.help.replace("%%", "%").startswith(f.metadata["help"]), f.name
+            if f.default is not dataclasses.MISSING:
+                assert action.default == f.default, f.name
+            if f.metadata.get("choices"):
+                assert tuple(action.choices) == tuple(f.metadata["choices"]), f.name
+        assert seen >= 5
+
+    def test_every_decompose_and_eval_field_is_an_option_and_the_defaults_rebuild_the_job(self):
+        import dataclasses
+
+        from rlkd.cli import build_parser
+        from rlkd.evaluate import EvalJob
+        from rlkd.gsrm import DecomposeJob
+
+        assert {f.name for f in dataclasses.fields(DecomposeJob)} <= set(self._actions("decompose"))
+        assert {f.name for f in dataclasses.fields(EvalJob)} <= set(self._actions("eval"))
+        args = build_parser().parse_args(["decompose", "--input", "in.jsonl", "--output", "out.jsonl",
+                                          "--local-model", "m"])
+        job = DecomposeJob(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DecomposeJob)})
+        assert job == DecomposeJob(input="in.jsonl", output="out.jsonl")
+
+    def test_a_required_field_is_a_required_option(self):
+        p = run("decompose", "--output", "out.jsonl", "--local-model", "m")
+        assert p.returncode == 2 and "--input" in p.stderr

@@ -21,17 +21,21 @@ class BackendConfig:
     """Where LLM text comes from: an OpenAI-compatible server (vLLM, ``transformers serve``, a provider)
     or a local model folder run in-process with transformers."""
 
-    base_url: str | None = option(None, "server address, e.g. http://127.0.0.1:8000/v1 (or set local_model)")
-    model: str | None = option(None, "model name the server knows (for vLLM: the served model name)")
-    api_key_env: str = option("OPENAI_API_KEY", "environment variable holding the API key; keys never "
-                              "go in recipes; unset variable means no key")
-    concurrency: int = option(16, "requests in flight at once")
-    timeout: float = option(120.0, "seconds per request")
-    max_retries: int = option(4, "retries of a transient failure, with exponential backoff")
-    cache: str | None = option(None, "SQLite request cache file; a re-run answers from it")
-    local_model: str | None = option(None, "local model folder, .gguf file or hub name run in-process "
-                                     "with transformers instead of a server (CPU recipes, tests)")
-    local_batch_size: int = option(8, "local_model: sequences per generate batch")
+    base_url: str | None = option(None, "server address, e.g. http://127.0.0.1:8000/v1 (or set local_model)",
+                                  metavar="URL")
+    model: str | None = option(None, "model name the server knows (for vLLM: the served model name; with "
+                               "local_model: defaults to its path)", metavar="NAME")
+    api_key_env: str = option("OPENAI_API_KEY", "name of the environment variable holding the API key; keys "
+                              "never go in recipes or on the command line; unset variable means no key",
+                              metavar="VAR")
+    concurrency: int = option(16, "requests in flight at once", metavar="N")
+    timeout: float = option(120.0, "seconds per request", metavar="SECONDS")
+    max_retries: int = option(4, "retries of a transient failure, with exponential backoff", metavar="N")
+    cache: str | None = option(None, "SQLite request cache file; a re-run answers from it", metavar="DB")
+    local_model: str | None = option(None, "local model folder, .gguf file (converted once into a cache) or "
+                                     "hub name run in-process with transformers instead of a server",
+                                     metavar="PATH_OR_NAME")
+    local_batch_size: int = option(8, "local_model: sequences per generate batch", metavar="N")
 
     def configured(self) -> bool:
         """Whether a server or a local model is given."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from rlkd.answers import DEFAULT_TIMEOUT_S
-from rlkd.cli.evaluate import add_grading_argument
+from rlkd.cli.options import add_fields
+from rlkd.evaluate import EvalJob
 from rlkd.grade import BENCHMARK_KINDS, format_grade_summary, regrade
 
 
@@ -33,9 +33,7 @@ def add_parser(subparsers) -> None:
                         "gpqa_diamond is four-choice (a letter A-D)")
     p.add_argument("--output", required=True, metavar="OUT.jsonl",
                    help="where the graded lines go (written in one step at the end; not the input file)")
-    add_grading_argument(p)
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                   help="seconds math-verify may spend on one completion before it counts as wrong "
-                        "(default %(default)s)")
+    add_fields(p, EvalJob, ["grading", "grade_timeout"], flags={"grade_timeout": "--timeout"},
+               dests={"grade_timeout": "timeout"})
     p.add_argument("--progress", action="store_true", help="show a progress bar while grading")
     p.set_defaults(func=cmd_grade)

@@ -1,5 +1,7 @@
 """Command-line options several commands share, and the one user-facing error class.
 
+0. :func:`add_fields`: options generated from a job dataclass's fields (:func:`rlkd.recipes.option`), so
+   each option's default, choices and help have one owner, the library's dataclass.
 1. :func:`add_recipe_kind`: a command that runs a job dataclass from a YAML recipe (``--config``, ``--set``,
    ``--dry-run``, the fields in the epilog).
 2. :func:`add_backend_arguments`: the LLM backend's options (every command that calls an LLM); their
@@ -10,6 +12,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, Mapping, Sequence
 
 from rlkd.backends import Backend, backend_from_config, check_backend_numbers
 from rlkd.backends.config import BackendConfig
@@ -17,6 +23,50 @@ from rlkd.errors import InputError, RlkdError
 from rlkd.recipes import fields_help
 
 CliError = RlkdError  # the command line's name for the user-facing error (rlkd.errors.RlkdError itself)
+
+
+def _value_type(annotation: Any) -> type:
+    """``int`` for ``int | None``, ``str`` for ``str``: the type an option's value is read as."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if annotation not in (str, int, float, bool):
+        raise TypeError(f"no command-line option for a field of type {annotation!r}")
+    return annotation
+
+
+def add_fields(parser, cls: type, names: Sequence[str] | None = None, *, flags: Mapping[str, str] | None = None,
+               dests: Mapping[str, str] | None = None, required: bool = True) -> None:
+    """Add one ``--flag`` per field of the dataclass ``cls`` (the ``names`` given, in that order; default all).
+
+    The flag is the field name with dashes (or ``flags[name]``), the value lands in ``args.<name>`` (or
+    ``dests[name]``); type, default, choices, metavar and help come from the field (:func:`rlkd.recipes.option`),
+    and the help shows the default. A boolean field that defaults to false is a switch. A field without a
+    default is a required option unless ``required`` is false (a command that checks it itself).
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name in names if names is not None else list(fields):
+        f = fields[name]
+        kind = _value_type(hints[name])
+        text = f.metadata["help"].replace("%", "%%")
+        kwargs: dict[str, Any] = {"dest": (dests or {}).get(name, name)}
+        if f.default is dataclasses.MISSING:
+            kwargs["required"] = required
+        else:
+            kwargs["default"] = f.default
+        if kind is bool:
+            if f.default is not False:
+                raise TypeError(f"{cls.__name__}.{name}: a switch must default to false")
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = kind
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+            if f.metadata.get("metavar"):
+                kwargs["metavar"] = f.metadata["metavar"]
+            if kwargs.get("default") is not None:
+                text += " (default %(default)s)"
+        parser.add_argument((flags or {}).get(name, "--" + name.replace("_", "-")), help=text, **kwargs)
 
 
 def add_recipe_kind(sub, kind: str, cls: type, help: str, description: str, recipe: str, set_example: str,
@@ -37,23 +87,8 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group(
         "LLM backend (an OpenAI-compatible server with --base-url: vLLM, transformers serve, a provider; "
         "or a local model with --local-model)")
-    g.add_argument("--base-url", metavar="URL", help="server address, e.g. http://127.0.0.1:8000/v1")
-    g.add_argument("--model", dest="backend_model", metavar="NAME",
-                   help="model name the server knows (with --local-model: defaults to its path)")
-    g.add_argument("--local-model", metavar="PATH_OR_NAME",
-                   help="generate in this process with transformers (hub name, folder or .gguf file, "
-                        "converted once into a cache) instead of a server")
-    g.add_argument("--local-batch-size", type=int, metavar="N", default=BackendConfig.local_batch_size,
-                   help="--local-model: sequences per generate batch (default %(default)s)")
-    g.add_argument("--api-key-env", default=BackendConfig.api_key_env, metavar="VAR",
-                   help="name of the environment variable holding the API key (keys never go in files); "
-                        "default %(default)s, unset means no key")
-    g.add_argument("--concurrency", type=int, metavar="N", default=BackendConfig.concurrency, help="requests in flight at once (default %(default)s)")
-    g.add_argument("--timeout", type=float, metavar="SECONDS", default=BackendConfig.timeout, help="seconds per request (default %(default)s)")
-    g.add_argument("--max-retries", type=int, metavar="N", default=BackendConfig.max_retries,
-                   help="retries of a transient failure, with exponential backoff (default %(default)s)")
-    g.add_argument("--cache", default=None, metavar="DB",
-                   help="SQLite request cache; a re-run answers from it (default: none for score)")
+    add_fields(g, BackendConfig, ["base_url", "model", "local_model", "local_batch_size", "api_key_env",
+                                  "concurrency", "timeout", "max_retries", "cache"], dests={"model": "backend_model"})
 
 
 def backend_from_args(args: argparse.Namespace) -> Backend:

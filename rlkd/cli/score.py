@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rlkd.backends import FailureBudget, TooManyFailures
-from rlkd.cli.options import CliError, add_backend_arguments, backend_from_args
+from rlkd.cli.options import CliError, add_backend_arguments, add_fields, backend_from_args
 from rlkd.config import BackendConfig, ConfigError, StructureConfig
 from rlkd.files import (
     JsonlWriter,
@@ -28,11 +28,10 @@ from rlkd.files import (
     read_text,
     refuse_foreign_jsonl,
 )
-from rlkd.judges import FIELD_JUDGES, JUDGES, decomposition_field, score_many, score_structure
+from rlkd.judges import decomposition_field, score_many, score_structure
 from rlkd.llm_judge import LLMJudge
 from rlkd.reward_config import build_judge, build_structure_reward, uses_llm_judge
-from rlkd.structure import MODES, as_decomposition, parse_decomposition
-from rlkd.templates import DOMAINS
+from rlkd.structure import as_decomposition, parse_decomposition
 
 log = logging.getLogger("rlkd")
 
@@ -309,42 +308,22 @@ def add_parser(sub) -> None:
     p.add_argument("--no-early-exit", action="store_true",
                    help="--completions: let the GSRM write every decomposition to its end (by default its "
                         "generation is stopped once the reward is decided, which gives the same reward)")
-    p.add_argument("--domain", default=StructureConfig.domain, choices=DOMAINS,
-                   help="--completions: GSRM prompt domain (default %(default)s)")
-    p.add_argument("--zero-shot", action="store_true",
-                   help="--completions: drop the worked example from the GSRM prompt (a fine-tuned GSRM)")
-    p.add_argument("--gsrm-max-tokens", type=int, default=StructureConfig.gsrm_max_tokens,
-                   help="--completions: most tokens the GSRM may write per completion (default %(default)s)")
-    p.add_argument("--max-trace-chars", type=int, default=StructureConfig.gsrm_max_trace_chars,
-                   help="--completions: longer reasonings keep their first 2/3 and last 1/3 of this many "
-                        "characters (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=64,
                    help="--completions: lines scored together and written when all are back (default %(default)s)")
     p.add_argument("--min-failures", type=int, default=10,
                    help="--completions: GSRM calls made before the failure share is first checked (default %(default)s)")
-    p.add_argument("--judge", default=StructureConfig.judge, choices=JUDGES,
-                   help="how step fields are compared (default %(default)s)")
-    p.add_argument("--meta-judge", default=StructureConfig.meta_judge, choices=FIELD_JUDGES,
-                   help="hybrid: judge for meta-reasoning (default %(default)s)")
-    p.add_argument("--subproblem-judge", default=StructureConfig.subproblem_judge, choices=FIELD_JUDGES,
-                   help="hybrid: judge for sub-problems (default %(default)s)")
-    p.add_argument("--answer-judge", default=StructureConfig.answer_judge, choices=FIELD_JUDGES,
-                   help="hybrid: judge for answers (default %(default)s)")
-    p.add_argument("--overlap-threshold", type=float, default=StructureConfig.overlap_threshold,
-                   help="token F1 at or above which the overlap judge says 'same' (default %(default)s)")
-    p.add_argument("--mode", default=StructureConfig.mode, choices=MODES,
-                   help="paper: the authors' algorithm (default); normalized: divided by the teacher's "
-                        "step count; ungated: no prefix gate")
-    p.add_argument("--lazy", action="store_true",
-                   help="judge meta-reasoning in order and stop at the first mismatch (fewer judge calls)")
-    p.add_argument("--judge-batched", action="store_true",
-                   help="llm judge: all step pairs of one student in one request with a JSON reply "
-                        "(default: one yes/no request per pair)")
+    add_fields(p, StructureConfig, ["judge", "meta_judge", "subproblem_judge", "answer_judge", "overlap_threshold",
+                                    "mode", "lazy", "judge_batched"])
     p.add_argument("--max-failure-share", type=float, default=0.2,
                    help="exit status 2 when more than this share of the pairs could not be judged (a judge "
                         "call or verdict failed; such pairs are written with reward null and the reason under "
                         "'unjudged'); below it, exit status 1; with --completions: stop when more than this share "
                         "of GSRM calls failed, checked once --min-failures calls were made and at the end "
                         "(default %(default)s)")
+    g = p.add_argument_group("the GSRM's prompt and budget (--completions)")
+    add_fields(g, StructureConfig, ["domain", "gsrm_max_tokens", "gsrm_max_trace_chars"],
+               flags={"gsrm_max_trace_chars": "--max-trace-chars"}, dests={"gsrm_max_trace_chars": "max_trace_chars"})
+    g.add_argument("--zero-shot", action="store_true",
+                   help="drop the worked example from the GSRM prompt (a fine-tuned GSRM)")
     add_backend_arguments(p)
     p.set_defaults(func=cmd_score)

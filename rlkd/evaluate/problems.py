@@ -13,14 +13,15 @@ import logging
 import os
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from rlkd.answers import DEFAULT_EVAL_PROTOCOL, DEFAULT_TIMEOUT_S
+from rlkd.answers import DEFAULT_EVAL_PROTOCOL, DEFAULT_TIMEOUT_S, PROTOCOLS
 from rlkd.data import Records
 from rlkd.errors import InputError
 from rlkd.files import read_text
+from rlkd.recipes import option
 
 log = logging.getLogger("rlkd.evaluate")
 
@@ -95,33 +96,52 @@ class EvalJob:
     """One evaluation run, what ``rlkd eval`` does (:func:`run_eval`); the command line's options have these
     names and defaults (SPEC section 6), and ``rlkd demo`` builds one directly."""
 
-    model: str
-    benchmark: str
-    data: str | None = None
-    output: str | None = None
-    problem_column: str | None = None
-    answer_column: str | None = None
-    id_column: str | None = None
-    incorrect_columns: str | None = None
-    kind: str = "auto"
-    split: str | None = None
-    n: int | None = None
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_new_tokens: int = 32768
-    limit: int | None = None
-    seed: int = 0
-    shuffle_seed: int = 0
-    system_prompt: str | None = None
-    prompt_template: str | None = None
-    engine: str = "transformers"
-    batch_size: int | None = None
-    device: str | None = None
-    dtype: str = "auto"
-    tensor_parallel_size: int = 1
-    max_model_len: int | None = None
-    grade_timeout: float = DEFAULT_TIMEOUT_S
-    grading: str = DEFAULT_EVAL_PROTOCOL
+    model: str = option(MISSING, "model to evaluate: a hub name, a local folder or a .gguf file")
+    benchmark: str = option(MISSING, f"built-in benchmark ({', '.join(BENCHMARKS)}; read from the hub, or from "
+                            "--data) or a local .jsonl/.json/.parquet file with problem and answer columns "
+                            "(GPQA-style files: question, correct answer and three incorrect answers)")
+    data: str | None = option(None, "local copy of a built-in benchmark (same columns as on the hub)", metavar="FILE")
+    output: str | None = option(None, "output folder (default eval_results/<benchmark>__<model>; with --compare, "
+                                "eval_results/compare)", metavar="DIR")
+    problem_column: str | None = option(None, "column holding the problem text (e.g. problem, question, Question)")
+    answer_column: str | None = option(None, "column holding the answer (for multiple choice: the correct "
+                                       "option's text)")
+    id_column: str | None = option(None, "column holding a unique problem id (default: the benchmark's, else the "
+                                   "row number)")
+    incorrect_columns: str | None = option(None, "multiple choice: the three columns holding the wrong options "
+                                           "(default 'Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3')",
+                                           metavar="A,B,C")
+    kind: str = option("auto", "math (math-verify) or choice (four options, letter extracted); auto: choice when "
+                       "the incorrect-answer columns exist", ("auto", "math", "choice"))
+    split: str | None = option(None, "split to read (default: the benchmark's; train for files)")
+    n: int | None = option(None, "samples per problem (default " + ", ".join(f"{b.n} {b.name}" for b in
+                           BENCHMARKS.values()) + f", {DEFAULT_CUSTOM_N} for files)")
+    temperature: float = option(0.6, "sampling temperature")
+    top_p: float = option(0.95, "nucleus sampling top_p")
+    max_new_tokens: int = option(32768, "tokens per completion at most")
+    limit: int | None = option(None, "evaluate only the first N problems")
+    seed: int = option(0, "sampling seed")
+    shuffle_seed: int = option(0, "seed of the per-question option shuffle for multiple choice")
+    system_prompt: str | None = option(None, "system message (default: none, as the protocol says)")
+    prompt_template: str | None = option(None, "user message template containing {problem} (default: our "
+                                         "instruction asking for a \\boxed{} final answer, or 'Answer: LETTER' "
+                                         "for multiple choice)", metavar="FILE")
+    engine: str = option("transformers", "transformers generate (CPU or GPU) or vLLM's offline engine if "
+                         "installed", ("transformers", "vllm"))
+    batch_size: int | None = option(None, "sequences per generate call (default 8 for transformers, 512 for vLLM); "
+                                    "the cache is written after each batch")
+    device: str | None = option(None, "transformers: cpu, cuda, cuda:1 ... (default: cuda if available)")
+    dtype: str = option("auto", "weights dtype", ("auto", "float32", "bfloat16", "float16"))
+    tensor_parallel_size: int = option(1, "vLLM: GPUs per model")
+    max_model_len: int | None = option(None, "vLLM: context length (default: the model's)")
+    grade_timeout: float = option(DEFAULT_TIMEOUT_S, "seconds math-verify may spend on one answer before it counts "
+                                  "as wrong")
+    grading: str = option(DEFAULT_EVAL_PROTOCOL, "how answers are extracted and compared. lighteval: lighteval "
+                          "0.9.0's protocol, as the authors and open-r1 evaluated (math: math-verify reads the "
+                          "whole reply and the gold with lighteval's extraction rules; GPQA: lighteval's letter "
+                          "rules). reward: the training accuracy reward's grader (right-most \\boxed{}, then an "
+                          "<answer> block, then an 'answer is' phrase; GPQA: a letter cue, decisive ones first). "
+                          "See the docstring of rlkd/answers/__init__.py for every difference", PROTOCOLS)
 
 
 def _offline() -> bool:
