@@ -284,6 +284,15 @@ def _data_option(name: str) -> Any:
     return option(*_DATA_OPTIONS[name])
 
 
+def _check_data_options(job: Any) -> None:
+    """The checks of the settings both data jobs share (:data:`_DATA_OPTIONS`, ``max_tokens``,
+    ``max_trace_chars``); ConfigError naming the field."""
+    _positive(job, "", "max_tokens", "batch_size")
+    _within(job, "", "max_failure_share", 0.0, 1.0)
+    _within(job, "", "min_failures", 1, None)
+    _within(job, "", "max_trace_chars", 0, None)
+
+
 @dataclass
 class DataGsrmJob:
     """``rlkd data gsrm``: teacher traces -> decompositions by a strong LLM -> chat SFT data for the GSRM."""
@@ -316,11 +325,7 @@ class DataGsrmJob:
     def validate(self) -> None:
         _require(self, "input", "output")
         self.backend.check("backend", "rlkd data gsrm")
-        _positive(self, "", "max_tokens", "batch_size")
-        if not 0.0 <= self.max_failure_share <= 1.0:
-            raise ConfigError(f"max_failure_share: must be within [0, 1], got {self.max_failure_share}")
-        _within(self, "", "min_failures", 1, None)
-        _within(self, "", "max_trace_chars", 0, None)
+        _check_data_options(self)
 
     def failures_path(self) -> Path:
         return Path(self.failures) if self.failures else Path(self.output + ".failures.jsonl")
@@ -368,11 +373,7 @@ class DataRlkdJob:
             raise ConfigError(f"test_size: must be >= 0, got {self.test_size}")
         if self.test_size >= 1 and self.test_size != int(self.test_size):
             raise ConfigError(f"test_size: a count must be a whole number, got {self.test_size}")
-        _positive(self, "", "max_tokens", "batch_size")
-        if not 0.0 <= self.max_failure_share <= 1.0:
-            raise ConfigError(f"max_failure_share: must be within [0, 1], got {self.max_failure_share}")
-        _within(self, "", "min_failures", 1, None)
-        _within(self, "", "max_trace_chars", 0, None)
+        _check_data_options(self)
 
     def cache_path(self) -> str | None:
         if self.gsrm.cache:

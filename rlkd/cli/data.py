@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from rlkd.cli.options import CliError, add_recipe_kind
+from rlkd.cli.options import CliError, add_kinds, add_recipe_kind
 from rlkd.config import DataGsrmJob, DataRlkdJob, load_job
 from rlkd.data import Records, build_tiny, run_data_gsrm, run_data_rlkd
 from rlkd.recipes import dump_yaml
@@ -20,10 +20,8 @@ from rlkd.recipes import dump_yaml
 
 def add_parser(subparsers) -> None:
     """Register ``rlkd data gsrm``, ``rlkd data rlkd`` and ``rlkd data tiny``."""
-    p = subparsers.add_parser("data", help="build datasets: GSRM SFT data, RLKD train/test sets, tiny CPU data",
-                              description="Build the datasets the training recipes read.")
-    sub = p.add_subparsers(dest="data_command", metavar="KIND")
-    p.set_defaults(func=_no_kind)
+    sub = add_kinds(subparsers, "data", "build datasets: GSRM SFT data, RLKD train/test sets, tiny CPU data",
+                    "Build the datasets the training recipes read.")
     for kind, cls, text in (
         ("gsrm", DataGsrmJob, "teacher traces -> decompositions by a strong LLM -> chat SFT data for the GSRM"),
         ("rlkd", DataRlkdJob, "OpenR1-Math-style records -> train/test sets with the first correct teacher "
@@ -41,10 +39,6 @@ def add_parser(subparsers) -> None:
     q.add_argument("--test", type=int, default=16, help="test tasks (default %(default)s)")
     q.add_argument("--seed", type=int, default=0, help="testbed seed (default %(default)s)")
     q.set_defaults(func=cmd_tiny)
-
-
-def _no_kind(args: argparse.Namespace) -> int:
-    raise CliError("choose a kind: rlkd data gsrm|rlkd|tiny ...")
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:

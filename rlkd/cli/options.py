@@ -69,6 +69,19 @@ def add_fields(parser, cls: type, names: Sequence[str] | None = None, *, flags: 
         parser.add_argument((flags or {}).get(name, "--" + name.replace("_", "-")), help=text, **kwargs)
 
 
+def add_kinds(subparsers, name: str, help: str, description: str):
+    """Register ``rlkd <name> KIND ...`` and return the sub-parsers its kinds go in (``args.<name>_command``
+    names the kind chosen); without a kind the command says which kinds there are."""
+    p = subparsers.add_parser(name, help=help, description=description)
+    kinds = p.add_subparsers(dest=f"{name}_command", metavar="KIND")
+
+    def no_kind(args: argparse.Namespace) -> int:
+        raise CliError(f"choose a kind: rlkd {name} {'|'.join(kinds.choices)} ...")
+
+    p.set_defaults(func=no_kind)
+    return kinds
+
+
 def add_recipe_kind(sub, kind: str, cls: type, help: str, description: str, recipe: str, set_example: str,
                     dry_run: str) -> argparse.ArgumentParser:
     """Register ``kind`` under ``sub`` as a command that runs the job dataclass ``cls`` from a recipe:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rlkd.cli.options import CliError, add_recipe_kind
+from rlkd.cli.options import add_kinds, add_recipe_kind
 from rlkd.config import GRPOJob, SFTJob, build_trl_config, check_trl_fields, load_job
 from rlkd.train import preflight, render_plan, train_job
 
@@ -32,16 +32,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _no_kind(args: argparse.Namespace) -> int:
-    raise CliError("choose a kind: rlkd train sft|grpo ...")
-
-
 def add_parser(subparsers) -> None:
     """Register ``rlkd train sft`` and ``rlkd train grpo``."""
-    p = subparsers.add_parser("train", help="train a student or the GSRM (SFT, GRPO) from a YAML recipe",
-                              description="Train with TRL from a YAML recipe (see configs/).")
-    sub = p.add_subparsers(dest="train_command", metavar="KIND")
-    p.set_defaults(func=_no_kind)
+    sub = add_kinds(subparsers, "train", "train a student or the GSRM (SFT, GRPO) from a YAML recipe",
+                    "Train with TRL from a YAML recipe (see configs/).")
     for kind, cls, text in (
         ("sft", SFTJob, "supervised fine-tuning: the SFT-distillation baseline, or GSRM training on chat data"),
         ("grpo", GRPOJob, "GRPO with a reward set: rlkd (3/3/2/2, RLKD and RLKD-zero), outcome, or explicit weights"),
