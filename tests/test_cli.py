@@ -150,3 +150,23 @@ class TestOptionsFromDataclasses:
     def test_a_required_field_is_a_required_option(self):
         p = run("decompose", "--output", "out.jsonl", "--local-model", "m")
         assert p.returncode == 2 and "--input" in p.stderr
+
+
+def test_every_option_of_every_command_has_help():
+    """``--help`` explains every option of every command and kind (none left without a line)."""
+    import argparse
+
+    from rlkd.cli import build_parser
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, path + [name])
+            elif not isinstance(action, argparse._HelpAction):
+                yield path, action
+
+    seen = list(walk(build_parser(), ["rlkd"]))
+    assert len({tuple(p) for p, _ in seen}) >= 14 and len(seen) > 120
+    unexplained = [(" ".join(p), a.option_strings or a.dest) for p, a in seen if not (a.help or "").strip()]
+    assert unexplained == []
