@@ -92,7 +92,9 @@ class BaseSection:
     probe_tasks: int = option(64, "held-out tasks on which every checkpoint's look-ups are measured")
     copying_steps: int = option(0, "steps of a copying warm-up before the problem language "
                                 "(rlkd.testbed.copying_texts: a run of names repeated at a random offset; "
-                                "0: none; 4000 made the definition copy form, see docs/demo-results.md)")
+                                "0: none; with TRL's default Adam beta2 0.999 the copy formed in one build and not in "
+                                "another, with pretraining.extra {adam_beta2: 0.98} by 2,500 steps: see "
+                                "docs/demo-results.md)")
     copying_texts: int = option(128000, "copying warm-up texts (their own seed stream)")
 
 
