@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import field
@@ -203,6 +204,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of settings; anything far larger is a mistake
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$")
 
 
 def load_yaml(text: str, source: str) -> Any:
@@ -236,6 +238,8 @@ def load_yaml(text: str, source: str) -> Any:
                 seen[key] = key_node.start_mark.line + 1
             return super().construct_mapping(node, deep=deep)
 
+    # YAML 1.2 reads 1e-3 as a number; PyYAML's YAML 1.1 rules would make it the string '1e-3'
+    RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
     loader = RecipeLoader(text)
     try:
         return loader.get_single_data()

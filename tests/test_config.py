@@ -65,6 +65,13 @@ class TestLoad:
         job = build_job(GRPOJob, {**MINIMAL_GRPO, "training": {"learning_rate": 1, "warmup_steps": 0}})
         assert job.training.learning_rate == 1.0 and isinstance(job.training.learning_rate, float)
 
+    def test_exponent_numbers_are_numbers_in_recipes_and_set(self, tmp_path):
+        """1e-3 is a number (YAML 1.2), not the string PyYAML's YAML 1.1 rules would make it."""
+        recipe = write(tmp_path, yaml.safe_dump(MINIMAL_GRPO).replace("output_dir:", "training:\n  beta: 4e-2\noutput_dir:"))
+        job = load_job(GRPOJob, recipe, ["training.learning_rate=1e-6"])
+        assert (job.training.learning_rate, job.training.beta) == (1e-6, 0.04)
+        assert merge_overrides({}, ["a=1e", "b=e3", "c=3E4"]) == {"a": "1e", "b": "e3", "c": 30000.0}
+
     def test_dump_reads_back_to_an_equal_job(self):
         job = load_job(GRPOJob, REPO / "configs/paper/rlkd_grpo.yaml")
         assert build_job(GRPOJob, yaml.safe_load(dump_yaml(job))) == job
