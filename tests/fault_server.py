@@ -49,6 +49,11 @@ class Action:
             raise ValueError(f"unknown action {self.kind!r}; known: {KINDS}")
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # the default listen backlog (5) resets connections of a burst of clients
+
+
 class FaultServer:
     """Start with ``with FaultServer(script) as server`` (or :meth:`start` / :meth:`stop`)."""
 
@@ -68,8 +73,7 @@ class FaultServer:
     # ---- lifecycle
     def start(self) -> "FaultServer":
         handler = _make_handler(self)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
         self._thread.start()
