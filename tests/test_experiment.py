@@ -27,7 +27,7 @@ MICRO = """\
 seeds: [0]
 data: {{train: 8, test_id: 2, test_ood: 2, gsrm_train: 8, gsrm_test: 2, zero_fraction: 0.25}}
 base: {{path: {base}, tasks: 40, probe_tasks: 2, hidden_size: 16, num_layers: 1, num_heads: 2, copying_steps: 2,
-       copying_texts: 16}}
+       copying_texts: 16, copying_max_loss: null}}
 pretraining: {{max_steps: 2, save_steps: 1, per_device_train_batch_size: 4, logging_steps: 1}}
 gsrm_training: {{max_steps: 1, per_device_train_batch_size: 4}}
 sft: {{max_steps: 1, per_device_train_batch_size: 4}}
@@ -249,3 +249,21 @@ def test_the_base_probe_checks_each_computation_in_any_order():
     # a wrong look-up with the right result, a wrong result, a name the problem does not define
     assert check_computations(task, "lev = zor + cod = 2 + 2 = 4. hov = lev - dag = 4 - 2 = 3. cup = 1 + 1 = 2.") \
         == {"lev": (False, True), "hov": (False, False)}
+
+
+def test_a_warm_up_whose_copy_did_not_form_stops_the_build(tmp_path):
+    """The warm-up's last logged loss above base.copying_max_loss stops the build before the problem
+    language, naming the stage and the field; at or below it, or with null, the build goes on."""
+    from rlkd.errors import RlkdError
+    from rlkd.experiment.base import _check_copying
+
+    stage = tmp_path / "copying"
+    stage.mkdir()
+    (stage / "metrics.jsonl").write_text('{"step": 50, "loss": 1.1}\n{"step": 4000, "loss": 4.26}\n'
+                                         '{"step": 4000, "train_loss": 4.3}\n')
+    with pytest.raises(RlkdError, match=r"copying: the copying warm-up ended at loss 4.26 > base.copying_max_loss 3"):
+        _check_copying(stage, 3.0)
+    _check_copying(stage, None)
+    _check_copying(stage, 4.5)
+    (stage / "metrics.jsonl").write_text('{"step": 4000, "loss": 1.09}\n')
+    _check_copying(stage, 3.0)

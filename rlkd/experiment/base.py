@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rlkd.config import SFTJob
-from rlkd.errors import InputError
+from rlkd.errors import InputError, RlkdError
 from rlkd.models import build_tiny_model, build_tokenizer, load_model, load_tokenizer
 from rlkd.templates import load_prompt
 from rlkd.testbed import base_text, copying_texts, corpus, generate_tasks, whole_word_check
@@ -185,6 +185,7 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
         warm = dataclasses.replace(training, max_steps=b.copying_steps, save_steps=max(1, b.copying_steps // 5),
                                    lr_scheduler_type="constant_with_warmup")
         copying_metrics = _pretrain(init, texts, work / "copying", warm, "copying warm-up")
+        _check_copying(work / "copying", b.copying_max_loss)
         start = work / "copying"
     # the loss is on the computations: look-ups and arithmetic
     metrics = _pretrain(start, data, work / "train", training, "problem language")
@@ -235,6 +236,19 @@ def _pretrain(model: Path, data: Path, output: Path, training: Any, what: str) -
         return {"resumed_finished": str(last)}
     log.info("base student: %s, %s -> %s", what, model, output)
     return train_job(sft, argv=["rlkd demo", "--build-base"])
+
+
+def _check_copying(stage: Path, max_loss: float | None) -> None:
+    """Stop the build (RlkdError naming the stage and the field) when the warm-up's last logged loss is
+    above ``max_loss``: the copy did not form, and the problem language should not start from it."""
+    losses = [r["loss"] for r in _read_metrics(stage / "metrics.jsonl") if "loss" in r]
+    if max_loss is None or not losses or losses[-1] <= max_loss:
+        return
+    raise RlkdError(f"{stage}: the copying warm-up ended at loss {losses[-1]:.2f} > base.copying_max_loss "
+                    f"{max_loss:g}: the copy did not form (a uniform guess over the names is about 4.38). "
+                    "Raise base.copying_steps and run again (the warm-up resumes from its last checkpoint), or "
+                    "set pretraining.extra {adam_beta2: 0.98} (docs/demo-results.md); base.copying_max_loss=null "
+                    "skips this check")
 
 
 def _parameter_count(model_dir: Path) -> int:

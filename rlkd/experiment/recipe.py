@@ -96,6 +96,11 @@ class BaseSection:
                                 "another, with pretraining.extra {adam_beta2: 0.98} by 2,500 steps: see "
                                 "docs/demo-results.md)")
     copying_texts: int = option(128000, "copying warm-up texts (their own seed stream)")
+    copying_max_loss: float | None = option(3.0, "the warm-up's last logged loss must be at most this, else the "
+                                            "build stops before the problem language: the copy did not form "
+                                            "(a uniform guess over the names is 4.38). Raise copying_steps and "
+                                            "run again (it resumes), or set pretraining.extra {adam_beta2: "
+                                            "0.98}; null: no check")
 
 
 @dataclass
