@@ -318,8 +318,10 @@ def test_interpretation_follows_from_low_numbers(tmp_path, written):
         for seed in method["seeds"].values():
             seed["id"]["pass@1"] = 0.03
             seed["id"]["alignment"]["grounded"] = 0.2
+            seed["id"]["alignment"]["goal_named"] = 0.007
     results["gsrm"]["heldout"]["id"]["gsrm"]["meta_match"] = 0.05
     md = write_report(results, tmp_path)["markdown"].read_text(encoding="utf-8")
+    assert "whose opening sentence (\"We want x.\") names the problem's goal" in md and "SFT 0.007" in md
     assert "No method learned the task: the best in-distribution pass@1 is 0.030" in md
     assert "in at most 0.20 of cases" in md
     assert "The trained GSRM picks the right quantity in only 0.05 of the steps" in md

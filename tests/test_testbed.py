@@ -310,6 +310,15 @@ def _d(*pairs: tuple[str, str]) -> Decomposition:
     return Decomposition([Step("why", f"What is {q}?", a, i) for i, (q, a) in enumerate(pairs, start=1)])
 
 
+def test_opening_goal_reads_the_goal_the_trace_names(id_tasks, ood_tasks):
+    from rlkd.testbed import opening_goal
+
+    assert all(opening_goal(t.trace) == t.goal for t in id_tasks + ood_tasks)  # the oracle always copies it
+    assert opening_goal("<think>\nWe want box. box needs cap.\n</think>") == "box"
+    assert opening_goal("<think>\nWeWe jet. box = 3.") is None  # no opening sentence at all
+    assert all(opening_goal(t.problem) is None for t in id_tasks)  # the problem says "Find x.", not the opening
+
+
 def test_alignment_literal_cases():
     oracle = _d(("c", "5"), ("d", "7"), ("g", "12"))
     same = alignment(_d(("c", "5"), ("d", "7"), ("g", "12")), oracle)

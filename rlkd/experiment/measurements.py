@@ -21,7 +21,7 @@ from rlkd.gsrm import Decomposer
 from rlkd.judges import normalize_text
 from rlkd.rewards import format_reward
 from rlkd.structure import as_decomposition
-from rlkd.testbed import alignment, chosen_quantity, reasoning_text, rule_decompose
+from rlkd.testbed import alignment, chosen_quantity, opening_goal, reasoning_text, rule_decompose
 
 from rlkd.experiment.recipe import _REPLACED_MAPPINGS
 from rlkd.experiment.tasks import _write_jsonl
@@ -79,7 +79,8 @@ def evaluate_model(model_dir: Path, tasks: Sequence[Any], benchmark: Path, outpu
     """Evaluate one model on one split with ``rlkd eval`` (:func:`rlkd.evaluate.run_eval`: sampling,
     grading by :mod:`rlkd.answers`, pass@k), then add what the testbed can measure exactly: the share of
     well-formatted completions and the structure alignment of each completion (rule-decomposed) with the
-    task's oracle decomposition."""
+    task's oracle decomposition, and whether its opening sentence names the problem's goal
+    (:func:`rlkd.testbed.opening_goal`, the shortest copy in a trace)."""
 
     summary = run_eval(eval_job(model_dir, benchmark, output, n=n, max_tokens=max_tokens, temperature=temperature,
                                 top_p=top_p, seed=seed, batch_size=batch_size, system_prompt=system_prompt))
@@ -96,7 +97,8 @@ def evaluate_model(model_dir: Path, tasks: Sequence[Any], benchmark: Path, outpu
                      **{k: float(a[k]) for k in keys}, "exact": float(a["exact"]),
                      "student_steps": float(a["student_steps"]), "meta_prefix": a["meta_prefix"],
                      "teacher_steps": a["teacher_steps"],
-                     "grounded": grounded_share(steps, {q.name.lower() for q in task.quantities})})
+                     "grounded": grounded_share(steps, {q.name.lower() for q in task.quantities}),
+                     "goal_named": float(opening_goal(text) == task.goal)})
     _write_jsonl(output / "alignment.jsonl", rows)
     metrics: dict[str, Any] = {"problems": summary["graded_problems"], "n": summary["n"],
                                "pass@k": dict(summary["pass_at_k"]), "pass@1": summary["pass_at_k"].get("1", 0.0),
@@ -105,7 +107,8 @@ def evaluate_model(model_dir: Path, tasks: Sequence[Any], benchmark: Path, outpu
                                "truncated_share": summary.get("truncated_share"),
                                "no_answer_share": summary.get("no_answer_share"),
                                "format": _mean([r["format"] for r in rows])}
-    metrics["alignment"] = {k: _mean([r[k] for r in rows]) for k in (*keys, "exact", "student_steps", "grounded")}
+    metrics["alignment"] = {k: _mean([r[k] for r in rows])
+                            for k in (*keys, "exact", "student_steps", "grounded", "goal_named")}
     return metrics
 
 

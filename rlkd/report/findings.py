@@ -148,6 +148,13 @@ def _diagnostics(results: Mapping[str, Any]) -> list[str]:
         notes.append("Share of the quantities a student computes (rule-decomposed, in-distribution) that the "
                      "problem defines at all, i.e. whether it copies names from its input: " + ", ".join(grounded)
                      + ". The oracle's is 1.")
+    named = [f"{splits['id']['label']} {_fmt(splits['id']['goal_named']['mean'], 3)}"
+             for splits in summary["methods"].values()
+             if "id" in splits and splits["id"].get("goal_named", {}).get("n")]
+    if named:
+        notes.append("Share of the in-distribution completions whose opening sentence (\"We want x.\") names the "
+                     "problem's goal (its last sentence, \"Find x.\", a few tokens back: the shortest copy in a "
+                     "trace): " + ", ".join(named) + ". The oracle's is 1.")
     weights = {"accuracy": 3.0, "structure": 3.0, "format": 2.0, "tag_count": 2.0}
     for method in RLKD_METHODS:
         seeds = (results.get("training") or {}).get(method)

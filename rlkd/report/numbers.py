@@ -86,6 +86,7 @@ def summarize(results: Mapping[str, Any]) -> dict[str, Any]:
                 "answer_match": stat([r["alignment"]["answer_match"] for r in rows]),
                 "exact": stat([r["alignment"]["exact"] for r in rows]),
                 "grounded": stat([r["alignment"]["grounded"] for r in rows if "grounded" in r["alignment"]]),
+                "goal_named": stat([r["alignment"]["goal_named"] for r in rows if "goal_named" in r["alignment"]]),
             }
         out["methods"][name] = splits
     return out

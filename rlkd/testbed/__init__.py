@@ -52,7 +52,7 @@ from rlkd.testbed.datasets import (
     whole_word_check,
     write_dataset,
 )
-from rlkd.testbed.rule_decomposer import alignment, chosen_quantity, reasoning_text, rule_decompose
+from rlkd.testbed.rule_decomposer import alignment, chosen_quantity, opening_goal, reasoning_text, rule_decompose
 from rlkd.testbed.tasks import (
     KNOBS,
     NAMES,
@@ -68,6 +68,6 @@ from rlkd.testbed.tasks import (
 
 __all__ = [
     "GSRM_INSTRUCTION", "KNOBS", "NAMES", "SPLITS", "Quantity", "Task", "alignment", "base_text", "chosen_quantity",
-    "copying_texts", "corpus", "generate_tasks", "gsrm_pairs", "gsrm_prompt", "oracle_decomposition", "read_tasks",
+    "copying_texts", "corpus", "generate_tasks", "gsrm_pairs", "gsrm_prompt", "opening_goal", "oracle_decomposition", "read_tasks",
     "reasoning_text", "rule_decompose", "teacher_trace", "token_stats", "whole_word_check", "write_dataset",
 ]

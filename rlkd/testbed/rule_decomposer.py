@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from rlkd.structure import Decomposition, Step, as_decomposition
+from rlkd.testbed.tasks import _OPENING
 
 # --------------------------------------------------------------------------------------------------
 # Rule-based decomposer
@@ -149,3 +150,19 @@ def alignment(student: Any, oracle: Any) -> dict[str, Any]:
         "exact": bool(k) and so == oo,
         "parse_failure": failure,
     }
+
+
+_OPENING_GOAL = re.compile(re.escape(_OPENING).replace(re.escape("{g}"), r"([A-Za-z]+)"))
+
+
+def opening_goal(trace: str) -> str | None:
+    """The quantity the trace's first opening sentence (``We want x.``) names, or None without one. It
+    copies the problem's last sentence (``Find x.``), a few tokens back: the shortest copy in a trace.
+
+    >>> opening_goal("<think>\\nWe want cap. cap needs box.")
+    'cap'
+    >>> opening_goal("cap = 3.") is None
+    True
+    """
+    m = _OPENING_GOAL.search(reasoning_text(trace) if isinstance(trace, str) else "")
+    return m.group(1) if m else None
