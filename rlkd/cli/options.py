@@ -95,28 +95,29 @@ def add_recipe_kind(sub, kind: str, cls: type, help: str, description: str, reci
     return q
 
 
+# the BackendConfig fields every LLM command takes as options, in --help order; --model lands in
+# args.backend_model
+BACKEND_OPTIONS = ("base_url", "model", "local_model", "local_batch_size", "api_key_env", "concurrency", "timeout",
+                   "max_retries", "cache")
+BACKEND_DESTS = {"model": "backend_model"}
+
+
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the LLM backend, shared by every command that calls an LLM."""
     g = parser.add_argument_group(
         "LLM backend (an OpenAI-compatible server with --base-url: vLLM, transformers serve, a provider; "
         "or a local model with --local-model)")
-    add_fields(g, BackendConfig, ["base_url", "model", "local_model", "local_batch_size", "api_key_env",
-                                  "concurrency", "timeout", "max_retries", "cache"], dests={"model": "backend_model"})
+    add_fields(g, BackendConfig, BACKEND_OPTIONS, dests=BACKEND_DESTS)
+
+
+def backend_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`BackendConfig` fields the options of :func:`add_backend_arguments` set (None when absent)."""
+    return {name: getattr(args, BACKEND_DESTS.get(name, name), None) for name in BACKEND_OPTIONS}
 
 
 def backend_from_args(args: argparse.Namespace) -> Backend:
     """Build the backend named by the options of :func:`add_backend_arguments`; InputError on bad options."""
-    config = {
-        "base_url": getattr(args, "base_url", None),
-        "local_model": getattr(args, "local_model", None),
-        "model": getattr(args, "backend_model", None),
-        "local_batch_size": getattr(args, "local_batch_size", None),
-        "api_key_env": getattr(args, "api_key_env", None),
-        "concurrency": getattr(args, "concurrency", None),
-        "timeout": getattr(args, "timeout", None),
-        "max_retries": getattr(args, "max_retries", None),
-        "cache": getattr(args, "cache", None),
-    }
+    config = backend_values(args)
     if bool(config["base_url"]) == bool(config["local_model"]):
         raise InputError("give exactly one of --base-url URL (an OpenAI-compatible server) or "
                        "--local-model PATH_OR_NAME (generate in this process)")

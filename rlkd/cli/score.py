@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rlkd.backends import FailureBudget, TooManyFailures
-from rlkd.cli.options import CliError, add_backend_arguments, add_fields, backend_from_args
+from rlkd.cli.options import CliError, add_backend_arguments, add_fields, backend_from_args, backend_values
 from rlkd.config import BackendConfig, ConfigError, StructureConfig
 from rlkd.files import (
     JsonlWriter,
@@ -205,9 +205,7 @@ def cmd_score_completions(args: argparse.Namespace) -> int:
         raise CliError("--completions needs --output OUT.jsonl (appended to, so a second run resumes)")
     if args.batch_size < 1:
         raise CliError("--batch-size must be at least 1")
-    gsrm = BackendConfig(base_url=args.base_url, model=args.backend_model, api_key_env=args.api_key_env,
-                         concurrency=args.concurrency, timeout=args.timeout, max_retries=args.max_retries,
-                         cache=args.cache, local_model=args.local_model, local_batch_size=args.local_batch_size)
+    gsrm = BackendConfig(**backend_values(args))
     config = StructureConfig(gsrm=gsrm, judge_backend=gsrm, domain=args.domain, gsrm_max_tokens=args.gsrm_max_tokens,
                              gsrm_max_trace_chars=args.max_trace_chars, gsrm_few_shot=not args.zero_shot,
                              judge=args.judge, meta_judge=args.meta_judge, subproblem_judge=args.subproblem_judge,

@@ -142,7 +142,9 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
     0. The copying warm-up (``base.copying_steps > 0``): ``rlkd train sft`` of the random initial model on
        :func:`rlkd.testbed.copying_texts` (the loss on the repeat) into ``<path>-build/copying``; the
        pretraining below starts from it. A model of the base's size learns there to find a thing by its
-       content in about 3,200 steps; on the problems alone it had not by 3,000 (docs/demo-results.md).
+       content in about 2,500 steps with ``pretraining.extra {adam_beta2: 0.98}`` (with TRL's default 0.999
+       once by 3,200, once not by 6,000); on the problems alone it had not by 3,000 (docs/demo-results.md).
+       A warm-up whose last loss is above ``base.copying_max_loss`` stops the build here.
     1. Draw ``base.tasks`` tasks (their own seed, the id split's knobs) and write each one's
        :func:`rlkd.testbed.base_text` to ``<path>-build/pretrain.jsonl``: the problem, and the
        computations that follow it, on which alone the loss is taken (the problem's own tokens are

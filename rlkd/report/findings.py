@@ -150,7 +150,7 @@ def _diagnostics(results: Mapping[str, Any]) -> list[str]:
                      + ". The oracle's is 1.")
     named = [f"{splits['id']['label']} {_fmt(splits['id']['goal_named']['mean'], 3)}"
              for splits in summary["methods"].values()
-             if "id" in splits and splits["id"].get("goal_named", {}).get("n")]
+             if "id" in splits and splits["id"]["goal_named"]["n"]]
     if named:
         notes.append("Share of the in-distribution completions whose opening sentence (\"We want x.\") names the "
                      "problem's goal (its last sentence, \"Find x.\", a few tokens back: the shortest copy in a "

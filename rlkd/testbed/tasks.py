@@ -395,9 +395,10 @@ def copying_texts(n: int, seed: int = 0, run: int = 20, before: int = 30, gap: i
     names, then the same run again; ``problem`` holds everything before the repeat and ``text`` the
     repeat, so the loss (``prompt_column: problem``) is on the copy alone. The offsets are random, so no
     fixed-distance attention solves it: the model must find the run by its content (an induction
-    head). A model of the base's size forms that after about 2,300 steps (a plain loop) to 3,200 (``rlkd
-    train sft``), and pretrained on the problem language from there it copies a definition's input
-    names out of a problem (48% after 2,000 steps, against 1% from a random start; docs/demo-results.md).
+    head). A model of the base's size forms that in about 2,300-3,500 steps with Adam's beta2 0.98; under
+    ``rlkd train sft`` with TRL's default 0.999 it formed once by 3,200 and once not by 6,000. Pretrained
+    on the problem language from there it copies a definition's input names out of a problem (48% and
+    14% in two builds, against 1% from a random start; docs/demo-results.md).
 
     >>> row = copying_texts(1, seed=0, run=3)[0]
     >>> len(row["text"].split()), row["text"].strip() in row["problem"]
