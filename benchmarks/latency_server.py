@@ -15,7 +15,7 @@ recognise what it is asked:
 2. a per-pair judge request (``judge_meta`` / ``judge_subproblem`` / ``judge_answer``): ``yes`` when the
    two texts are equal after ``rlkd.judges.normalize_text`` (lower case, punctuation and whitespace
    collapsed), else ``no``;
-3. a batched judge request (``judge_batched``): the JSON object ``{"1": "yes", "2": "no", ...}`` with
+3. a batched judge request (``judge_batched``): the JSON list ``["yes", "no", ...]`` (pair order) with
    the same verdict for every pair;
 4. anything else: ``ok``.
 
@@ -98,7 +98,7 @@ def _template_regex(template: str) -> re.Pattern[str]:
 
 _PAIR = re.compile(
     r"Pair (?P<n>\d+) \((?P<field>meta-reasoning|sub-problem|answer); [^)\n]*\)\nA: (?P<a>.*?)\nB: (?P<b>.*?)"
-    r"(?=\n\nPair \d+ \((?:meta-reasoning|sub-problem|answer); |\n\nReply with a JSON object)",
+    r"(?=\n\nPair \d+ \((?:meta-reasoning|sub-problem|answer); |\n\nReply with a JSON list)",
     re.DOTALL,
 )
 
@@ -153,9 +153,9 @@ class Responder:
         last_user = next((c for r, c in reversed(contents) if r == "user"), "")
         system = next((c for r, c in contents if r == "system"), None)
         if system is not None and self.batched_system is not None and system.strip() == self.batched_system.strip():
-            verdicts = {m.group("n"): "yes" if same_texts(m.group("a"), m.group("b")) else "no"
+            verdicts = {int(m.group("n")): "yes" if same_texts(m.group("a"), m.group("b")) else "no"
                         for m in _PAIR.finditer(last_user)}
-            return "judge_batched", json.dumps(verdicts)
+            return "judge_batched", json.dumps([verdicts[n] for n in sorted(verdicts)])
         for regex in self.gsrm:
             m = regex.fullmatch(last_user)
             if m:

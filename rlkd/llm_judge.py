@@ -12,9 +12,11 @@ the same problem?", for answers "are these two equal?", each answered yes or no.
 - per pair (default): one request per field of each step, all requests of one :meth:`LLMJudge.ajudge`
   call sent together (the backend's concurrency limit applies);
 - batched (``batched=True``): every pair of one ``ajudge`` call in one request, as a numbered list, with
-  a JSON reply ``{"1": "yes", "2": "no", ...}`` (``rlkd/prompts/judge_batched.txt``). Far fewer calls,
-  and the judge sees each pair in the context of the others; a missing or unreadable entry is a
-  failed verdict for that pair only.
+  a JSON list reply ``["yes", "no", ...]``, one verdict per pair in order
+  (``rlkd/prompts/judge_batched.txt``; about 3 generated tokens per pair, where an object keyed by pair
+  number, ``{"1": "yes", ...}``, costs about 9; that form is still read). Far fewer calls, and the judge
+  sees each pair in the context of the others; an unreadable entry is a failed verdict for that pair
+  only, and a list of the wrong length fails every pair (which entry belongs to which pair is unknown).
 
 How this departs from the authors' code:
 
@@ -89,33 +91,47 @@ def parse_verdict(text: Any) -> bool | None:
 
 
 def parse_batched_verdicts(text: str, count: int) -> list[tuple[bool | None, str]]:
-    """Read a batched reply ``{"1": "yes", "2": "no", ...}`` into ``count`` (verdict, reason) pairs.
+    """Read a batched reply into ``count`` (verdict, reason) pairs: a JSON list ``["yes", "no", ...]``
+    (one entry per pair, in order: the requested form) or an object ``{"1": "yes", "2": "no", ...}``.
 
-    The JSON object may sit in a code fence or after a ``<think>`` block. A missing, extra-valued or
-    unreadable entry gives ``None`` for that pair; an unreadable reply gives ``None`` for every pair.
+    The JSON may sit in a code fence or after a ``<think>`` block. An unreadable entry, or a missing key
+    of an object, gives ``None`` for that pair; a list of another length than ``count``, or an
+    unreadable reply, gives ``None`` for every pair.
 
-    >>> parse_batched_verdicts('```json\\n{"1": "Yes", "2": false}\\n```', 3)
-    [(True, 'batched reply'), (False, 'batched reply'), (None, 'no entry "3" in the batched reply')]
+    >>> parse_batched_verdicts('```json\\n["Yes", false, "maybe"]\\n```', 3)
+    [(True, 'batched reply'), (False, 'batched reply'), (None, "unreadable entry 3: 'maybe'")]
+    >>> parse_batched_verdicts('{"1": "yes", "3": "no"}', 3)[1]
+    (None, 'no entry "2" in the batched reply')
+    >>> parse_batched_verdicts('["yes"]', 2)[0]
+    (None, 'the batched reply lists 1 verdicts for 2 pairs')
     """
     body = _THINK_BLOCK.sub("", text or "", count=1)
-    start, end = body.find("{"), body.rfind("}")
+    starts = [i for i in (body.find("["), body.find("{")) if i != -1]
     obj: Any = None
-    if start != -1 and end > start:
+    if starts:
+        start = min(starts)  # the outermost JSON value: a list, or an object
+        end = body.rfind("]" if body[start] == "[" else "}")
         try:
-            obj = json.loads(body[start:end + 1])
+            obj = json.loads(body[start:end + 1]) if end > start else None
         except (ValueError, RecursionError):  # not JSON, or nested deeper than the decoder recurses
             obj = None
-    if not isinstance(obj, dict):
-        reason = f"batched reply is not a JSON object: {_short(text)!r}"
-        return [(None, reason)] * count
+    if isinstance(obj, list):
+        if len(obj) != count:
+            return [(None, f"the batched reply lists {len(obj)} verdicts for {count} pairs")] * count
+        entries = {str(i): value for i, value in enumerate(obj, start=1)}
+        label = "{}"
+    elif isinstance(obj, dict):
+        entries, label = obj, '"{}"'
+    else:
+        return [(None, f"batched reply is neither a JSON list nor an object: {_short(text)!r}")] * count
     out = []
     for i in range(1, count + 1):
-        if str(i) not in obj:
+        if str(i) not in entries:
             out.append((None, f'no entry "{i}" in the batched reply'))
             continue
-        verdict = parse_verdict(obj[str(i)])
+        verdict = parse_verdict(entries[str(i)])
         out.append((verdict, "batched reply" if verdict is not None
-                    else f'unreadable entry "{i}": {_short(str(obj[str(i)]))!r}'))
+                    else f"unreadable entry {label.format(i)}: {_short(str(entries[str(i)]))!r}"))
     return out
 
 
@@ -138,7 +154,7 @@ def render_pairs(requests: Sequence[JudgeRequest]) -> str:
     for i, r in enumerate(requests, start=1):
         blocks.append(f"Pair {i} ({FIELD_NAMES[r.field]}; {QUESTIONS[r.field]})\nA: {r.teacher.strip()}\n"
                       f"B: {r.student.strip()}")
-    blocks.append(f"Reply with a JSON object with the keys \"1\" to \"{len(requests)}\".")
+    blocks.append(f"Reply with a JSON list of {len(requests)} verdicts, one per pair.")
     return "\n\n".join(blocks)
 
 

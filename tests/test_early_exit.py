@@ -180,14 +180,13 @@ def _llm_reply(request: GenerationRequest) -> str:
     return "yes" if a == b else "no"
 
 
-_PAIR = re.compile(r"Pair (\d+) \([^)\n]*\)\nA: (.*?)\nB: (.*?)(?=\n\nPair \d+ \(|\n\nReply with a JSON object)", re.DOTALL)
+_PAIR = re.compile(r"Pair (\d+) \([^)\n]*\)\nA: (.*?)\nB: (.*?)(?=\n\nPair \d+ \(|\n\nReply with a JSON list)", re.DOTALL)
 
 
 def _batched_reply(request: GenerationRequest) -> str:
     """A batched judge LLM whose verdict on a pair does not depend on the other pairs in the request
     (exactness needs that: early exit sends the pairs in other batches than the full computation)."""
-    verdicts = {n: "yes" if a == b else "no" for n, a, b in _PAIR.findall(request.last_user_message)}
-    return json.dumps(verdicts)
+    return json.dumps(["yes" if a == b else "no" for _, a, b in _PAIR.findall(request.last_user_message)])
 
 
 JUDGES = {

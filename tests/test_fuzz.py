@@ -266,4 +266,4 @@ class TestRegressions:
     def test_deeply_nested_json_in_a_batched_reply_is_a_failed_verdict(self):
         text = '{"1": ' * 100_000 + '"yes"' + "}" * 100_000
         [(verdict, reason)] = parse_batched_verdicts(text, 1)
-        assert verdict is None and reason.startswith("batched reply is not a JSON object")
+        assert verdict is None and reason.startswith("batched reply is neither a JSON list nor an object")

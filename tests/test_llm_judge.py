@@ -23,8 +23,8 @@ def text_judge_script(request):
     """A deterministic stand-in for a judge model: 'same' means equal after normalisation."""
     prompt = request.last_user_message
     if prompt.startswith("Pair 1"):
-        return json.dumps({n: "yes" if normalize_text(a) == normalize_text(b) else "no"
-                           for n, a, b in _BATCH.findall(prompt)})
+        return json.dumps(["yes" if normalize_text(a) == normalize_text(b) else "no"
+                           for _, a, b in _BATCH.findall(prompt)])
     a, b = _PAIR.search(prompt).groups()
     return "Yes." if normalize_text(a) == normalize_text(b) else "No"
 
@@ -55,20 +55,40 @@ class TestParseVerdict:
 
 
 class TestParseBatched:
-    def test_reads_fenced_json_with_words_and_booleans(self):
-        reply = 'Here you go:\n```json\n{"1": "Yes", "2": "no.", "3": true, "4": false}\n```'
+    def test_reads_the_requested_list_in_pair_order(self):
+        reply = 'Here you go:\n```json\n["Yes", "no.", true, false]\n```'
         assert [v for v, _ in parse_batched_verdicts(reply, 4)] == [True, False, True, False]
 
-    def test_missing_and_invalid_entries_fail_alone(self):
+    def test_an_unreadable_list_entry_fails_alone(self):
+        got = parse_batched_verdicts('["yes", "maybe", 7]', 3)
+        assert got == [(True, "batched reply"), (None, "unreadable entry 2: 'maybe'"), (None, "unreadable entry 3: '7'")]
+
+    @pytest.mark.parametrize("reply", ['["yes"]', '["yes", "no", "yes"]'])
+    def test_a_list_of_the_wrong_length_fails_every_pair(self, reply):
+        # which entry belongs to which pair is unknown, so none is taken
+        got = parse_batched_verdicts(reply, 2)
+        assert [v for v, _ in got] == [None, None]
+        assert "verdicts for 2 pairs" in got[0][1]
+
+    def test_reads_an_object_keyed_by_pair_number_too(self):
+        reply = '```json\n{"1": "Yes", "2": "no.", "3": true, "4": false}\n```'
+        assert [v for v, _ in parse_batched_verdicts(reply, 4)] == [True, False, True, False]
+
+    def test_missing_and_invalid_object_entries_fail_alone(self):
         got = parse_batched_verdicts('{"1": "yes", "3": "maybe", "4": 7}', 4)
         assert got == [(True, "batched reply"), (None, 'no entry "2" in the batched reply'),
                        (None, "unreadable entry \"3\": 'maybe'"), (None, "unreadable entry \"4\": '7'")]
 
-    @pytest.mark.parametrize("reply", ["yes, yes", '["yes", "no"]', '{"1": "yes", "2": ', ""])
+    def test_the_outermost_value_decides_the_form(self):
+        # a list inside an object is an entry of the object, not the reply's list
+        got = parse_batched_verdicts('{"1": ["yes"], "2": "no"}', 2)
+        assert [v for v, _ in got] == [None, False]
+
+    @pytest.mark.parametrize("reply", ["yes, yes", '{"1": "yes", "2": ', '["yes", "no"', ""])
     def test_an_unreadable_reply_fails_every_pair(self, reply):
         got = parse_batched_verdicts(reply, 2)
         assert [v for v, _ in got] == [None, None]
-        assert got[0][1].startswith("batched reply is not a JSON object")
+        assert got[0][1].startswith("batched reply is neither a JSON list nor an object")
 
 
 def _judge(batched=False, **kwargs):
