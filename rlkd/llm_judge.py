@@ -17,6 +17,8 @@ the same problem?", for answers "are these two equal?", each answered yes or no.
   number, ``{"1": "yes", ...}``, costs about 9; that form is still read). Far fewer calls, and the judge
   sees each pair in the context of the others; an unreadable entry is a failed verdict for that pair
   only, and a list of the wrong length fails every pair (which entry belongs to which pair is unknown).
+  A call with a single pair is sent as a per-pair request (a one-word reply; early exit judges one
+  field at a time).
 
 How this departs from the authors' code:
 
@@ -226,6 +228,11 @@ class LLMJudge(Judge):
         return verdicts
 
     async def _judge_batched(self, requests: Sequence[JudgeRequest]) -> list[Verdict]:
+        if len(requests) == 1:
+            # one pair is a per-pair question: its one-word reply is shorter than a one-entry list, and
+            # early exit asks the judge one pair at a time
+            [verdict] = await self._judge_each(requests)
+            return [Verdict(verdict.same, f"{self.name}-batched", verdict.reason)]
         max_tokens = self.max_tokens or 16 + 8 * len(requests)
         prompt = self._request(load_judge_prompt("batched").fill({"pairs": render_pairs(requests)}), max_tokens)
         self.calls += 1

@@ -184,8 +184,12 @@ _PAIR = re.compile(r"Pair (\d+) \([^)\n]*\)\nA: (.*?)\nB: (.*?)(?=\n\nPair \d+ \
 
 
 def _batched_reply(request: GenerationRequest) -> str:
-    """A batched judge LLM whose verdict on a pair does not depend on the other pairs in the request
-    (exactness needs that: early exit sends the pairs in other batches than the full computation)."""
+    """A batched judge LLM whose verdict on a pair does not depend on the other pairs in the request, nor
+    on whether the pair comes alone, as a per-pair question (exactness needs that: early exit sends the
+    pairs in other batches than the full computation, and a lone pair as a per-pair question)."""
+    m = re.search(r"A:\n(.*)\n\n\S+(?: \S+)? B:\n(.*)\n\n", request.last_user_message, re.DOTALL)
+    if m is not None:
+        return "yes" if m.group(1) == m.group(2) else "no"
     return json.dumps(["yes" if a == b else "no" for _, a, b in _PAIR.findall(request.last_user_message)])
 
 

@@ -126,6 +126,14 @@ class TestLLMJudge:
         assert verdicts[1].reason == "unreadable verdict: reply 'maybe'"
         assert (judge.calls, judge.verdicts, judge.failures) == (4, 4, 3)
 
+    def test_a_batched_call_with_one_pair_asks_the_per_pair_question(self):
+        # early exit judges one field at a time: a one-word reply, not a one-entry list
+        judge, backend = _judge(batched=True)
+        [verdict] = asyncio.run(judge.ajudge([JudgeRequest("answer", "7", "7")]))
+        assert verdict.same is True and judge.calls == 1
+        assert backend.requests[0].last_user_message.endswith("Are these two equal? Reply with one word: yes or no.")
+        assert backend.requests[0].max_tokens == 16
+
     def test_a_failed_batched_call_fails_each_pair(self):
         judge, _ = _judge(batched=True, fail_first=1)
         verdicts = asyncio.run(judge.ajudge([JudgeRequest("meta", "a", "a"), JudgeRequest("answer", "1", "1")]))
