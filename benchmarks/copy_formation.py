@@ -30,6 +30,18 @@ plainest copy there is: a run of 20 random names, repeated after a gap, at a ran
 no fixed-distance attention solves it), the loss on the repeat; ``copy_definition`` is then the share
 of the repeat predicted right.
 
+Transfer: ``--init DIR`` starts from a saved model and its tokenizer (e.g. ``--task induction --save
+DIR``, or the base build's copying warm-up, ``<base.path>-build/copying``), and ``--mix SHARE`` keeps
+that share of every batch copying texts while the problem language is learned (the probe then adds
+``copy_run``, the copy's share right); ``--pool N`` draws each copying text's names from N random
+names, so that a single name recurs and only a pair of names finds the run. ``--text trace`` trains on
+the teacher's whole trace after the problem instead of the computations (the issue's own run) and
+probes the greedy share of problems ``solved``. ``--constant`` keeps the learning rate flat after the
+warm-up.
+
+    .venv/bin/python benchmarks/copy_formation.py --init runs/b-build/copying --mix 0.3 --lr 1e-3 --constant
+    .venv/bin/python benchmarks/copy_formation.py --text trace --hidden 128 --constant --steps 12000
+
 Results and the commands behind them are in ``docs/demo-results.md`` ("When copying forms").
 """
 
@@ -56,10 +68,13 @@ def sentence_case(text: str) -> str:
     return _SUBJECT.sub(lambda m: m.group(1) + m.group(2).capitalize(), text)
 
 
-def make_text(task, surface: str, recall: bool, rng: random.Random) -> tuple[str, str]:
-    """(whole text, context prefix without loss) for one task."""
+def make_text(task, surface: str, recall: bool, rng: random.Random, what: str = "computations") -> tuple[str, str]:
+    """(whole text, context prefix without loss) for one task: the problem, then its computations (or,
+    with ``what="trace"``, the teacher's whole trace)."""
     from rlkd.testbed import base_text
 
+    if what == "trace":
+        return task.problem + "\n" + task.trace, task.problem + "\n"
     text = base_text(task)
     if surface == "capital":
         text = sentence_case(text)
@@ -95,20 +110,26 @@ def mqar_example(tokenizer, pairs: int, fused: bool, rng: random.Random) -> tupl
     return ids, labels
 
 
-def induction_example(tokenizer, rng: random.Random, run: int = 20, width: int = 80) -> tuple[list[int], list[int]]:
+def induction_example(tokenizer, rng: random.Random, run: int = 20, width: int = 80,
+                      pool: int = 0) -> tuple[list[int], list[int]]:
     """(token ids, labels) of one copying text: random names, a run of ``run`` names, a random gap, the
-    run again, random names up to ``width``; the labels are the repeat's names after its first."""
+    run again, random names up to ``width``; the labels are the repeat's names after its first (after
+    its second with ``pool``). ``pool > 0`` draws every name of the text from ``pool`` random names, so
+    a name recurs often and only a pair of names tells where the run is (two-token copying)."""
     from rlkd.testbed import NAMES
 
+    choices = rng.sample(NAMES, pool) if pool else NAMES
+
     def names(k: int) -> list[int]:
-        return [tokenizer.encode(" " + rng.choice(NAMES), add_special_tokens=False)[0] for _ in range(k)]
+        return [tokenizer.encode(" " + rng.choice(choices), add_special_tokens=False)[0] for _ in range(k)]
 
     before, gap = rng.randint(0, 30), rng.randint(0, 10)
     chunk = names(run)
     ids = names(before) + chunk + names(gap) + chunk + names(width - 2 * run - before - gap)
     start = before + run + gap
     labels = [-100] * len(ids)
-    labels[start + 1: start + run] = ids[start + 1: start + run]
+    first = start + (2 if pool else 1)
+    labels[first: start + run] = ids[first: start + run]
     return ids, labels
 
 
@@ -128,10 +149,24 @@ def main(argv: list[str] | None = None) -> int:
                         "repeated run of names (see the module docstring)")
     parser.add_argument("--pairs", type=int, default=10, help="mqar: name-value sentences per text (default 10)")
     parser.add_argument("--fused", action="store_true", help="mqar: no ' =' between name and value")
+    parser.add_argument("--text", choices=("computations", "trace"), default="computations",
+                        help="testbed: what follows the problem (loss on it): computations, the base student's "
+                        "text (default), or trace, the teacher's whole trace (the probe is then the greedy "
+                        "share of problems solved)")
+    parser.add_argument("--pool", type=int, default=0, help="induction and --mix texts: draw each text's names "
+                        "from this many random names (0: all 80), so that copying must match pairs of names")
+    parser.add_argument("--mix", type=float, default=0.0, help="testbed: the share of each batch that is "
+                        "induction copying texts (default 0); the probe then adds copy_run, their repeat's "
+                        "share right")
+    parser.add_argument("--init", type=Path, default=None, help="start from the model and tokenizer saved in "
+                        "this folder (e.g. a copying warm-up's output) instead of a random model")
+    parser.add_argument("--save", type=Path, default=None, help="save the model and tokenizer here at every probe")
+    parser.add_argument("--constant", action="store_true", help="constant learning rate after the warm-up "
+                        "instead of the cosine decay")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
     parser.add_argument("--batch", type=int, default=32, help="texts per step (default 32)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, 100 warm-up steps then cosine "
-                        "to a tenth (default 3e-3, the base recipe's)")
+                        "to a tenth (default 3e-3, the base recipe's); AdamW betas (0.9, 0.98)")
     parser.add_argument("--tasks", type=int, default=40000, help="pretraining tasks (default 40000, seed 1000: "
                         "the base recipe's)")
     parser.add_argument("--probe-tasks", type=int, default=64, help="held-out tasks probed (default 64)")
@@ -145,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from rlkd.experiment.base import ROLES, count_roles
-    from rlkd.models import build_tokenizer
+    from rlkd.models import build_tokenizer, load_tokenizer
     from rlkd.testbed import NAMES, generate_tasks
 
     torch.set_num_threads(args.threads)
@@ -154,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     tasks = generate_tasks(args.tasks + args.probe_tasks if args.task == "testbed" else 3000, "id", seed=1000)
     train, probe = tasks[: args.tasks], tasks[args.tasks:]
     rng = random.Random(args.seed)
-    tokenizer = build_tokenizer([make_text(t, args.surface, args.recall, rng)[0] for t in train[:3000]], 1024)
+    if args.init:
+        tokenizer = load_tokenizer(args.init)
+    else:
+        tokenizer = build_tokenizer([make_text(t, args.surface, args.recall, rng, args.text)[0] for t in train[:3000]]
+                                    + [make_text(t, "plain", False, rng)[0] for t in train[:500]], 1024)
     forms = (" {}", "{C}", " {C}") if args.surface == "capital" else (" {}", "{}")
     split = [f.format(n, C=n.capitalize()) for n in NAMES for f in forms
              if len(tokenizer.encode(f.format(n, C=n.capitalize()), add_special_tokens=False)) != 1]
@@ -165,16 +204,20 @@ def main(argv: list[str] | None = None) -> int:
                          num_key_value_heads=args.heads, max_position_embeddings=1024, rope_theta=args.rope_theta,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM.from_pretrained(args.init, dtype=torch.float32) if args.init else LlamaForCausalLM(config)
     params = sum(p.numel() for p in model.parameters())
-    what = {"testbed": f"surface {args.surface}{' + recall' if args.recall else ''}",
+    what = {"testbed": f"{args.text}, surface {args.surface}{' + recall' if args.recall else ''}"
+                       + (f", {args.mix:.0%} copying texts" if args.mix else ""),
             "mqar": f"mqar, {args.pairs} pairs{', fused' if args.fused else ''}",
             "induction": "induction (a run of 20 names repeated at a random offset)"}[args.task]
-    print(f"# hidden {args.hidden}, layers {args.layers}, heads {args.heads}, rope_theta {args.rope_theta:g}, "
-          f"{what}: {params} parameters", flush=True)
+    start = f", from {args.init}" if args.init else ""
+    shape = model.config
+    print(f"# hidden {shape.hidden_size}, layers {shape.num_hidden_layers}, heads {shape.num_attention_heads}, "
+          f"rope_theta {getattr(shape, 'rope_theta', args.rope_theta):g}, "
+          f"{what}{start}: {params} parameters", flush=True)
 
     def encode(task, order_rng: random.Random) -> tuple[list[int], int, int]:
-        text, context = make_text(task, args.surface, args.recall, order_rng)
+        text, context = make_text(task, args.surface, args.recall, order_rng, args.text)
         ids = tokenizer.encode(text, add_special_tokens=False) + [tokenizer.eos_token_id]
         computations_start = len(tokenizer.encode(text.rsplit("\n", 1)[0] + "\n", add_special_tokens=False))
         return ids, len(tokenizer.encode(context, add_special_tokens=False)), computations_start
@@ -182,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     def synthetic(example_rng: random.Random) -> tuple[list[int], list[int]]:
         if args.task == "mqar":
             return mqar_example(tokenizer, args.pairs, args.fused, example_rng)
-        return induction_example(tokenizer, example_rng)
+        return induction_example(tokenizer, example_rng, pool=args.pool)
 
-    if args.task != "testbed":
+    if args.task != "testbed" or args.mix:
         probe_set = [synthetic(random.Random(10**6 + k)) for k in range(args.probe_tasks)]
 
     def probe_synthetic() -> dict[str, float]:
@@ -200,9 +243,25 @@ def main(argv: list[str] | None = None) -> int:
         model.train()
         return {"copy_definition": right / seen}
 
+    def probe_solved() -> dict[str, float]:
+        """--text trace: the share of probe problems whose greedy trace boxes the right answer."""
+        model.eval()
+        tokenizer.padding_side = "left"
+        batch = tokenizer([t.problem + "\n" for t in probe], return_tensors="pt", padding=True,
+                          add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=256, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        model.train()
+        return {"solved": sum(f"\\boxed{{{t.answer}}}" in text for t, text in zip(probe, texts)) / len(probe)}
+
     def probe_roles() -> dict[str, float]:
         if args.task != "testbed":
             return probe_synthetic()
+        extra = {"copy_run": probe_synthetic()["copy_definition"]} if args.mix else {}
+        if args.text == "trace":
+            return {**probe_solved(), **extra}
         hits = {role: [0, 0] for role in ROLES if role}
         recall = [0, 0]
         model.eval()
@@ -220,29 +279,36 @@ def main(argv: list[str] | None = None) -> int:
         result = {role: right / seen if seen else 0.0 for role, (right, seen) in hits.items()}
         if args.recall:
             result["recall"] = recall[0] / recall[1] if recall[1] else 0.0
-        return result
+        return {**result, **extra}
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.98))
     order = list(range(len(train)))
     rng.shuffle(order)
     header = ["step", "wall_s", "loss", "copy_definition"]
-    if args.task == "testbed":
+    if args.task == "testbed" and args.text == "trace":
+        header = ["step", "wall_s", "loss", "solved"]
+    elif args.task == "testbed":
         header += ["look_up_value", "arithmetic", "copy_operator", "choice"] + (["recall"] if args.recall else [])
+    header += ["copy_run"] if args.task == "testbed" and args.mix else []
     print(" ".join(f"{h:>15}" for h in header), flush=True)
     started, smoothed, position = time.monotonic(), None, 0
     out = args.output.open("a", encoding="utf-8") if args.output else None
     for step in range(1, args.steps + 1):
-        scale = min(1.0, step / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        decay = 1.0 if args.constant else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        scale = min(1.0, step / 100) * decay
         for group in optimizer.param_groups:
             group["lr"] = args.lr * scale
         if args.task != "testbed":
             batch = [synthetic(rng) for _ in range(args.batch)]
         else:
             batch = []
-            for i in range(args.batch):
-                ids, start, _ = encode(train[order[(position + i) % len(order)]], rng)
+            for _ in range(args.batch):
+                if args.mix and rng.random() < args.mix:
+                    batch.append(induction_example(tokenizer, rng, pool=args.pool))
+                    continue
+                ids, start, _ = encode(train[order[position % len(order)]], rng)
                 batch.append((ids, [-100] * start + ids[start:]))
-        position += args.batch
+                position += 1
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
         labels = torch.full((len(batch), width), -100)
@@ -262,8 +328,12 @@ def main(argv: list[str] | None = None) -> int:
                    **{k: round(v, 3) for k, v in probe_roles().items()}}
             print(" ".join(f"{row[h]:>15}" for h in header), flush=True)
             if out:
-                out.write(json.dumps({**row, "config": vars(args) | {"output": str(args.output)}}) + "\n")
+                config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+                out.write(json.dumps({**row, "config": config}) + "\n")
                 out.flush()
+            if args.save:
+                model.save_pretrained(args.save)
+                tokenizer.save_pretrained(args.save)
     if out:
         out.close()
     return 0

@@ -243,3 +243,27 @@ def test_copy_formation_synthetic_texts_label_only_what_can_be_copied():
     assert len(ids) == 80 and len(marked) == 19 and marked == list(range(marked[0], marked[0] + 19))
     start = marked[0] - 1
     assert any(ids[j: j + 20] == ids[start: start + 20] for j in range(0, start - 19))  # the run came before
+
+
+def test_copy_formation_pooled_copies_need_pairs_and_the_transfer_modes_run(tmp_path):
+    import random
+
+    from rlkd.models import load_tokenizer
+
+    bench = load("copy_formation")
+    tokenizer = load_tokenizer(Path(__file__).resolve().parents[1] / "assets" / "testbed-base")
+    ids, labels = bench.induction_example(tokenizer, random.Random(3), pool=6)
+    assert len(set(ids)) <= 6  # every name of the text comes from the pool
+    marked = [i for i, t in enumerate(labels) if t != -100]
+    assert len(marked) == 18  # the repeat's first two names cannot be known: the pair that finds it
+    # a trace-trained model from scratch, with copying texts mixed in, saved; then started from
+    out = run_script(str(BENCH / "copy_formation.py"), "--steps", "2", "--tasks", "32", "--probe-tasks", "2",
+                     "--probe-every", "2", "--hidden", "32", "--heads", "2", "--layers", "1", "--text", "trace",
+                     "--mix", "0.5", "--pool", "12", "--save", str(tmp_path / "m"))
+    header = next(line for line in out.splitlines() if line.split()[:2] == ["step", "wall_s"])
+    assert header.split()[3:] == ["solved", "copy_run"]
+    assert (tmp_path / "m" / "config.json").exists() and (tmp_path / "m" / "tokenizer.json").exists()
+    out = run_script(str(BENCH / "copy_formation.py"), "--steps", "1", "--tasks", "32", "--probe-tasks", "2",
+                     "--probe-every", "1", "--init", str(tmp_path / "m"), "--constant")
+    assert "# hidden 32, layers 1, heads 2" in out and f"from {tmp_path / 'm'}" in out
+
