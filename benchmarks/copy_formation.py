@@ -76,6 +76,10 @@ def make_text(task, surface: str, recall: bool, rng: random.Random, what: str = 
     if what == "trace":
         return task.problem + "\n" + task.trace, task.problem + "\n"
     text = base_text(task)
+    if what == "needs":  # each computation preceded by its inputs sentence, as the teacher's walk writes it
+        needs = iter(f"{q.name} needs {' and '.join(q.inputs)}." for q in task.quantities if q.inputs)
+        problem, computations = text.split("\n", 1)
+        text = problem + "\n" + " ".join(f"{next(needs)} {c}" for c in re.split(r"(?<=\.) ", computations))
     if surface == "capital":
         text = sentence_case(text)
     problem, computations = text.split("\n", 1)
@@ -149,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
                         "repeated run of names (see the module docstring)")
     parser.add_argument("--pairs", type=int, default=10, help="mqar: name-value sentences per text (default 10)")
     parser.add_argument("--fused", action="store_true", help="mqar: no ' =' between name and value")
-    parser.add_argument("--text", choices=("computations", "trace"), default="computations",
+    parser.add_argument("--text", choices=("computations", "needs", "trace"), default="computations",
                         help="testbed: what follows the problem (loss on it): computations, the base student's "
-                        "text (default), or trace, the teacher's whole trace (the probe is then the greedy "
-                        "share of problems solved)")
+                        "text (default); needs, each computation preceded by 'x needs a and b.' (the probe adds "
+                        "needs_copy, those names right); or trace, the teacher's whole trace (the probe is then "
+                        "the greedy share of problems solved)")
     parser.add_argument("--pool", type=int, default=0, help="induction and --mix texts: draw each text's names "
                         "from this many random names (0: all 80), so that copying must match pairs of names")
     parser.add_argument("--mix", type=float, default=0.0, help="testbed: the share of each batch that is "
@@ -263,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.text == "trace":
             return {**probe_solved(), **extra}
         hits = {role: [0, 0] for role in ROLES if role}
-        recall = [0, 0]
+        recall, needs = [0, 0], [0, 0]
         model.eval()
         for k, task in enumerate(probe):
             ids, start, comp = encode(task, random.Random(k))
@@ -275,10 +280,17 @@ def main(argv: list[str] | None = None) -> int:
                 recall[1] += 1
                 recall[0] += int(predicted[i - 1] == ids[i])
             count_roles(ids, pieces, predicted, comp, hits)
+            for i in range(comp, len(ids) - 3):  # --text needs: the two input names after "needs"
+                if pieces[i] == "Ġneeds":
+                    for k in (i + 1, i + 3):
+                        needs[1] += 1
+                        needs[0] += int(predicted[k - 1] == ids[k])
         model.train()
         result = {role: right / seen if seen else 0.0 for role, (right, seen) in hits.items()}
         if args.recall:
             result["recall"] = recall[0] / recall[1] if recall[1] else 0.0
+        if args.text == "needs":
+            result["needs_copy"] = needs[0] / needs[1] if needs[1] else 0.0
         return {**result, **extra}
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.98))
@@ -289,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         header = ["step", "wall_s", "loss", "solved"]
     elif args.task == "testbed":
         header += ["look_up_value", "arithmetic", "copy_operator", "choice"] + (["recall"] if args.recall else [])
+        header += ["needs_copy"] if args.text == "needs" else []
     header += ["copy_run"] if args.task == "testbed" and args.mix else []
     print(" ".join(f"{h:>15}" for h in header), flush=True)
     started, smoothed, position = time.monotonic(), None, 0

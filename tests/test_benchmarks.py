@@ -215,6 +215,10 @@ def test_copy_formation_restates_the_problem_and_probes_every_role():
     assert sorted(s.rstrip(".") for s in restated.split(". ")) == sorted(
         s.rstrip(".") for s in problem.split(". ")[:-1])
     assert computations == bench.sentence_case(base_text(task).split("\n")[1])
+    # --text needs: every computation follows the sentence that names its inputs
+    needs = bench.make_text(task, "plain", False, random.Random(0), "needs")[0].split("\n")[1]
+    assert needs.startswith("lev needs zor and cod. lev = zor + cod = 1 + 3 = 4. hov needs lev and dag. hov = ")
+    assert needs.replace(" needs ", " ").count(".") == 2 * base_text(task).split("\n")[1].count(".")
     out = run_script(str(BENCH / "copy_formation.py"), "--steps", "2", "--tasks", "32", "--probe-tasks", "2",
                      "--probe-every", "1", "--hidden", "32", "--heads", "2", "--layers", "1", "--recall")
     header = next(line for line in out.splitlines() if line.split()[:2] == ["step", "wall_s"])
