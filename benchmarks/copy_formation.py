@@ -72,12 +72,14 @@ def make_text(task, surface: str, recall: bool, rng: random.Random, what: str = 
     """(whole text, context prefix without loss) for one task: the problem, then its computations (or,
     with ``what="trace"``, the teacher's whole trace)."""
     from rlkd.testbed import base_text
+    from rlkd.testbed.tasks import _WALK, _join_names
 
     if what == "trace":
         return task.problem + "\n" + task.trace, task.problem + "\n"
     text = base_text(task)
     if what == "needs":  # each computation preceded by its inputs sentence, as the teacher's walk writes it
-        needs = iter(f"{q.name} needs {' and '.join(q.inputs)}." for q in task.quantities if q.inputs)
+        # base_text computes the defined quantities in this same order
+        needs = iter(_WALK.format(q=q.name, ins=_join_names(q.inputs)) for q in task.quantities if q.inputs)
         problem, computations = text.split("\n", 1)
         text = problem + "\n" + " ".join(f"{next(needs)} {c}" for c in re.split(r"(?<=\.) ", computations))
     if surface == "capital":
@@ -197,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.init:
         tokenizer = load_tokenizer(args.init)
     else:
-        tokenizer = build_tokenizer([make_text(t, args.surface, args.recall, rng, args.text)[0] for t in train[:3000]]
-                                    + [make_text(t, "plain", False, rng)[0] for t in train[:500]], 1024)
+        tokenizer = build_tokenizer([make_text(t, args.surface, args.recall, rng, args.text)[0] for t in train[:3000]],
+                                    1024)
     forms = (" {}", "{C}", " {C}") if args.surface == "capital" else (" {}", "{}")
     split = [f.format(n, C=n.capitalize()) for n in NAMES for f in forms
              if len(tokenizer.encode(f.format(n, C=n.capitalize()), add_special_tokens=False)) != 1]
@@ -280,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                 recall[1] += 1
                 recall[0] += int(predicted[i - 1] == ids[i])
             count_roles(ids, pieces, predicted, comp, hits)
-            for i in range(comp, len(ids) - 3):  # --text needs: the two input names after "needs"
+            for i in range(comp, len(ids) - 3 if args.text == "needs" else comp):  # the two names after "needs"
                 if pieces[i] == "Ġneeds":
                     for k in (i + 1, i + 3):
                         needs[1] += 1

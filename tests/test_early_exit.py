@@ -169,9 +169,12 @@ class FlakyJudge(Judge):
         return Verdict(request.teacher.strip() == request.student.strip(), self.name)
 
 
+_PASSAGES = re.compile(r"A:\n(.*)\n\n\S+(?: \S+)? B:\n(.*)\n\n", re.DOTALL)  # a per-pair question
+
+
 def _llm_reply(request: GenerationRequest) -> str:
     """A deterministic judge LLM: yes when the two passages are equal; unreadable on some pairs."""
-    m = re.search(r"A:\n(.*)\n\n\S+(?: \S+)? B:\n(.*)\n\n", request.last_user_message, re.DOTALL)
+    m = _PASSAGES.search(request.last_user_message)
     if m is None:
         return "???"
     a, b = m.group(1), m.group(2)
@@ -187,7 +190,7 @@ def _batched_reply(request: GenerationRequest) -> str:
     """A batched judge LLM whose verdict on a pair does not depend on the other pairs in the request, nor
     on whether the pair comes alone, as a per-pair question (exactness needs that: early exit sends the
     pairs in other batches than the full computation, and a lone pair as a per-pair question)."""
-    m = re.search(r"A:\n(.*)\n\n\S+(?: \S+)? B:\n(.*)\n\n", request.last_user_message, re.DOTALL)
+    m = _PASSAGES.search(request.last_user_message)
     if m is not None:
         return "yes" if m.group(1) == m.group(2) else "no"
     return json.dumps(["yes" if a == b else "no" for _, a, b in _PAIR.findall(request.last_user_message)])
