@@ -11,12 +11,14 @@ problem is the context), so several shapes can be compared cheaply, one per core
     .venv/bin/python benchmarks/copy_formation.py --surface capital --recall --steps 1500
 
 Every ``--probe-every`` steps it prints teacher-forced next-token accuracy on held-out problems by the
-role of the token in a computation ``x = a + b = 3 + 5 = 8.`` (``copy_definition``: ``a`` and ``b``,
-found in the problem; ``look_up_value``: ``3`` and ``5``; ``arithmetic``: ``8``; ``copy_operator``;
-``choice``: ``x``, which the problem does not determine). Copying has formed when ``copy_definition``
-leaves chance (1/80 names) and climbs. Surfaces:
+role of the token (:func:`rlkd.experiment.probe_positions`) in ``x needs a and b. x = a + b, a is 3,
+b is 5, so x is 8.``: ``copy_inputs`` (``a`` and ``b`` of the first sentence, found in the problem's
+definition), ``copy_definition`` and ``copy_operator`` (the definition restated), ``copy_name`` (a name
+restated within the sentence), ``look_up_value`` (``3`` and ``5``, found as ``a is 3``),
+``arithmetic`` (``8``) and ``choice`` (``x``, which the problem does not determine). Copying has formed
+when ``copy_inputs`` leaves chance (1/80 names) and climbs. Surfaces:
 
-1. ``plain``: the testbed as it is (``dup = vat - tor. vat is 5. ...``);
+1. ``plain``: the testbed as it is (``Find dup. dup = vat - tor. vat is 5. ...``);
 2. ``capital``: sentence case, every sentence's subject capitalised (``Dup = vat - tor. Vat is 5.``),
    so the sentence that defines a quantity is found by a token that occurs once in the problem;
 3. ``--recall``: the text restates every problem sentence in a new random order before the
@@ -35,8 +37,8 @@ DIR``, or the base build's copying warm-up, ``<base.path>-build/copying``), and 
 that share of every batch copying texts while the problem language is learned (the probe then adds
 ``copy_run``, the copy's share right); ``--pool N`` draws each copying text's names from N random
 names, so that a single name recurs and only a pair of names finds the run. ``--text trace`` trains on
-the teacher's whole trace after the problem instead of the computations (the issue's own run) and
-probes the greedy share of problems ``solved``. ``--constant`` keeps the learning rate flat after the
+the teacher's whole trace after the problem instead of the base text (the issue's own run) and probes
+the greedy share of problems ``solved``; ``--text computations`` drops the inputs sentences. ``--constant`` keeps the learning rate flat after the
 warm-up.
 
     .venv/bin/python benchmarks/copy_formation.py --init runs/b-build/copying --mix 0.3 --lr 1e-3 --constant
@@ -56,38 +58,36 @@ import sys
 import time
 from pathlib import Path
 
-_SUBJECT = re.compile(r"(^|\. |\n)([a-z]+)(?= (?:=|is) )")
+_SUBJECT = re.compile(r"(^|\. |\n|: )([a-z]+)(?= (?:=|is|needs) )")
+_NEEDS = re.compile(r"(?<=[.:] )[a-z]+ needs [^.]*\. ")
 
 
 def sentence_case(text: str) -> str:
     """Capitalise each sentence's subject name: ``dup = a + b. c is 3.`` -> ``Dup = a + b. C is 3.``
 
-    >>> sentence_case("dup = a + b. c is 3. Find dup.\\ndup = a + b = 1 + 2 = 3.")
-    'Dup = a + b. C is 3. Find dup.\\nDup = a + b = 1 + 2 = 3.'
+    >>> sentence_case("Find dup. dup = a + b. c is 3.\\nEvery quantity: dup needs a and b. dup = a + b, a is 1")
+    'Find dup. Dup = a + b. C is 3.\\nEvery quantity: Dup needs a and b. Dup = a + b, a is 1'
     """
     return _SUBJECT.sub(lambda m: m.group(1) + m.group(2).capitalize(), text)
 
 
-def make_text(task, surface: str, recall: bool, rng: random.Random, what: str = "computations") -> tuple[str, str]:
-    """(whole text, context prefix without loss) for one task: the problem, then its computations (or,
-    with ``what="trace"``, the teacher's whole trace)."""
+def make_text(task, surface: str, recall: bool, rng: random.Random, what: str = "needs") -> tuple[str, str]:
+    """(whole text, context prefix without loss) for one task: the problem, then the base student's text
+    (``what="needs"``: each computation after the sentence naming its inputs), its computations alone
+    (``"computations"``) or the teacher's whole trace (``"trace"``)."""
     from rlkd.testbed import base_text
-    from rlkd.testbed.tasks import _WALK, _join_names
 
     if what == "trace":
         return task.problem + "\n" + task.trace, task.problem + "\n"
     text = base_text(task)
-    if what == "needs":  # each computation preceded by its inputs sentence, as the teacher's walk writes it
-        # base_text computes the defined quantities in this same order
-        needs = iter(_WALK.format(q=q.name, ins=_join_names(q.inputs)) for q in task.quantities if q.inputs)
-        problem, computations = text.split("\n", 1)
-        text = problem + "\n" + " ".join(f"{next(needs)} {c}" for c in re.split(r"(?<=\.) ", computations))
+    if what == "computations":
+        text = _NEEDS.sub("", text)
     if surface == "capital":
         text = sentence_case(text)
     problem, computations = text.split("\n", 1)
     middle = ""
-    if recall:
-        sentences = [s if s.endswith(".") else s + "." for s in problem.split(". ")[:-1]]
+    if recall:  # the problem's statements (the question aside) in a new order
+        sentences = [s if s.endswith(".") else s + "." for s in problem.split(". ")[1:]]
         rng.shuffle(sentences)
         middle = " ".join(sentences) + "\n"
     return problem + "\n" + middle + computations, problem + "\n"
@@ -155,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
                         "repeated run of names (see the module docstring)")
     parser.add_argument("--pairs", type=int, default=10, help="mqar: name-value sentences per text (default 10)")
     parser.add_argument("--fused", action="store_true", help="mqar: no ' =' between name and value")
-    parser.add_argument("--text", choices=("computations", "needs", "trace"), default="computations",
-                        help="testbed: what follows the problem (loss on it): computations, the base student's "
-                        "text (default); needs, each computation preceded by 'x needs a and b.' (the probe adds "
-                        "needs_copy, those names right); or trace, the teacher's whole trace (the probe is then "
-                        "the greedy share of problems solved)")
+    parser.add_argument("--text", choices=("needs", "computations", "trace"), default="needs",
+                        help="testbed: what follows the problem (loss on it): needs, the base student's text, "
+                        "each computation after the sentence naming its inputs, 'x needs a and b.' (default); "
+                        "computations, the computations alone (no choice or copy_inputs probe); or trace, the "
+                        "teacher's whole trace (the probe is then the greedy share of problems solved)")
     parser.add_argument("--pool", type=int, default=0, help="induction and --mix texts: draw each text's names "
                         "from this many random names (0: all 80), so that copying must match pairs of names")
     parser.add_argument("--mix", type=float, default=0.0, help="testbed: the share of each batch that is "
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlkd.experiment.base import ROLES, count_roles
+    from rlkd.experiment.base import ROLE_NAMES, count_roles
     from rlkd.models import build_tokenizer, load_tokenizer
     from rlkd.testbed import NAMES, generate_tasks
 
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tokenizer = build_tokenizer([make_text(t, args.surface, args.recall, rng, args.text)[0] for t in train[:3000]],
                                     1024)
-    forms = (" {}", "{C}", " {C}") if args.surface == "capital" else (" {}", "{}")
+    forms = (" {}", " {C}") if args.surface == "capital" else (" {}",)  # no name starts a line
     split = [f.format(n, C=n.capitalize()) for n in NAMES for f in forms
              if len(tokenizer.encode(f.format(n, C=n.capitalize()), add_special_tokens=False)) != 1]
     if split:
@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = {"copy_run": probe_synthetic()["copy_definition"]} if args.mix else {}
         if args.text == "trace":
             return {**probe_solved(), **extra}
-        hits = {role: [0, 0] for role in ROLES if role}
-        recall, needs = [0, 0], [0, 0]
+        hits = {role: [0, 0] for role in ROLE_NAMES}
+        recall = [0, 0]
         model.eval()
         for k, task in enumerate(probe):
             ids, start, comp = encode(task, random.Random(k))
@@ -282,17 +282,10 @@ def main(argv: list[str] | None = None) -> int:
                 recall[1] += 1
                 recall[0] += int(predicted[i - 1] == ids[i])
             count_roles(ids, pieces, predicted, comp, hits)
-            for i in range(comp, len(ids) - 3 if args.text == "needs" else comp):  # the two names after "needs"
-                if pieces[i] == "Ġneeds":
-                    for k in (i + 1, i + 3):
-                        needs[1] += 1
-                        needs[0] += int(predicted[k - 1] == ids[k])
         model.train()
         result = {role: right / seen if seen else 0.0 for role, (right, seen) in hits.items()}
         if args.recall:
             result["recall"] = recall[0] / recall[1] if recall[1] else 0.0
-        if args.text == "needs":
-            result["needs_copy"] = needs[0] / needs[1] if needs[1] else 0.0
         return {**result, **extra}
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.98))
@@ -302,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.task == "testbed" and args.text == "trace":
         header = ["step", "wall_s", "loss", "solved"]
     elif args.task == "testbed":
-        header += ["look_up_value", "arithmetic", "copy_operator", "choice"] + (["recall"] if args.recall else [])
-        header += ["needs_copy"] if args.text == "needs" else []
+        header += ["look_up_value", "arithmetic", "copy_operator", "copy_name"]
+        header += ["copy_inputs", "choice"] if args.text == "needs" else []
+        header += ["recall"] if args.recall else []
     header += ["copy_run"] if args.task == "testbed" and args.mix else []
     print(" ".join(f"{h:>15}" for h in header), flush=True)
     started, smoothed, position = time.monotonic(), None, 0

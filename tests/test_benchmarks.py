@@ -213,16 +213,18 @@ def test_copy_formation_restates_the_problem_and_probes_every_role():
     assert context == problem + "\n" and problem[0].isupper()
     # the restated sentences are the problem's, in another order, without the question
     assert sorted(s.rstrip(".") for s in restated.split(". ")) == sorted(
-        s.rstrip(".") for s in problem.split(". ")[:-1])
+        s.rstrip(".") for s in problem.split(". ")[1:])
     assert computations == bench.sentence_case(base_text(task).split("\n")[1])
-    # --text needs: every computation follows the sentence that names its inputs
-    needs = bench.make_text(task, "plain", False, random.Random(0), "needs")[0].split("\n")[1]
-    assert needs.startswith("lev needs zor and cod. lev = zor + cod = 1 + 3 = 4. hov needs lev and dag. hov = ")
-    assert needs.replace(" needs ", " ").count(".") == 2 * base_text(task).split("\n")[1].count(".")
+    assert computations.startswith("Every quantity: Lev needs zor and cod. Lev = zor + cod, zor is 1, cod is 3")
+    # --text computations: the base text without the sentences that name the inputs
+    alone = bench.make_text(task, "plain", False, random.Random(0), "computations")[0].split("\n")[1]
+    assert alone.startswith("Every quantity: lev = zor + cod, zor is 1, cod is 3, so lev is 4. hov = lev - dag,")
+    assert " needs " not in alone and alone.count(".") == 4
     out = run_script(str(BENCH / "copy_formation.py"), "--steps", "2", "--tasks", "32", "--probe-tasks", "2",
                      "--probe-every", "1", "--hidden", "32", "--heads", "2", "--layers", "1", "--recall")
     header = next(line for line in out.splitlines() if line.split()[:2] == ["step", "wall_s"])
     assert header.split()[3:5] == ["copy_definition", "look_up_value"] and header.split()[-1] == "recall"
+    assert "copy_inputs" in header.split() and "choice" in header.split()
     rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [r[0] for r in rows] == ["1", "2"] and all(0.0 <= float(v) <= 1.0 for r in rows for v in r[3:])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -124,8 +125,8 @@ def test_micro_run_end_to_end_and_resume(tmp_path, capsys):
     assert "step     2" in capsys.readouterr().out
     card = json.loads((base / "base_card.json").read_text())
     assert [p["step"] for p in card["probes"]] == [1, 2] and 0 <= card["final_probe"]["lines_right"] <= 1
-    assert set(card["probes"][0]["teacher_forced"]) == {"choice", "copy_definition", "copy_operator",
-                                                         "look_up_value", "arithmetic"}
+    assert set(card["probes"][0]["teacher_forced"]) == {"choice", "copy_inputs", "copy_name", "copy_definition",
+                                                         "copy_operator", "look_up_value", "arithmetic"}
     assert (base / "model.safetensors").is_file() and (base / "tokenizer.json").is_file()
     assert card["recipe"]["base"]["tasks"] == 40 and card["parameters"] > 0
     # the copying warm-up ran first, and the problem language started from its model
@@ -243,12 +244,16 @@ def test_the_base_probe_checks_each_computation_in_any_order():
     from rlkd.testbed import base_text, generate_tasks
 
     task = generate_tasks(1, seed=0)[0]
-    lines = base_text(task).split("\n")[1].split(". ")
-    shuffled = ". ".join(reversed([line.rstrip(".") for line in lines])) + "."
+    sentences = [s for s in re.split(r"(?<=\.) ", base_text(task).split(": ", 1)[1]) if " = " in s]
+    assert len(sentences) == 4
+    shuffled = " ".join(reversed(sentences))
     assert check_computations(task, shuffled) == {name: (True, True) for name in ("lev", "hov", "hub", "pot")}
     # a wrong look-up with the right result, a wrong result, a name the problem does not define
-    assert check_computations(task, "lev = zor + cod = 2 + 2 = 4. hov = lev - dag = 4 - 2 = 3. cup = 1 + 1 = 2.") \
+    assert check_computations(task, "lev = zor + cod, zor is 2, cod is 2, so lev is 4. hov = lev - dag, lev is 4, "
+                                    "dag is 2, so hov is 3. cup = zor + cod, zor is 1, cod is 1, so cup is 2.") \
         == {"lev": (False, True), "hov": (False, False)}
+    # the inputs sentences and the opening are not computations
+    assert check_computations(task, "Every quantity: lev needs zor and cod.") == {}
 
 
 def test_a_warm_up_whose_copy_did_not_form_stops_the_build(tmp_path):

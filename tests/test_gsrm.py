@@ -355,7 +355,10 @@ class TestRuleDecomposer:
         teacher = [t.decomposition.render() for t in tasks]
         # the teacher's own trace earns 1 per step; a student that computes the second link wrong loses
         # half of that step (its answer differs) and nothing else, exactly as SPEC section 3 says
-        wrong = tasks[0].trace.replace(f"= {tasks[0].decomposition.steps[1].answer}.", "= 999.", 1)
+        second = tasks[0].order[1]
+        result = f"so {second} is {tasks[0].decomposition.steps[1].answer}."
+        assert result in tasks[0].trace
+        wrong = tasks[0].trace.replace(result, f"so {second} is 999.", 1)
         scores = asyncio.run(reward(prompts=[t.problem for t in tasks] + [tasks[0].problem],
                                     completions=[t.trace for t in tasks] + [wrong],
                                     teacher_structure=teacher + [teacher[0]],

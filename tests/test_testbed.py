@@ -59,9 +59,13 @@ def _to_python(rhs: str) -> str:
 def solve_problem_text(problem: str) -> tuple[str, int]:
     """Read every statement of the problem and evaluate the asked quantity."""
     sentences = re.split(r"(?<=[.?])\s+", problem.strip())
-    goal = re.search(r"(\w+)[?.]$", sentences[-1]).group(1)
+    questions = [s for s in sentences if re.match(r"(Find|What) ", s)]
+    assert len(questions) == 1, f"expected one question in {problem!r}"
+    goal = re.search(r"(\w+)[?.]$", questions[0]).group(1)
     definitions: dict[str, str] = {}
-    for sentence in sentences[:-1]:
+    for sentence in sentences:
+        if sentence in questions:
+            continue
         body = re.sub(r"^(Let|We know|Define) ", "", sentence.rstrip("."))
         m = re.fullmatch(r"(\w+) (?:is|be|=|equals|as) (.+)", body)
         assert m, f"cannot read statement {sentence!r}"
@@ -169,7 +173,7 @@ def test_one_wording_and_the_walk(id_tasks):
     """One fixed wording per sentence type; the first step walks the chain back from the goal, every
     computation restates its definition and its input values."""
     for task in id_tasks[:50]:
-        assert task.problem.endswith(f"Find {task.goal}.")
+        assert task.problem.startswith(f"Find {task.goal}. ")  # no name starts the text
         for q in task.quantities:
             expected = f"{q.name} is {q.value}." if q.role == "fact" else f"{q.name} = {q.symbolic()}."
             assert expected in task.problem
@@ -179,8 +183,8 @@ def test_one_wording_and_the_walk(id_tasks):
         for step, name in zip(steps, task.order):
             q = task.quantity(name)
             assert step.meta_reasoning.endswith(f"{name} needs {' and '.join(q.inputs)}, all known, so compute {name}.")
-            numbers = re.sub(r"[a-z]+", lambda m: str(task.quantity(m.group(0)).value), q.symbolic())
-            assert f"{name} = {q.symbolic()} = {numbers} = {q.value}." in task.trace
+            values = ", ".join(f"{i} is {task.quantity(i).value}" for i in q.inputs)
+            assert f"{name} = {q.symbolic()}, {values}, so {name} is {q.value}." in task.trace
         assert teacher_trace(task, task.trace_seed + 7) == task.trace  # one wording: the seed changes nothing
     # each link takes the previous link and facts only, so the walk never branches
     for task in id_tasks:
@@ -236,17 +240,21 @@ def test_ground_truth_is_the_narratives_steps(id_tasks, ood_tasks):
 
 def test_a_literal_trace():
     task = generate_tasks(1, "id", seed=0)[0]
-    assert task.problem == ("bim is 7. hub = bim * hov. lev = zor + cod. cod is 3. hov = lev - dag. zor is 1. "
-                            "dag is 2. pot = dag * zor. Find hub.")
+    assert task.problem == ("Find hub. bim is 7. hub = bim * hov. lev = zor + cod. cod is 3. hov = lev - dag. "
+                            "zor is 1. dag is 2. pot = dag * zor.")
     assert reasoning_text(task.trace) == (
         "We want hub. hub needs bim and hov. hov needs lev and dag. lev needs zor and cod, all known, so compute "
-        "lev. lev = zor + cod = 1 + 3 = 4. hov needs lev and dag, all known, so compute hov. hov = lev - dag = "
-        "4 - 2 = 2. hub needs bim and hov, all known, so compute hub. hub = bim * hov = 7 * 2 = 14.")
+        "lev. lev = zor + cod, zor is 1, cod is 3, so lev is 4. hov needs lev and dag, all known, so compute hov. "
+        "hov = lev - dag, lev is 4, dag is 2, so hov is 2. hub needs bim and hov, all known, so compute hub. "
+        "hub = bim * hov, bim is 7, hov is 2, so hub is 14.")
     assert task.answer == 14
     assert [(s.subproblem, s.answer) for s in task.decomposition.steps] == [
         ("What is lev?", "4"), ("What is hov?", "2"), ("What is hub?", "14")]
-    assert base_text(task) == (task.problem + "\nlev = zor + cod = 1 + 3 = 4. hov = lev - dag = 4 - 2 = 2. "
-                               "hub = bim * hov = 7 * 2 = 14. pot = dag * zor = 2 * 1 = 2.")
+    assert base_text(task) == (
+        task.problem + "\nEvery quantity: lev needs zor and cod. lev = zor + cod, zor is 1, cod is 3, so lev is 4. "
+        "hov needs lev and dag. hov = lev - dag, lev is 4, dag is 2, so hov is 2. hub needs bim and hov. "
+        "hub = bim * hov, bim is 7, hov is 2, so hub is 14. pot needs dag and zor. pot = dag * zor, dag is 2, "
+        "zor is 1, so pot is 2.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -430,3 +438,21 @@ def test_tokenizer_keeps_names_and_numbers_whole(id_tasks):
     assert "Ġ14" in pieces and "14" in pieces  # "= 14." and "\\boxed{14}"
     small = build_tokenizer(corpus(id_tasks[:20]), vocab_size=320)  # too small a vocabulary splits some
     assert whole_word_check(small)
+
+
+def test_every_mention_of_a_name_is_one_and_the_same_token(id_tasks):
+    """A byte-level tokenizer gives a word at a line start another token than the same word after a
+    space, and a look-up matches tokens: so no text the models read or write starts a line with a name,
+    and every mention of a quantity in the problem, the base text, the trace and the chat prompt is the
+    same token."""
+    from rlkd.models import build_tokenizer
+
+    tok = build_tokenizer(corpus(id_tasks[:200]), vocab_size=1024)
+    for task in id_tasks[:50]:
+        names = {q.name for q in task.quantities}
+        prompt = tok.apply_chat_template([{"role": "user", "content": task.problem}], tokenize=False,
+                                         add_generation_prompt=True)
+        for text in (task.problem, base_text(task), task.trace, prompt + task.trace):
+            pieces = tok.convert_ids_to_tokens(tok.encode(text, add_special_tokens=False))
+            mentioned = [p for p in pieces if p.lstrip("Ġ") in names]
+            assert mentioned and all(p.startswith("Ġ") for p in mentioned), (text, mentioned)

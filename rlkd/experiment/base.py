@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from rlkd.config import SFTJob
 from rlkd.errors import InputError, RlkdError
 from rlkd.models import build_tiny_model, build_tokenizer, load_model, load_tokenizer
 from rlkd.templates import load_prompt
-from rlkd.testbed import base_text, copying_texts, corpus, generate_tasks, whole_word_check
+from rlkd.testbed import base_text, computation, copying_texts, corpus, generate_tasks, whole_word_check
 from rlkd.train import last_checkpoint, train_job
 
 from rlkd.experiment.measurements import _read_metrics, _training_for_device, machine_info
@@ -40,8 +41,8 @@ def base_tasks(base: BaseSection) -> tuple[list[Any], list[Any]]:
 
 def probe_lookups(model_dir: str | Path, tasks: Sequence[Any], batch_size: int = 64) -> dict[str, float]:
     """How well a model writes the computations of held-out problems (greedy, after ``problem + "\\n"``,
-    the layout of :func:`rlkd.testbed.base_text`). Each written sentence ``x = <definition> = <input
-    values> = <result>`` is checked on its own against the task's graph, in any order (the problem does
+    the layout of :func:`rlkd.testbed.base_text`). Each written computation (:func:`check_computations`)
+    is checked on its own against the task's graph, in any order (the problem does
     not say which definition to compute first): ``lines_right`` is the share of the task's definitions
     written exactly right (definition restated, input values looked up, result right), ``values_right``
     the share whose result alone is right, ``tasks_right`` the share of problems with every definition
@@ -57,7 +58,7 @@ def probe_lookups(model_dir: str | Path, tasks: Sequence[Any], batch_size: int =
         batch = tokenizer([t.problem + "\n" for t in chunk], return_tensors="pt", padding=True,
                           add_special_tokens=False)
         with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=200, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            out = model.generate(**batch, max_new_tokens=256, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=tokenizer.eos_token_id)
         for task, ids in zip(chunk, out[:, batch["input_ids"].shape[1]:]):
             written = check_computations(task, tokenizer.decode(ids, skip_special_tokens=True).strip().split("\n")[0])
@@ -70,22 +71,29 @@ def probe_lookups(model_dir: str | Path, tasks: Sequence[Any], batch_size: int =
             "tasks_right": whole / len(tasks) if tasks else 0.0, "tasks": float(len(tasks))}
 
 
-# the roles of the 11 tokens of a computation sentence ``x = a + b = 1 + 3 = 4`` (the period aside)
-ROLES = ("choice", None, "copy_definition", "copy_operator", "copy_definition", None, "look_up_value",
-          "copy_operator", "look_up_value", None, "arithmetic")
+# the roles of the tokens of the base text's two sentences on a definition of two inputs, keyed by the
+# sentence's token count (its period aside): ``x needs a and b`` and ``x = a + b, a is 1, b is 3, so x is 4``
+ROLES: dict[int, tuple[str | None, ...]] = {
+    5: ("choice", None, "copy_inputs", None, "copy_inputs"),
+    18: ("copy_name", None, "copy_definition", "copy_operator", "copy_definition", None, "copy_name", None,
+         "look_up_value", None, "copy_name", None, "look_up_value", None, None, "copy_name", None, "arithmetic"),
+}
+ROLE_NAMES = tuple(dict.fromkeys(r for roles in ROLES.values() for r in roles if r))
 
 
 def probe_positions(model_dir: str | Path, tasks: Sequence[Any]) -> dict[str, float]:
-    """Teacher-forced next-token accuracy on the computations of held-out problems, by the role of the
-    token: ``choice`` (which quantity is computed next; the problem does not say, so this stays low),
-    ``copy_definition`` (an input name of its definition, copied from the problem), ``copy_operator``,
-    ``look_up_value`` (an input's value, found in the problem or an earlier computation) and
-    ``arithmetic`` (the result, given the values). Copying has formed when ``copy_definition`` and
-    ``look_up_value`` climb towards 1; greedy generation (:func:`probe_lookups`) needs all of them."""
+    """Teacher-forced next-token accuracy on the base text of held-out problems, by the role of the
+    token: ``choice`` (which quantity comes next; the problem does not say, so this stays low),
+    ``copy_inputs`` (an input name in ``x needs a and b``, copied from the problem's definition),
+    ``copy_definition`` and ``copy_operator`` (the definition restated, a few tokens after its inputs
+    sentence), ``copy_name`` (a name restated within the sentence), ``look_up_value`` (an input's value,
+    found as ``a is 3`` in the problem or in an earlier computation) and ``arithmetic`` (the result, given
+    the values). Copying has formed when ``copy_inputs`` and ``look_up_value`` climb towards 1; greedy
+    generation (:func:`probe_lookups`) needs all of them."""
     import torch
 
     tokenizer, model = load_tokenizer(model_dir), load_model(model_dir, device="cpu", dtype="float32")
-    hits: dict[str, list[int]] = {role: [0, 0] for role in ROLES if role}
+    hits: dict[str, list[int]] = {role: [0, 0] for role in ROLE_NAMES}
     for task in tasks:
         ids = tokenizer.encode(base_text(task), add_special_tokens=False)
         start = len(tokenizer.encode(task.problem + "\n", add_special_tokens=False))
@@ -98,41 +106,45 @@ def probe_positions(model_dir: str | Path, tasks: Sequence[Any]) -> dict[str, fl
 def count_roles(ids: Sequence[int], pieces: Sequence[str], predicted: Sequence[int], start: int,
                 hits: dict[str, list[int]]) -> None:
     """Add to ``hits`` (role -> [right, seen]) the teacher-forced predictions (``predicted[i]`` is the
-    guess for ``ids[i + 1]``) of every computation sentence from token ``start`` on, by :data:`ROLES`."""
+    guess for ``ids[i + 1]``) of every sentence from token ``start`` on whose length :data:`ROLES` knows
+    (sentences end at a ``.`` or ``:`` token; a definition of three inputs has other lengths and is
+    skipped)."""
     i = start
     while i < len(ids):
         j = i
-        while j < len(ids) and pieces[j] != ".":
+        while j < len(ids) and pieces[j] not in (".", ":"):
             j += 1
-        if j - i == len(ROLES):
-            for k, role in enumerate(ROLES):
-                if role:
-                    hits[role][1] += 1
-                    hits[role][0] += int(predicted[i + k - 1] == ids[i + k])
+        for k, role in enumerate(ROLES.get(j - i, ())):
+            if role:
+                hits.setdefault(role, [0, 0])
+                hits[role][1] += 1
+                hits[role][0] += int(predicted[i + k - 1] == ids[i + k])
         i = j + 1
 
 
 def check_computations(task: Any, text: str) -> dict[str, tuple[bool, bool]]:
-    """For each defined quantity a text computes (``x = <definition> = <input values> = <result>.``
-    sentences, the first one per quantity, in any order): (written exactly right, result right).
+    """For each defined quantity a text computes (sentences ``x = <definition>, <input> is <value>, ...,
+    so x is <result>.``, the first one per quantity, in any order): (written exactly as
+    :func:`rlkd.testbed.computation` writes it, result right).
 
     >>> from rlkd.testbed import base_text, generate_tasks
     >>> task = generate_tasks(1, seed=0)[0]
     >>> all(exact for exact, _ in check_computations(task, base_text(task).split("\\n")[1]).values())
     True
-    >>> check_computations(task, "lev = zor + cod = 1 + 3 = 5.")
+    >>> check_computations(task, "lev = zor + cod, zor is 1, cod is 3, so lev is 5.")
     {'lev': (False, False)}
     """
     by_name = {q.name: q for q in task.quantities}
     written: dict[str, tuple[bool, bool]] = {}
-    for sentence in text.split(". "):
-        parts = [p.strip() for p in sentence.rstrip(".").split("=")]
-        q = by_name.get(parts[0]) if len(parts) == 4 else None
+    for sentence in re.split(r"(?<=\.) |: ", text.strip()):
+        head = sentence.split(" = ", 1)[0].strip()
+        q = by_name.get(head) if " = " in sentence else None
         if q is None or not q.inputs or q.name in written:
             continue
-        numbers = " ".join(str(by_name[t].value) if t in by_name else t for t in q.symbolic().split())
-        written[q.name] = (parts[1:] == [q.symbolic(), numbers, str(q.value)], parts[3] == str(q.value))
+        sentence = sentence if sentence.endswith(".") else sentence + "."
+        written[q.name] = (sentence == computation(task, q.name), sentence.endswith(f" so {q.name} is {q.value}."))
     return written
+
 
 
 def build_base(job: "DemoJob") -> dict[str, Any]:

@@ -80,7 +80,7 @@ def evaluate_model(model_dir: Path, tasks: Sequence[Any], benchmark: Path, outpu
     grading by :mod:`rlkd.answers`, pass@k), then add what the testbed can measure exactly: the share of
     well-formatted completions and the structure alignment of each completion (rule-decomposed) with the
     task's oracle decomposition, and whether its opening sentence names the problem's goal
-    (:func:`rlkd.testbed.opening_goal`, the shortest copy in a trace)."""
+    (:func:`rlkd.testbed.opening_goal`, the easiest copy in a trace: the goal from the problem's first sentence)."""
 
     summary = run_eval(eval_job(model_dir, benchmark, output, n=n, max_tokens=max_tokens, temperature=temperature,
                                 top_p=top_p, seed=seed, batch_size=batch_size, system_prompt=system_prompt))

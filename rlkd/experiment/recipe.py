@@ -80,12 +80,12 @@ class BaseSection:
 
     path: str = option(DEFAULT_BASE, "the base checkpoint folder (model and tokenizer); --build-base writes it, "
                        "its build files go to <path>-build")
-    tasks: int = option(40000, "pretraining tasks (one text each; drawn from their own generator stream)")
+    tasks: int = option(80000, "pretraining tasks (one text each; drawn from their own generator stream)")
     seed: int = option(1000, "seed of the pretraining tasks, the tokenizer and the initial weights")
     knobs: dict[str, Any] = option({}, "testbed knobs of the pretraining tasks (overrides of "
                                    "rlkd.testbed.SPLITS['id']; never the ood split's)")
     vocab_size: int = option(1024, "BPE vocabulary (every testbed name and number stays one token)")
-    hidden_size: int = option(64, "hidden size")
+    hidden_size: int = option(128, "hidden size")
     num_layers: int = option(4, "transformer layers")
     num_heads: int = option(4, "attention heads")
     max_position_embeddings: int = option(1024, "context length")
@@ -93,13 +93,13 @@ class BaseSection:
     copying_steps: int = option(0, "steps of a copying warm-up before the problem language "
                                 "(rlkd.testbed.copying_texts: a run of names repeated at a random offset; "
                                 "0: none; with TRL's default Adam beta2 0.999 the copy formed in one build and not in "
-                                "another, with pretraining.extra {adam_beta2: 0.98} by 2,500 steps: see "
+                                "another, with pretraining.extra {adam_beta2: 0.98} (the default) by 2,500 steps: see "
                                 "docs/demo-results.md)")
     copying_texts: int = option(128000, "copying warm-up texts (their own seed stream)")
     copying_max_loss: float | None = option(3.0, "the warm-up's last logged loss must be at most this, else the "
                                             "build stops before the problem language: the copy did not form "
                                             "(a uniform guess over the names is 4.38). Raise copying_steps and "
-                                            "run again (it resumes), or set pretraining.extra {adam_beta2: "
+                                            "run again (it resumes), and keep pretraining.extra {adam_beta2: "
                                             "0.98}; null: no check")
 
 
@@ -111,8 +111,8 @@ class EvalSection:
                     "for k = 1, 2, 4, ... n, as rlkd eval does)")
     temperature: float = option(0.6, "sampling temperature")
     top_p: float = option(0.95, "nucleus sampling")
-    max_tokens_id: int = option(128, "most new tokens per completion on the in-distribution split")
-    max_tokens_ood: int = option(192, "most new tokens per completion on the out-of-distribution split")
+    max_tokens_id: int = option(144, "most new tokens per completion on the in-distribution split")
+    max_tokens_ood: int = option(224, "most new tokens per completion on the out-of-distribution split")
     batch_size: int = option(128, "sequences per generate batch (a batch stops when its longest completion "
                              "does)")
     gsrm_student_check: int = option(16, "student completions (SFT model, first seed, id split) decomposed by "
@@ -132,7 +132,7 @@ def _sft_defaults(**overrides: Any) -> SFTTraining:
 def _rl_defaults() -> GRPOTraining:
     return GRPOTraining(learning_rate=2e-4, lr_scheduler_type="constant_with_warmup", warmup_steps=0.0,
                         max_steps=8, per_device_train_batch_size=16, num_generations=4, temperature=0.7,
-                        max_completion_length=128, max_prompt_length=512, save_steps=100000, logging_steps=1,
+                        max_completion_length=144, max_prompt_length=512, save_steps=100000, logging_steps=1,
                         bf16=False, use_cpu=True, activation_checkpointing=False)
 
 
@@ -163,8 +163,9 @@ class DemoJob:
                               "example) or a prompt file")
     data: DataSection = section(DataSection, "testbed tasks")
     base: BaseSection = section(BaseSection, "the base student (pretrained once, shipped)")
-    pretraining: SFTTraining = option(_sft_defaults(max_steps=3000, per_device_train_batch_size=32,
-                                                    warmup_steps=0.02, save_steps=250, logging_steps=50),
+    pretraining: SFTTraining = option(_sft_defaults(max_steps=5000, per_device_train_batch_size=32,
+                                                    warmup_steps=0.02, save_steps=500, logging_steps=50,
+                                                    extra={"adam_beta2": 0.98}),
                                       "the base student's pretraining (rlkd train sft on text, resumable)")
     gsrm_training: SFTTraining = option(_sft_defaults(max_steps=100), "GSRM fine-tuning (TRL SFTConfig fields, "
                                         "as in rlkd train sft)")

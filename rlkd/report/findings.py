@@ -153,8 +153,8 @@ def _diagnostics(results: Mapping[str, Any]) -> list[str]:
              if "id" in splits and splits["id"]["goal_named"]["n"]]
     if named:
         notes.append("Share of the in-distribution completions whose opening sentence (\"We want x.\") names the "
-                     "problem's goal (its last sentence, \"Find x.\", a few tokens back: the shortest copy in a "
-                     "trace): " + ", ".join(named) + ". The oracle's is 1.")
+                     "problem's goal (its first sentence, \"Find x.\": a copy from a fixed place in the prompt, "
+                     "the easiest in a trace): " + ", ".join(named) + ". The oracle's is 1.")
     weights = {"accuracy": 3.0, "structure": 3.0, "format": 2.0, "tag_count": 2.0}
     for method in RLKD_METHODS:
         seeds = (results.get("training") or {}).get(method)

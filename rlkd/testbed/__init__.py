@@ -60,6 +60,7 @@ from rlkd.testbed.tasks import (
     Quantity,
     Task,
     base_text,
+    computation,
     copying_texts,
     generate_tasks,
     oracle_decomposition,
@@ -67,7 +68,7 @@ from rlkd.testbed.tasks import (
 )
 
 __all__ = [
-    "GSRM_INSTRUCTION", "KNOBS", "NAMES", "SPLITS", "Quantity", "Task", "alignment", "base_text", "chosen_quantity",
+    "GSRM_INSTRUCTION", "KNOBS", "NAMES", "SPLITS", "Quantity", "Task", "alignment", "base_text", "chosen_quantity", "computation",
     "copying_texts", "corpus", "generate_tasks", "gsrm_pairs", "gsrm_prompt", "opening_goal", "oracle_decomposition", "read_tasks",
     "reasoning_text", "rule_decompose", "teacher_trace", "token_stats", "whole_word_check", "write_dataset",
 ]

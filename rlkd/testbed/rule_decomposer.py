@@ -157,7 +157,8 @@ _OPENING_GOAL = re.compile(re.escape(_OPENING).replace(re.escape("{g}"), r"([A-Z
 
 def opening_goal(trace: str) -> str | None:
     """The quantity the trace's first opening sentence (``We want x.``) names, or None without one. It
-    copies the problem's last sentence (``Find x.``), a few tokens back: the shortest copy in a trace.
+    copies the problem's first sentence (``Find x.``), from a fixed place in the prompt: the easiest
+    copy in a trace.
 
     >>> opening_goal("<think>\\nWe want cap. cap needs box.")
     'cap'

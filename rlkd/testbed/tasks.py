@@ -34,13 +34,15 @@ NAMES: tuple[str, ...] = (
     "gux", "hov", "jil", "kip", "lev",
 )
 
-_FACT = "{q} is {v}."
+_IS = "{q} is {v}"                                        # a known value: a fact, or a result
+_FACT = _IS + "."
 _DEFINITION = "{q} = {sym}."
 _QUESTION = "Find {g}."
 _OPENING = "We want {g}."
 _WALK = "{q} needs {ins}."                                # a link whose inputs are not all known yet
 _CHOICE = "{q} needs {ins}, all known, so compute {q}."  # the sub-problem chosen next
-_COMPUTE = "{q} = {sym} = {num} = {v}."                   # restates the definition and the input values
+_COMPUTE = "{q} = {sym}, {values}, so " + _IS + "."         # restates the definition, then each input's value
+_BASE_OPENING = "Every quantity:"                         # starts the base text's line (no name at a line start)
 _P_FRESH_DISTRACTOR_FACT = 0.4
 
 
@@ -242,11 +244,24 @@ def _key(nodes: Sequence[_Node]) -> str:
 
 
 def _render_problem(rng: random.Random, quantities: Sequence[Quantity], goal: str) -> str:
+    """The question, then the facts and definitions in a random order. The question comes first so that
+    no name starts the text: a byte-level tokenizer gives a word at a line start another token than
+    the same word after a space, and a look-up matches tokens."""
     sentences = [_FACT.format(q=q.name, v=q.value) if q.role == "fact" else
                  _DEFINITION.format(q=q.name, sym=q.symbolic()) for q in quantities]
     rng.shuffle(sentences)
-    sentences.append(_QUESTION.format(g=goal))
-    return " ".join(sentences)
+    return " ".join([_QUESTION.format(g=goal)] + sentences)
+
+
+def computation(task: Task, name: str) -> str:
+    """The sentence that computes a defined quantity: its definition, each input's value, its result,
+    e.g. ``lev = zor + cod, zor is 1, cod is 3, so lev is 4.`` Each value is written as ``x is v``,
+    the form the problem gives facts in, so every later look-up of a value (a fact's or a result's) is
+    the same copy: find ``x is`` and take the next token."""
+    by_name = {q.name: q for q in task.quantities}
+    q = by_name[name]
+    values = ", ".join(_IS.format(q=i, v=by_name[i].value) for i in q.inputs)
+    return _COMPUTE.format(q=q.name, sym=q.symbolic(), values=values, v=q.value)
 
 
 def _resolve_knobs(split: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -354,8 +369,8 @@ def _narrate(task: Task, seed: int) -> tuple[str, Decomposition]:
 
     The first step walks the chain back from the goal (``g needs f and b. f needs d and c.``) to the
     link whose inputs are all known; each later step takes the link one up the walk. Every computation
-    restates its definition and its input values just before the result, so each look-up is short and
-    explicit. There is one wording, so ``seed`` does not change the text.
+    restates its definition and its input values just before the result (:func:`computation`), so each
+    look-up is short and explicit. There is one wording, so ``seed`` does not change the text.
     """
     del seed  # one wording: kept in the signature for teacher_trace(task, seed)
     by_name = {q.name: q for q in task.quantities}
@@ -370,22 +385,24 @@ def _narrate(task: Task, seed: int) -> tuple[str, Decomposition]:
             meta += [_WALK.format(q=later, ins=_join_names(by_name[later].inputs))
                      for later in reversed(task.order[1:])]
         meta.append(_CHOICE.format(q=name, ins=_join_names(q.inputs)))
-        compute = _COMPUTE.format(q=name, sym=q.symbolic(),
-                                  num=_expression([by_name[i].value for i in q.inputs], q.ops), v=q.value)
-        sentences += meta + [compute]
+        sentences += meta + [computation(task, name)]
         steps.append(Step(" ".join(meta), f"What is {name}?", str(q.value), number))
     trace = "<think>\n" + " ".join(sentences) + "\n</think>\n<answer>\\boxed{" + str(task.answer) + "}</answer>"
     return trace, Decomposition(steps=steps)
 
 
 def base_text(task: Task) -> str:
-    """A text of the testbed's problem language for pretraining a base student: the problem, then the
-    computation of every defined quantity (the chain and the distractors, in an order where each one's
-    inputs come first), with no meta-reasoning, no choice of what to compute and no tags."""
-    by_name = {q.name: q for q in task.quantities}
-    lines = [_COMPUTE.format(q=q.name, sym=q.symbolic(), num=_expression([by_name[i].value for i in q.inputs], q.ops),
-                             v=q.value) for q in task.quantities if q.inputs]
-    return task.problem + "\n" + " ".join(lines)
+    """A text of the testbed's problem language for pretraining a base student: the problem, then a
+    line that takes every defined quantity (the chain and the distractors, in an order where each one's
+    inputs come first) with the sentence that names its inputs (``x needs a and b.``, looked up in the
+    problem) and its :func:`computation`; no goal, no walk back from it, no choice of what to compute, no
+    tags. The teacher's trace adds those: the base knows the language, the teacher brings the strategy.
+    The inputs sentence makes each computation's copy local (a few tokens back), and a model of hidden
+    size 128 learns the look-up into the problem from there (docs/demo-results.md). The line opens with
+    a fixed phrase, so no name starts a line (see :func:`_render_problem`)."""
+    lines = [_WALK.format(q=q.name, ins=_join_names(q.inputs)) + " " + computation(task, q.name)
+             for q in task.quantities if q.inputs]
+    return task.problem + "\n" + " ".join([_BASE_OPENING] + lines)
 
 
 def copying_texts(n: int, seed: int = 0, run: int = 20, before: int = 30, gap: int = 10) -> list[dict[str, str]]:
