@@ -59,8 +59,8 @@ class DataSection:
 
     seed: int = option(0, "seed of the task generator (all splits derive from it)")
     train: int = option(200, "training tasks (SFT traces and RL prompts)")
-    test_id: int = option(12, "in-distribution test tasks (same knobs as training, disjoint structures)")
-    test_ood: int = option(8, "out-of-distribution test tasks (deeper chains, more distractors)")
+    test_id: int = option(10, "in-distribution test tasks (same knobs as training, disjoint structures)")
+    test_ood: int = option(5, "out-of-distribution test tasks (deeper chains, more distractors)")
     gsrm_train: int = option(300, "tasks whose teacher traces train the GSRM (disjoint from the test sets)")
     gsrm_test: int = option(24, "held-out teacher traces per split on which the GSRM's accuracy is measured")
     zero_fraction: float = option(0.1, "RLKD-zero: share of the training tasks it is primed and trained on")
