@@ -113,7 +113,7 @@ class EvalSection:
     top_p: float = option(0.95, "nucleus sampling")
     max_tokens_id: int = option(144, "most new tokens per completion on the in-distribution split")
     max_tokens_ood: int = option(224, "most new tokens per completion on the out-of-distribution split")
-    batch_size: int = option(128, "sequences per generate batch (a batch stops when its longest completion "
+    batch_size: int = option(160, "sequences per generate batch (a batch stops when its longest completion "
                              "does)")
     gsrm_student_check: int = option(16, "student completions (SFT model, first seed, id split) decomposed by "
                                      "the GSRM and compared with the rule decomposer (0: skip)")
