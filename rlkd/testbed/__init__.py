@@ -16,8 +16,9 @@ oracle teacher; :mod:`~rlkd.testbed.rule_decomposer`, the exact decomposer and t
 
 1. :func:`generate_tasks` (seeded and deterministic) with knobs for depth, branching, distractors and the
    number range, an in-distribution split ``id`` and a harder ``ood`` split (deeper, more distractors),
-   structurally disjoint by construction. Every task is stated under randomly chosen templates and
-   quantity names, so copying the teacher's words is not enough.
+   structurally disjoint by construction. Every task has its own randomly chosen quantity names and
+   one fixed wording per sentence type (the question first, then the facts and definitions in a random
+   order), so copying the teacher's words is not enough: the names must be found in the problem.
 2. The oracle teacher: :func:`teacher_trace` writes a flat ``<think>`` narrative (natural sentences, no
    step labels) and a boxed answer; :func:`oracle_decomposition` gives the (meta-reasoning, sub-problem,
    answer) steps of exactly that narrative as a :class:`rlkd.structure.Decomposition`.
@@ -27,7 +28,9 @@ oracle teacher; :mod:`~rlkd.testbed.rule_decomposer`, the exact decomposer and t
 4. Helpers: :meth:`Task.to_dict` / :func:`write_dataset` (an rlkd dataset with the columns ``problem``,
    ``answer``, ``teacher_reasoning``, ``teacher_structure``), :func:`gsrm_pairs` (chat-format SFT data for
    a tiny GSRM), :func:`corpus` (texts for :func:`rlkd.models.build_tokenizer`), :func:`alignment`
-   (exact structure alignment of a student's decomposition with the oracle's) and :func:`token_stats`.
+   (exact structure alignment of a student's decomposition with the oracle's), :func:`token_stats`, and
+   the base student's texts, :func:`base_text` (built from :func:`computation`) and
+   :func:`copying_texts`.
 
 How this departs from the paper:
 
