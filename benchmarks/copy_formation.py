@@ -21,7 +21,12 @@ when ``copy_inputs`` leaves chance (1/80 names) and climbs. Surfaces:
 1. ``plain``: the testbed as it is (``Find dup. dup = vat - tor. vat is 5. ...``);
 2. ``capital``: sentence case, every sentence's subject capitalised (``Dup = vat - tor. Vat is 5.``),
    so the sentence that defines a quantity is found by a token that occurs once in the problem;
-3. ``--recall``: the text restates every problem sentence in a new random order before the
+3. ``fused``: every value right after its name (``zor 1.`` for ``zor is 1.``, ``so lev 4`` for ``so
+   lev is 4``), so that finding a value is a plain induction copy (match the name, take the next
+   token) rather than a match on two tokens (the name and ``is``); the probe's ``value_fact`` (a fact's
+   value, found in the problem) and ``value_result`` (a result's, found in an earlier computation)
+   compare the surfaces;
+4. ``--recall``: the text restates every problem sentence in a new random order before the
    computations (dense copying practice: all of it is looked up in the problem).
 
 ``--task mqar`` strips the testbed away to the look-up alone (multi-query associative recall):
@@ -60,6 +65,32 @@ from pathlib import Path
 
 _SUBJECT = re.compile(r"(^|\. |\n|: )([a-z]+)(?= (?:=|is|needs) )")
 _NEEDS = re.compile(r"(?<=[.:] )[a-z]+ needs [^.]*\. ")
+_IS_VALUE = re.compile(r"\b([a-z]+) is (\d+)")
+
+
+def count_values(task, pieces: list[str], ids: list[int], predicted: list[int], start: int,
+                 hits: dict[str, list[int]]) -> None:
+    """Add to ``hits`` the teacher-forced predictions of every input value from token ``start`` on
+    (``zor is 1``, or ``zor 1`` on the fused surface; a result after ``so`` is arithmetic, not counted):
+    ``value_fact`` for a fact's value, found in the problem, ``value_result`` for a result's, found in
+    an earlier computation."""
+    by_name = {q.name: q for q in task.quantities}
+    words = [p.replace("Ġ", "") for p in pieces]
+    for i in range(max(start, 3), len(ids)):
+        if not words[i].isdigit():
+            continue
+        if words[i - 1] in by_name:
+            name, before = words[i - 1], words[i - 2]
+        elif words[i - 1] == "is" and words[i - 2] in by_name:
+            name, before = words[i - 2], words[i - 3]
+        else:
+            continue
+        if before == "so":
+            continue
+        role = "value_result" if by_name[name].inputs else "value_fact"
+        hits.setdefault(role, [0, 0])
+        hits[role][1] += 1
+        hits[role][0] += int(predicted[i - 1] == ids[i])
 
 
 def sentence_case(text: str) -> str:
@@ -84,6 +115,8 @@ def make_text(task, surface: str, recall: bool, rng: random.Random, what: str = 
         text = _NEEDS.sub("", text)
     if surface == "capital":
         text = sentence_case(text)
+    elif surface == "fused":  # a value right after its name: ``zor 1`` for ``zor is 1``
+        text = _IS_VALUE.sub(r"\1 \2", text)
     problem, computations = text.split("\n", 1)
     middle = ""
     if recall:  # the problem's statements (the question aside) in a new order
@@ -146,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=4, help="transformer layers (default 4)")
     parser.add_argument("--heads", type=int, default=4, help="attention heads (default 4: head size hidden/heads)")
     parser.add_argument("--rope-theta", type=float, default=10000.0, help="RoPE base (default 10000)")
-    parser.add_argument("--surface", choices=("plain", "capital"), default="plain",
-                        help="plain: the testbed's text; capital: sentence case (see the module docstring)")
+    parser.add_argument("--surface", choices=("plain", "capital", "fused"), default="plain",
+                        help="plain: the testbed's text; capital: sentence case; fused: a value right after "
+                        "its name (see the module docstring)")
     parser.add_argument("--recall", action="store_true", help="restate the problem's sentences before the "
                         "computations (loss on them too)")
     parser.add_argument("--task", choices=("testbed", "mqar", "induction"), default="testbed",
@@ -269,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = {"copy_run": probe_synthetic()["copy_definition"]} if args.mix else {}
         if args.text == "trace":
             return {**probe_solved(), **extra}
-        hits = {role: [0, 0] for role in ROLE_NAMES}
+        hits = {role: [0, 0] for role in ROLE_NAMES + ("value_fact", "value_result")}
         recall = [0, 0]
         model.eval()
         for k, task in enumerate(probe):
@@ -282,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                 recall[1] += 1
                 recall[0] += int(predicted[i - 1] == ids[i])
             count_roles(ids, pieces, predicted, comp, hits)
+            count_values(task, pieces, ids, predicted, comp, hits)
         model.train()
         result = {role: right / seen if seen else 0.0 for role, (right, seen) in hits.items()}
         if args.recall:
@@ -298,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         header += ["look_up_value", "arithmetic", "copy_operator", "copy_name"]
         header += ["copy_inputs", "choice"] if args.text == "needs" else []
         header += ["recall"] if args.recall else []
+        header += ["value_fact", "value_result"]
     header += ["copy_run"] if args.task == "testbed" and args.mix else []
     print(" ".join(f"{h:>15}" for h in header), flush=True)
     started, smoothed, position = time.monotonic(), None, 0

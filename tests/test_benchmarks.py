@@ -220,11 +220,15 @@ def test_copy_formation_restates_the_problem_and_probes_every_role():
     alone = bench.make_text(task, "plain", False, random.Random(0), "computations")[0].split("\n")[1]
     assert alone.startswith("Every quantity: lev = zor + cod, zor is 1, cod is 3, so lev is 4. hov = lev - dag,")
     assert " needs " not in alone and alone.count(".") == 4
+    # --surface fused: every value right after its name, in the problem and after it
+    fused = bench.make_text(task, "fused", False, random.Random(0))[0]
+    assert " is " not in fused and "bim 7." in fused and "lev = zor + cod, zor 1, cod 3, so lev 4." in fused
     out = run_script(str(BENCH / "copy_formation.py"), "--steps", "2", "--tasks", "32", "--probe-tasks", "2",
                      "--probe-every", "1", "--hidden", "32", "--heads", "2", "--layers", "1", "--recall")
     header = next(line for line in out.splitlines() if line.split()[:2] == ["step", "wall_s"])
-    assert header.split()[3:5] == ["copy_definition", "look_up_value"] and header.split()[-1] == "recall"
+    assert header.split()[3:5] == ["copy_definition", "look_up_value"] and header.split()[-3] == "recall"
     assert "copy_inputs" in header.split() and "choice" in header.split()
+    assert header.split()[-2:] == ["value_fact", "value_result"]
     rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
     assert [r[0] for r in rows] == ["1", "2"] and all(0.0 <= float(v) <= 1.0 for r in rows for v in r[3:])
 
