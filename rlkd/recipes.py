@@ -15,6 +15,7 @@ nothing of the method:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -39,7 +40,7 @@ def option(default: Any, help: str, choices: Sequence[Any] | None = None, metava
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     if dataclasses.is_dataclass(default):
-        return field(default_factory=lambda d=default: dataclasses.replace(d), metadata=meta)
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)  # no shared dicts
     return field(default=default, metadata=meta)
 
 
