@@ -126,26 +126,33 @@ def make_text(task, surface: str, recall: bool, rng: random.Random, what: str = 
     return problem + "\n" + middle + computations, problem + "\n"
 
 
-def mqar_example(tokenizer, pairs: int, fused: bool, rng: random.Random) -> tuple[list[int], list[int]]:
+def mqar_example(tokenizer, pairs: int, fused: bool, rng: random.Random,
+                 values: str = "digits") -> tuple[list[int], list[int]]:
     """(token ids, labels) of one bare look-up text: ``pairs`` sentences ``name = value.``, a line break,
-    then half of the names asked again in a random order with their values (the only labels)."""
+    then half of the names asked again in a random order with their values (the only labels). ``values``:
+    ``digits``, 1-9 drawn independently (so values recur within a text), or ``names``, other names, all
+    distinct within the text."""
     from rlkd.testbed import NAMES
 
     def one(text: str) -> int:
         return tokenizer.encode(text, add_special_tokens=False)[0]
 
     eq, dot = one(" ="), one(".")
-    names = [one(" " + n) for n in rng.sample(NAMES, pairs)]
-    values = [one(f" {rng.randint(1, 9)}") for _ in names]
+    drawn = rng.sample(NAMES, 2 * pairs if values == "names" else pairs)
+    names = [one(" " + n) for n in drawn[:pairs]]
+    if values == "names":
+        value_ids = [one(" " + n) for n in drawn[pairs:]]
+    else:
+        value_ids = [one(f" {rng.randint(1, 9)}") for _ in names]
     ids: list[int] = []
-    for name, value in zip(names, values):
+    for name, value in zip(names, value_ids):
         ids += [name, value, dot] if fused else [name, eq, value, dot]
     ids.append(one("\n"))
     labels = [-100] * len(ids)
     asked = rng.sample(range(pairs), max(1, pairs // 2))
     for i in asked:
-        ids += [names[i], values[i], dot] if fused else [names[i], eq, values[i], dot]
-        labels += [-100, values[i], -100] if fused else [-100, -100, values[i], -100]
+        ids += [names[i], value_ids[i], dot] if fused else [names[i], eq, value_ids[i], dot]
+        labels += [-100, value_ids[i], -100] if fused else [-100, -100, value_ids[i], -100]
     return ids, labels
 
 
@@ -189,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                         "repeated run of names (see the module docstring)")
     parser.add_argument("--pairs", type=int, default=10, help="mqar: name-value sentences per text (default 10)")
     parser.add_argument("--fused", action="store_true", help="mqar: no ' =' between name and value")
+    parser.add_argument("--values", choices=("digits", "names"), default="digits",
+                        help="mqar: the values, digits 1-9 drawn independently (they recur within a text, as "
+                        "the testbed's do; default) or names, distinct within a text")
     parser.add_argument("--text", choices=("needs", "computations", "trace"), default="needs",
                         help="testbed: what follows the problem (loss on it): needs, the base student's text, "
                         "each computation after the sentence naming its inputs, 'x needs a and b.' (default); "
@@ -249,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     params = sum(p.numel() for p in model.parameters())
     what = {"testbed": f"{args.text}, surface {args.surface}{' + recall' if args.recall else ''}"
                        + (f", {args.mix:.0%} copying texts" if args.mix else ""),
-            "mqar": f"mqar, {args.pairs} pairs{', fused' if args.fused else ''}",
+            "mqar": f"mqar, {args.pairs} pairs{', fused' if args.fused else ''}, {args.values} as values",
             "induction": "induction (a run of 20 names repeated at a random offset)"}[args.task]
     start = f", from {args.init}" if args.init else ""
     shape = model.config
@@ -265,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def synthetic(example_rng: random.Random) -> tuple[list[int], list[int]]:
         if args.task == "mqar":
-            return mqar_example(tokenizer, args.pairs, args.fused, example_rng)
+            return mqar_example(tokenizer, args.pairs, args.fused, example_rng, args.values)
         return induction_example(tokenizer, example_rng, pool=args.pool)
 
     if args.task != "testbed" or args.mix:
