@@ -135,7 +135,9 @@ def test_micro_run_end_to_end_and_resume(tmp_path, capsys):
     assert (build / "copying" / "config.json").is_file()
     assert f"model: {build / 'copying'}" in (build / "train" / "rlkd_config.yaml").read_text()
 
-    assert main(["demo", "--config", str(recipe), "--output", str(out)]) == 0
+    # one after another in this process, one torch thread
+    assert main(["demo", "--config", str(recipe), "--output", str(out), "--set", "workers=1",
+                 "--set", "threads=1"]) == 0
     printed = capsys.readouterr().out
     assert f"report: {out / 'report' / 'report.md'}" in printed
 
@@ -184,6 +186,19 @@ def test_micro_run_end_to_end_and_resume(tmp_path, capsys):
     for name in ("report.md", "report.html", "accuracy.png", "pass_at_k.png", "alignment.png", "training.png"):
         assert (out / "report" / name).stat().st_size > 0, name
 
+    # the same recipe on two worker processes side by side, one thread each: the same models, so the
+    # same completions and the same results; each stage's output went to its log file
+    side = tmp_path / "side"
+    assert main(["demo", "--config", str(recipe), "--output", str(side), "--set", "workers=2",
+                 "--set", "threads=1"]) == 0
+    for path in sorted((out / "eval").rglob("samples.jsonl")):
+        assert (side / path.relative_to(out)).read_text() == path.read_text(), path
+    twin = json.loads((side / "results.json").read_text())
+    assert twin["methods"] == results["methods"] and twin["comparisons"] == results["comparisons"]
+    assert twin["machine"]["workers"] == 2 and results["machine"]["workers"] == 1
+    assert "rlkd train sft" in (side / "logs" / "seed0-sft.log").read_text()
+    assert not (out / "logs").exists()
+
     # a second run resumes: every stage with outputs is skipped, the report is written again
     assert main(["demo", "--config", str(recipe), "--output", str(out)]) == 0
     stages = json.loads((out / "stages.json").read_text())
@@ -202,6 +217,96 @@ def test_experiment_counts_its_stages(tmp_path):
     # data, models, GSRM, GSRM eval; per seed: SFT, prime, 5 RL, 7 evals (6 methods and the prime);
     # GSRM student check, report
     assert Experiment(job).stages.total == 4 + 2 * 14 + 2
+
+
+def test_the_plan_lists_each_stage_after_what_it_needs(tmp_path):
+    experiment = Experiment(load_demo_job(None, [f"output={tmp_path / 'x'}", "seeds=[0, 1]"]))
+    plan = experiment.plan()
+    seen: set[str] = set()
+    for work in plan:
+        assert set(work.needs) <= seen, work.key
+        seen.add(work.key)
+    needs = {w.key: set(w.needs) for w in plan}
+    assert needs["seed1/sft_rlkd"] == {"seed1/sft", "gsrm"} and needs["seed1/rlkd_zero"] == {"seed1/prime", "gsrm"}
+    # the outcome and oracle arms do not wait for the GSRM
+    assert needs["seed0/sft_grpo"] == {"seed0/sft"} and needs["seed0/sft_rlkd_oracle"] == {"seed0/sft"}
+    assert needs["gsrm_student_check"] == {"gsrm", "eval/seed0/sft"}
+
+
+@pytest.mark.parametrize("workers, cores, gpu, expected", [(0, 2, False, (2, 1)), (0, 16, False, (4, 4)),
+                                                           (0, 1, False, (1, 0)), (0, 8, True, (1, 0)),
+                                                           (1, 8, False, (1, 0)), (3, 8, False, (3, 2))])
+def test_parallelism_follows_the_cores(tmp_path, monkeypatch, workers, cores, gpu, expected):
+    import os
+
+    import torch
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    job = load_demo_job(None, [f"output={tmp_path / 'x'}", f"workers={workers}"])
+    assert Experiment(job).parallelism() == expected
+
+
+def _plan_runner(folder: str):
+    """A worker's runner for the run_plan tests: records each action's start and end, fails on 'bad'."""
+    import time as clock
+
+    def run(action):
+        (name,) = action
+        with open(Path(folder) / "events.txt", "a") as f:
+            f.write(f"start {name} {clock.monotonic()}\n")
+        print(f"output of {name}")
+        if name == "a":  # waits until c runs beside it, on the other worker
+            waited = 0.0
+            while "start c" not in (Path(folder) / "events.txt").read_text():
+                assert waited < 60, "c never started beside a"
+                clock.sleep(0.1)
+                waited += 0.1
+        clock.sleep(1.5 if name == "slow" else 0.3)
+        if name == "bad":
+            raise ValueError("bad stage")
+        with open(Path(folder) / "events.txt", "a") as f:
+            f.write(f"end {name} {clock.monotonic()}\n")
+
+    return run
+
+
+def test_run_plan_side_by_side_keeps_the_order_and_the_work_of_a_failure(tmp_path):
+    from rlkd.experiment.stages import Stages, Work, run_plan
+
+    def work(key, *needs):
+        return Work(key, f"stage {key}", tmp_path / key, "k", (key,), needs)
+
+    plan = [work("a"), work("b", "a"), work("c"), work("d", "b", "c")]
+    stages = Stages(tmp_path, len(plan))
+    run_plan(stages, plan, None, workers=2, worker_setup=_plan_runner, setup_args=(str(tmp_path),),
+             logs=tmp_path / "logs")
+    events = {}
+    for line in (tmp_path / "events.txt").read_text().splitlines():
+        what, name, when = line.split()
+        events[what, name] = float(when)
+    assert events["start", "b"] >= events["end", "a"] and events["start", "d"] >= max(events["end", "b"],
+                                                                                      events["end", "c"])
+    assert all(Stages.is_done(tmp_path / k) for k in "abcd")
+    assert (tmp_path / "logs" / "b.log").read_text() == "output of b\n"
+    # a second run skips what is done
+    (tmp_path / "events.txt").unlink()
+    run_plan(Stages(tmp_path, len(plan)), plan, None, workers=2, worker_setup=_plan_runner,
+             setup_args=(str(tmp_path),), logs=tmp_path / "logs")
+    assert not (tmp_path / "events.txt").exists()
+
+    # a failing stage: the one running beside it finishes and is kept, nothing after it starts
+    other = tmp_path / "other"
+    other.mkdir()
+    plan = [Work("bad", "bad", other / "bad", "k", ("bad",)), Work("ok", "ok", other / "ok", "k", ("slow",)),
+            Work("after", "after", other / "after", "k", ("after",), ("bad",)),
+            Work("later", "later", other / "later", "k", ("later",))]
+    with pytest.raises(ValueError, match="bad stage"):
+        run_plan(Stages(other, 4), plan, None, workers=2, worker_setup=_plan_runner, setup_args=(str(other),),
+                 logs=other / "logs")
+    assert Stages.is_done(other / "ok") and not Stages.is_done(other / "bad")
+    assert "end slow" in (other / "events.txt").read_text()
+    assert "after" not in (other / "events.txt").read_text() and "later" not in (other / "events.txt").read_text()
 
 
 def test_resuming_with_another_recipe_is_refused(tmp_path):

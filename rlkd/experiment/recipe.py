@@ -151,6 +151,11 @@ class DemoJob:
     device: str = option("auto", "auto: train on the GPU when there is one (bf16 where supported), else on the "
                          "CPU in float32; cpu: always the CPU. Sets use_cpu and bf16 of every training section",
                          ("auto", "cpu"))
+    workers: int = option(0, "stages run side by side in this many worker processes, each as soon as the stages it "
+                          "needs are done (1: one after another in this process; 0: one per usable CPU core, at "
+                          "most 4, on the CPU, and 1 on a GPU). Each worker's output goes to <output>/logs/")
+    threads: int = option(0, "torch threads per worker (0: the usable cores shared among the workers; with one "
+                          "worker, torch's default)")
     system_prompt: str | None = option(None, "system message before each problem, in training and evaluation "
                                        "(null: none)")
     student_model: str | None = option(None, "the model every student starts from (hub name, folder or .gguf "
@@ -184,6 +189,10 @@ class DemoJob:
             raise ConfigError("output: required")
         if not self.seeds:
             raise ConfigError("seeds: give at least one seed")
+        if self.workers < 0:
+            raise ConfigError(f"workers: must be >= 0 (0: automatic), got {self.workers}")
+        if self.threads < 0:
+            raise ConfigError(f"threads: must be >= 0 (0: automatic), got {self.threads}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds: repeated seed in {self.seeds}")
         unknown = [m for m in self.methods if m not in METHODS]

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -23,13 +24,21 @@ from rlkd.train import train_job
 
 from rlkd.experiment.measurements import _alignment_summary, _flatten, _read_metrics, _training_for_device, evaluate_gsrm, evaluate_model, machine_info, rl_signal
 from rlkd.experiment.recipe import COMPARISONS, DemoJob, METHODS, RESULTS_FILE, RL_PLAN, SPLITS, STAGES_FILE
-from rlkd.experiment.stages import Stages
+from rlkd.experiment.stages import Stages, Work, run_plan
 from rlkd.experiment.tasks import _write_jsonl, gsrm_sft_rows, make_tasks, write_gsrm_prompt
 
 log = logging.getLogger("rlkd.experiment")
 
 # --------------------------------------------------------------------------------------------------
 # The experiment
+
+
+def _worker_runner(job: DemoJob) -> Any:
+    """A worker process's runner (:func:`rlkd.experiment.stages.run_plan`): an :class:`Experiment` of the
+    same recipe, its task sets rebuilt (deterministic), that executes the stage actions it is sent."""
+    experiment = Experiment(job)
+    experiment.tasks = make_tasks(job.data)
+    return experiment.do
 
 
 class Experiment:
@@ -46,12 +55,7 @@ class Experiment:
             shutil.rmtree(self.root)
         self._check_same_recipe()
         self.root.mkdir(parents=True, exist_ok=True)
-        seeds, methods = len(job.seeds), len(job.methods)
-        needs_prime = any(RL_PLAN.get(m, ("",))[0] == "prime" for m in job.methods)
-        rl_methods = sum(m in RL_PLAN for m in job.methods)
-        needs_sft = any(m == "sft" or RL_PLAN.get(m, ("",))[0] == "sft" for m in job.methods)
-        total = 4 + seeds * (int(needs_sft) + int(needs_prime) * 2 + rl_methods + methods) + 2
-        self.stages = Stages(self.root, total, fresh)
+        self.stages = Stages(self.root, len(self.plan()) + 3, fresh)  # + data, models and the report
         self.tasks: dict[str, list[Any]] = {}
 
     def _check_same_recipe(self) -> None:
@@ -64,7 +68,7 @@ class Experiment:
         before = _flatten(yaml.safe_load(saved.read_text(encoding="utf-8")) or {})
         now = _flatten(dataclasses.asdict(self.job))
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k)
-                         and k not in ("output", "seeds"))
+                         and k not in ("output", "seeds", "workers", "threads"))
         if changed:
             raise InputError(f"{self.root} holds a run made with another recipe (changed: {', '.join(changed[:8])}"
                            f"{' ...' if len(changed) > 8 else ''}); use --fresh to start over or another --output")
@@ -86,14 +90,34 @@ class Experiment:
         (self.root / "config.yaml").write_text(dump_yaml(job), encoding="utf-8")
         self.stage_data()
         self.stage_models()
-        self.stage_gsrm()
-        gsrm_eval = self.stage_gsrm_eval()
-        for seed in job.seeds:
-            self.stage_seed(seed)
-        check = self.stage_gsrm_student_check()
-        results = self.collect(gsrm_eval, check, time.monotonic() - started)
+        workers, threads = self.parallelism()
+        if workers > 1:
+            log.info("the stages run on %d worker processes, %d torch thread(s) each (workers, threads)", workers,
+                     threads)
+        run_plan(self.stages, self.plan(), self.do, workers=workers, threads=threads,
+                 worker_setup=_worker_runner, setup_args=(self.job,), logs=self.path("logs"))
+        gsrm_eval = json.loads(self.path("gsrm_eval", "summary.json").read_text(encoding="utf-8"))
+        check_path = self.path("gsrm_student_check", "summary.json")
+        check = json.loads(check_path.read_text(encoding="utf-8")) if check_path.exists() else None
+        results = self.collect(gsrm_eval, check, time.monotonic() - started, workers, threads)
         self.stage_report(results)
         return results
+
+    def parallelism(self) -> tuple[int, int]:
+        """(worker processes, torch threads each) from ``workers`` and ``threads``; ``workers: 0`` is one
+        worker per usable core, at most 4, on the CPU, and one on a GPU; ``threads: 0`` shares the cores
+        among the workers (one worker: torch's default)."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = self.job.workers
+        if workers == 0:
+            import torch
+
+            on_gpu = self.job.device == "auto" and torch.cuda.is_available()
+            workers = 1 if on_gpu else max(1, min(4, cores))
+        threads = self.job.threads
+        if threads == 0 and workers > 1:  # one worker and threads 0: torch's default
+            threads = max(1, cores // workers)
+        return workers, threads
 
     def stage_data(self) -> None:
         with self.stages.stage("data: testbed tasks and training files", self.path("data"), "data and models") as todo:
@@ -123,9 +147,12 @@ class Experiment:
             raise InputError(f"gsrm_prompt: {self.job.gsrm_prompt}: no such prompt file (or use testbed or a domain)")
         return str(Path(self.job.gsrm_prompt).resolve())
 
+    def zero_count(self) -> int:
+        """How many of the training tasks the zero arms are primed and trained on."""
+        return max(1, math.ceil(self.job.data.zero_fraction * self.job.data.train))
+
     def zero_tasks(self) -> list[Any]:
-        count = max(1, math.ceil(self.job.data.zero_fraction * len(self.tasks["train"])))
-        return self.tasks["train"][:count]
+        return self.tasks["train"][: self.zero_count()]
 
     def stage_models(self) -> None:
         """Check the models every arm starts from: the base student (shipped, or rebuilt with
@@ -158,6 +185,91 @@ class Experiment:
         """The model the GSRM is fine-tuned from: ``gsrm_model``, else the base student."""
         return self.job.gsrm_model or self.job.base.path
 
+    # ---- the plan: every stage after the data and the models, with what each needs
+
+    def plan(self) -> list[Work]:
+        """The stages between the models and the report, each after the stages it needs: the GSRM and its
+        check, then per seed SFT, the zero arms' priming, the RL arms and every evaluation, then the GSRM
+        on student completions. A sequential run takes them in this order."""
+        job = self.job
+        methods = job.methods
+        plan = [Work("gsrm", "GSRM: rlkd train sft on (narrative, decomposition) pairs", self.path("gsrm"),
+                     "GSRM training", ("gsrm",)),
+                Work("gsrm_eval", "GSRM accuracy on held-out teacher traces", self.path("gsrm_eval"),
+                     "GSRM checks", ("gsrm_eval",), ("gsrm",))]
+        for seed in job.seeds:
+            if any(m == "sft" or RL_PLAN.get(m, ("",))[0] == "sft" for m in methods):
+                plan.append(Work(f"seed{seed}/sft", f"seed {seed}: SFT on {job.data.train} teacher traces",
+                                 self.model_dir(seed, "sft"), "SFT", ("sft", seed)))
+            if any(RL_PLAN.get(m, ("",))[0] == "prime" for m in methods):
+                plan.append(Work(f"seed{seed}/prime", f"seed {seed}: format priming for the zero arms "
+                                 f"({self.zero_count()} traces)", self.model_dir(seed, "prime"),
+                                 "zero-arm priming", ("prime", seed)))
+            for method in methods:
+                if method not in RL_PLAN:
+                    continue
+                start, reward_set, _, decomposer = RL_PLAN[method]
+                needs = (f"seed{seed}/{start}",) + (("gsrm",) if reward_set == "rlkd" and decomposer == "gsrm"
+                                                    else ())
+                plan.append(Work(f"seed{seed}/{method}", f"seed {seed}: {METHODS[method][0]} (GRPO, reward set "
+                                 f"'{reward_set}')", self.model_dir(seed, method), METHODS[method][0],
+                                 ("grpo", seed, method), needs))
+            for method in self.evaluated():
+                label = METHODS[method][0] if method in METHODS else "the primed base (the zero arms' start)"
+                plan.append(Work(f"eval/seed{seed}/{method}", f"seed {seed}: evaluate {label} on id and ood",
+                                 self.path("eval", f"seed{seed}", method), "evaluation", ("evaluate", seed, method),
+                                 (f"seed{seed}/{method}",)))
+        count = job.eval.gsrm_student_check
+        if count > 0:
+            seed, method = job.seeds[0], self.student_check_source()
+            plan.append(Work("gsrm_student_check", f"GSRM on {count} student completions vs the rule decomposer",
+                             self.path("gsrm_student_check"), "GSRM checks", ("gsrm_student_check",),
+                             ("gsrm", f"eval/seed{seed}/{method}")))
+        return plan
+
+    def do(self, action: tuple[Any, ...]) -> None:
+        """Execute one stage of :meth:`plan` (its ``action``), in this process."""
+        what, *args = action
+        if what == "gsrm":
+            self._sft("GSRM", self.gsrm_model(), self.path("gsrm"), self.path("data", "gsrm_train.jsonl"),
+                      self.job.gsrm_training, self.job.data.seed, chat=True)
+        elif what == "gsrm_eval":
+            self._gsrm_eval(self.path("gsrm_eval"))
+        elif what == "sft":
+            (seed,) = args
+            self._sft("SFT", self.student_model(), self.model_dir(seed, "sft"), self.path("data", "train.jsonl"),
+                      self.job.sft, seed)
+        elif what == "prime":
+            (seed,) = args
+            self._sft("prime", self.student_model(), self.model_dir(seed, "prime"), self.path("data", "zero.jsonl"),
+                      self.job.prime, seed)
+        elif what == "grpo":
+            seed, method = args
+            start, reward_set, data_file, decomposer = RL_PLAN[method]
+            self._grpo(method, self.model_dir(seed, start), self.model_dir(seed, method),
+                       self.path("data", data_file), reward_set, seed, decomposer)
+        elif what == "evaluate":
+            seed, method = args
+            self._evaluate(seed, method, self.path("eval", f"seed{seed}", method))
+        elif what == "gsrm_student_check":
+            self._gsrm_student_check(self.path("gsrm_student_check"))
+        else:
+            raise ValueError(f"unknown stage action {action!r}")
+
+    def evaluated(self) -> list[str]:
+        """The models evaluated per seed: every method, and ``prime`` (the zero arms' starting point) when a
+        zero arm runs, so each RL arm's change is measured against where it started."""
+        methods = list(self.job.methods)
+        if any(RL_PLAN.get(m, ("",))[0] == "prime" for m in methods):
+            methods.append("prime")
+        return methods
+
+    def student_check_source(self) -> str:
+        """The method whose completions the GSRM student check reads (SFT when it runs)."""
+        return "sft" if "sft" in self.job.methods else self.job.methods[0]
+
+    # ---- what the stages do
+
     def _sft(self, name: str, model: Path | str, output: Path, data: Path, training: SFTTraining, seed: int,
              chat: bool = False) -> None:
         t = _training_for_device(training, self.job.device)
@@ -172,76 +284,22 @@ class Experiment:
         log.info("%s: rlkd train sft (%s -> %s)", name, model, output)
         train_job(job, argv=["rlkd demo", "sft", job.output_dir])
 
-    def stage_gsrm(self) -> None:
-        out = self.path("gsrm")
-        with self.stages.stage("GSRM: rlkd train sft on (narrative, decomposition) pairs", out,
-                               "GSRM training") as todo:
-            if todo:
-                self._sft("GSRM", self.gsrm_model(), out, self.path("data", "gsrm_train.jsonl"),
-                          self.job.gsrm_training, self.job.data.seed, chat=True)
-
-    def stage_gsrm_eval(self) -> dict[str, Any]:
-        out = self.path("gsrm_eval")
-        with self.stages.stage("GSRM accuracy on held-out teacher traces", out, "GSRM checks") as todo:
-            if todo:
-                summary: dict[str, Any] = {}
-                for split, name in (("id", "test_id"), ("ood", "test_ood")):
-                    tasks = self.tasks[name][: self.job.data.gsrm_test]
-                    if not tasks:
-                        continue
-                    items = [(t.problem, t.trace, rule_decompose(t.trace)) for t in tasks]
-                    max_tokens = self.job.structure.gsrm_max_tokens * (2 if split == "ood" else 1)
-                    measured = evaluate_gsrm(self.path("gsrm"), items, max_tokens=max_tokens,
-                                             batch_size=self.job.eval.batch_size, prompt=self.gsrm_prompt(),
-                                             desc=f"GSRM {split}")
-                    rule = _alignment_summary([alignment(rule_decompose(t.trace), t.decomposition)
-                                               for t in tasks])
-                    summary[split] = {"gsrm": measured["summary"], "rule": rule}
-                    _write_jsonl(out / f"{split}.jsonl", measured["records"])
-                out.mkdir(parents=True, exist_ok=True)
-                (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        return json.loads((out / "summary.json").read_text(encoding="utf-8"))
-
-    def stage_seed(self, seed: int) -> None:
-        job = self.job
-        methods = job.methods
-        data = self.path("data")
-        if any(m == "sft" or RL_PLAN.get(m, ("",))[0] == "sft" for m in methods):
-            out = self.model_dir(seed, "sft")
-            with self.stages.stage(f"seed {seed}: SFT on {len(self.tasks['train'])} teacher traces", out,
-                                   "SFT") as todo:
-                if todo:
-                    self._sft("SFT", self.student_model(), out, data / "train.jsonl", job.sft, seed)
-        if any(RL_PLAN.get(m, ("",))[0] == "prime" for m in methods):
-            out = self.model_dir(seed, "prime")
-            with self.stages.stage(f"seed {seed}: format priming for the zero arms ({len(self.zero_tasks())} "
-                                   "traces)", out, "zero-arm priming") as todo:
-                if todo:
-                    self._sft("prime", self.student_model(), out, data / "zero.jsonl", job.prime, seed)
-        for method in methods:
-            if method not in RL_PLAN:
+    def _gsrm_eval(self, out: Path) -> None:
+        summary: dict[str, Any] = {}
+        for split, name in (("id", "test_id"), ("ood", "test_ood")):
+            tasks = self.tasks[name][: self.job.data.gsrm_test]
+            if not tasks:
                 continue
-            start, reward_set, data_file, decomposer = RL_PLAN[method]
-            out = self.model_dir(seed, method)
-            with self.stages.stage(f"seed {seed}: {METHODS[method][0]} (GRPO, reward set '{reward_set}')", out,
-                                   METHODS[method][0]) as todo:
-                if todo:
-                    self._grpo(method, self.model_dir(seed, start), out, data / data_file, reward_set, seed,
-                               decomposer)
-        for method in self.evaluated():
-            out = self.path("eval", f"seed{seed}", method)
-            label = METHODS[method][0] if method in METHODS else "the primed base (the zero arms' start)"
-            with self.stages.stage(f"seed {seed}: evaluate {label} on id and ood", out, "evaluation") as todo:
-                if todo:
-                    self._evaluate(seed, method, out)
-
-    def evaluated(self) -> list[str]:
-        """The models evaluated per seed: every method, and ``prime`` (the zero arms' starting point) when a
-        zero arm runs, so each RL arm's change is measured against where it started."""
-        methods = list(self.job.methods)
-        if any(RL_PLAN.get(m, ("",))[0] == "prime" for m in methods):
-            methods.append("prime")
-        return methods
+            items = [(t.problem, t.trace, rule_decompose(t.trace)) for t in tasks]
+            max_tokens = self.job.structure.gsrm_max_tokens * (2 if split == "ood" else 1)
+            measured = evaluate_gsrm(self.path("gsrm"), items, max_tokens=max_tokens,
+                                     batch_size=self.job.eval.batch_size, prompt=self.gsrm_prompt(),
+                                     desc=f"GSRM {split}")
+            rule = _alignment_summary([alignment(rule_decompose(t.trace), t.decomposition) for t in tasks])
+            summary[split] = {"gsrm": measured["summary"], "rule": rule}
+            _write_jsonl(out / f"{split}.jsonl", measured["records"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
 
     def _grpo(self, method: str, model: Path, output: Path, data: Path, reward_set: str, seed: int,
               decomposer: str = "gsrm") -> None:
@@ -281,40 +339,31 @@ class Experiment:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
 
-    def stage_gsrm_student_check(self) -> dict[str, Any] | None:
+    def _gsrm_student_check(self, out: Path) -> None:
         """The GSRM on student completions (what it sees during RL), against the rule decomposer."""
         count = self.job.eval.gsrm_student_check
-        seed = self.job.seeds[0]
-        method = "sft" if "sft" in self.job.methods else self.job.methods[0]
+        seed, method = self.job.seeds[0], self.student_check_source()
         source = self.path("eval", f"seed{seed}", method, "id", "samples.jsonl")
-        out = self.path("gsrm_student_check")
-        if count <= 0 or not source.exists():
-            return None
-        with self.stages.stage(f"GSRM on {count} student completions vs the rule decomposer", out,
-                                   "GSRM checks") as todo:
-            if todo:
-                by_id = {t.id: t for t in self.tasks["test_id"]}
-                items = []
-                for _, row in iter_jsonl(source):
-                    if row["sample"] == 0:  # the first completion of each problem
-                        items.append((by_id[row["id"]].problem, row["completion"], rule_decompose(row["completion"])))
-                    if len(items) >= count:
-                        break
-                measured = evaluate_gsrm(self.path("gsrm"), items, max_tokens=self.job.structure.gsrm_max_tokens,
-                                         batch_size=self.job.eval.batch_size, prompt=self.gsrm_prompt(),
-                                         desc="GSRM on students")
-                measured["summary"]["source"] = (f"{METHODS[method][0]} seed {seed}, id split, first completion "
-                                                 "per problem")
-                _write_jsonl(out / "records.jsonl", measured["records"])
-                (out / "summary.json").write_text(json.dumps(measured["summary"], indent=2), encoding="utf-8")
-        path = out / "summary.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+        by_id = {t.id: t for t in self.tasks["test_id"]}
+        items = []
+        for _, row in iter_jsonl(source):
+            if row["sample"] == 0:  # the first completion of each problem
+                items.append((by_id[row["id"]].problem, row["completion"], rule_decompose(row["completion"])))
+            if len(items) >= count:
+                break
+        measured = evaluate_gsrm(self.path("gsrm"), items, max_tokens=self.job.structure.gsrm_max_tokens,
+                                 batch_size=self.job.eval.batch_size, prompt=self.gsrm_prompt(),
+                                 desc="GSRM on students")
+        measured["summary"]["source"] = f"{METHODS[method][0]} seed {seed}, id split, first completion per problem"
+        _write_jsonl(out / "records.jsonl", measured["records"])
+        (out / "summary.json").write_text(json.dumps(measured["summary"], indent=2), encoding="utf-8")
 
     # ---- results
 
     def collect(self, gsrm_eval: Mapping[str, Any], gsrm_student: Mapping[str, Any] | None,
-                wall_s: float) -> dict[str, Any]:
-        """Gather everything the report needs into one JSON-ready structure (see :mod:`rlkd.report`)."""
+                wall_s: float, workers: int = 1, threads: int = 0) -> dict[str, Any]:
+        """Gather everything the report needs into one JSON-ready structure (see :mod:`rlkd.report`);
+        ``workers`` and ``threads``: how the stages ran (recorded with the machine)."""
         from rlkd.statistics import paired_difference, summarize_scores, summarize_values, verdict
 
         job = self.job
@@ -384,7 +433,7 @@ class Experiment:
                      "zero": len(self.zero_tasks())},
             "stages": dict(self.stages.records),
             "wall_time_s": round(wall_s, 1),
-            "machine": machine_info(),
+            "machine": {**machine_info(), "workers": workers, "threads_per_worker": threads or None},
         }
         (self.root / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         return results
