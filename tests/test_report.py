@@ -257,6 +257,17 @@ class TestWriteReport:
         assert "GSRM on 8 held-out teacher traces (id): same chosen quantity at 0.625" in md
         assert "SFT+RLKD (oracle GSRM) (1 seeds, 2 logged steps): mean structure reward 0.250" in md
 
+    def test_a_run_on_workers_says_its_stage_times_overlap(self, tmp_path):
+        from rlkd.experiment import stage_times
+
+        results = copy.deepcopy(RESULTS)
+        results["machine"].update(workers=2, threads_per_worker=1)
+        md = (write_report(results, tmp_path)["markdown"]).read_text(encoding="utf-8")
+        assert "(2 worker processes side by side, 1 torch thread(s) each," in md
+        assert "ran on 2 workers side by side, so their times add up to more than the wall time" in md
+        assert "add up to more" in stage_times(results["stages"], 2)
+        assert "add up to more" not in stage_times(results["stages"], 1)
+
     def test_html_is_self_contained_with_the_same_numbers(self, written):
         out, _ = written
         page = (out / "report.html").read_text(encoding="utf-8")

@@ -63,7 +63,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print()
     print(comparisons_text(results))
     print()
-    print(stage_times(results.get("stages", {})))
+    print(stage_times(results.get("stages", {}), (results.get("machine") or {}).get("workers") or 1))
     print(f"wall time: {_clock(results.get('wall_time_s', 0))}")
     print(f"report: {paths['markdown']}  (HTML: {paths['html']})")
     return 0

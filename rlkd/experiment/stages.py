@@ -247,8 +247,9 @@ def _clock(seconds: float) -> str:
 # rlkd demo
 
 
-def stage_times(stages: Mapping[str, Mapping[str, Any]]) -> str:
-    """Measured seconds per kind of stage (summed over seeds), in the order the stages ran."""
+def stage_times(stages: Mapping[str, Mapping[str, Any]], workers: int = 1) -> str:
+    """Measured seconds per kind of stage (summed over seeds), in the order the stages ran; ``workers``:
+    how many ran side by side (their times then add up to more than the wall time)."""
     totals: dict[str, float] = {}
     skipped = 0
     for record in stages.values():
@@ -258,4 +259,6 @@ def stage_times(stages: Mapping[str, Mapping[str, Any]]) -> str:
         kind = record.get("kind", "other")
         totals[kind] = totals.get(kind, 0.0) + float(record.get("seconds", 0.0))
     text = "stage times: " + ", ".join(f"{kind} {seconds:.0f} s" for kind, seconds in totals.items())
-    return text + (f" ({skipped} stages done before, skipped)" if skipped else "")
+    text += f" ({skipped} stages done before, skipped)" if skipped else ""
+    return text + (f"; {workers} workers side by side, so these add up to more than the wall time"
+                   if workers > 1 else "")

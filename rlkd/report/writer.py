@@ -41,8 +41,11 @@ def build_document(results: Mapping[str, Any], out_dir: Path) -> Doc:
     doc.h(1, results.get("title", "RLKD experiment report"))
     wall = results.get("wall_time_s")
     where = f"{machine.get('cpus', '?')} CPUs" + (f", GPU {machine['gpu']}" if machine.get("gpu") else ", no GPU")
+    workers = machine.get("workers") or 1
+    threads = (f"{workers} worker processes side by side, {machine.get('threads_per_worker') or '?'} torch "
+               "thread(s) each" if workers > 1 else f"torch threads {machine.get('torch_threads', '?')}")
     doc.p(f"Run folder `{config.get('output', '?')}`; wall time {_fmt(wall, 0)} s on {where} "
-          f"(torch threads {machine.get('torch_threads', '?')}, load average at the end "
+          f"({threads}, load average at the end "
           f"{', '.join(f'{x:.1f}' for x in machine.get('load_average', [])) or 'n/a'}). Seeds: "
           f"{', '.join(map(str, config.get('seeds', [])))}. All numbers below are what this run measured. "
           f"[low, high] is a 95% interval by a {BOOTSTRAP_METHOD} over training seeds and test problems; "
@@ -178,6 +181,9 @@ def build_document(results: Mapping[str, Any], out_dir: Path) -> Doc:
     stages = results.get("stages") or {}
     if stages:
         doc.h(2, "Stage times")
+        if workers > 1:
+            doc.p(f"The stages ran on {workers} workers side by side, so their times add up to more than the "
+                  "wall time.")
         doc.table(["stage", "seconds"],
                   [[name, "skipped (done before)" if rec.get("skipped") else _fmt(rec.get("seconds"), 1)]
                    for name, rec in stages.items()])
