@@ -314,6 +314,7 @@ def test_resuming_with_another_recipe_is_refused(tmp_path):
     job = load_demo_job(None, [f"output={tmp_path}"])
     (tmp_path / "config.yaml").write_text(dump_yaml(job), encoding="utf-8")
     Experiment(load_demo_job(None, [f"output={tmp_path}", "seeds=[0, 1, 2, 3]"]))  # more seeds: resumable
+    Experiment(load_demo_job(None, [f"output={tmp_path}", "workers=1", "threads=2"]))  # how it runs: resumable
     with pytest.raises(CliError, match=r"another recipe \(changed: rl.max_steps\)"):
         Experiment(load_demo_job(None, [f"output={tmp_path}", "rl.max_steps=9"]))
 
