@@ -69,6 +69,8 @@ class TestRecipe:
         ("structure.gsrm_prompt=p.txt", "structure.gsrm_prompt: set by the experiment from gsrm_prompt"),
         ("structure.decomposer=rule", "structure.decomposer: set per method by the experiment"),
         ("base.path=", "base.path: required"),
+        ("workers=-1", "workers: must be >= 0 (0: automatic)"),
+        ("threads=-2", "threads: must be >= 0"),
     ])
     def test_bad_recipes_name_the_field(self, override, message):
         with pytest.raises(ConfigError) as info:
