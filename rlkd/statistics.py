@@ -19,7 +19,9 @@ is a table ``scores[seed][problem] = [correct, correct, ...]``. From it:
    starting point (``sft_grpo`` against ``sft``, seed by seed) is the same paired comparison.
 4. :func:`summarize_values` is the same bootstrap for any per-sample number (the share of well-formatted
    completions, structure alignment), averaged per problem first.
-5. :func:`verdict` turns a difference and its interval into the sentence the report prints: A beats B
+5. :func:`ratio_interval` is a one-level bootstrap over units for a pooled share (e.g. the GSRM's step
+   accuracy: matched steps over all steps, traces resampled with replacement).
+6. :func:`verdict` turns a difference and its interval into the sentence the report prints: A beats B
    when the interval lies above 0, B beats A when it lies below, and no measurable difference when it
    includes 0. Nothing else decides a verdict.
 
@@ -192,6 +194,29 @@ def summarize_values(values: Values, n_boot: int = 2000, level: float = 0.95, rn
     seeds, problems, rows, _ = _table(values, "values")
     matrix = _mean_matrix(rows, "values")
     return _interval(matrix, _replicates(matrix, _weights(matrix.shape, n_boot, rng_seed)), level)
+
+
+def ratio_interval(hits: Sequence[float], totals: Sequence[float], n_boot: int = 2000, level: float = 0.95,
+                   rng_seed: int = 0) -> dict[str, float]:
+    """A pooled share ``sum(hits) / sum(totals)`` over units (e.g. per trace: steps right, steps) with a
+    percentile interval from resampling the units with replacement. A replicate with no total is dropped.
+
+    >>> ratio_interval([2, 0, 3], [2, 2, 4], n_boot=200)["mean"]
+    0.625
+    """
+    _check(n_boot, level)
+    if len(hits) != len(totals) or not len(hits):
+        raise ValueError(f"ratio_interval: need as many hits as totals, at least one (got {len(hits)} and {len(totals)})")
+    h, t = np.asarray(hits, dtype=float), np.asarray(totals, dtype=float)
+    if t.sum() <= 0:
+        raise ValueError("ratio_interval: the totals sum to 0")
+    rng = np.random.default_rng(rng_seed)
+    weights = rng.multinomial(len(h), np.full(len(h), 1.0 / len(h)), size=n_boot)
+    num, den = weights @ h, weights @ t
+    replicates = num[den > 0] / den[den > 0]
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
+    return {"mean": float(h.sum() / t.sum()), "ci_low": float(low), "ci_high": float(high)}
 
 
 def paired_difference(a: Scores | Values, b: Scores | Values, metric: str = "pass_at_1", k: int = 1,

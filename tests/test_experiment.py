@@ -80,10 +80,15 @@ class TestRecipe:
 
 class TestData:
     def test_task_sets_are_disjoint_and_deterministic(self):
-        data = DataSection(train=12, test_id=5, test_ood=4, gsrm_train=6)
+        data = DataSection(train=12, test_id=5, test_ood=4, gsrm_train=6, gsrm_test=3)
         tasks = make_tasks(data)
         keys = {name: {t.key for t in ts} for name, ts in tasks.items()}
-        assert [len(keys[n]) for n in ("train", "test_id", "test_ood", "gsrm")] == [12, 5, 4, 6]
+        assert [len(keys[n]) for n in ("train", "test_id", "test_ood", "gsrm", "gsrm_test_id", "gsrm_test_ood")] == [
+            12, 5, 4, 6, 3, 3]
+        assert all(t.knobs["depth"] >= 4 for t in tasks["gsrm_test_ood"])
+        # the GSRM's held-out sets come after the others: more of them changes none of the others
+        more = make_tasks(DataSection(train=12, test_id=5, test_ood=4, gsrm_train=6, gsrm_test=9))
+        assert all([t.id for t in more[n]] == [t.id for t in tasks[n]] for n in ("train", "test_id", "test_ood", "gsrm"))
         names = list(keys)
         for i, a in enumerate(names):
             for b in names[i + 1:]:
@@ -183,6 +188,8 @@ def test_micro_run_end_to_end_and_resume(tmp_path, capsys):
     assert json.loads((out / "eval/seed0/sft_rlkd/ood/summary.json").read_text())["n"] == 2
     assert results["gsrm"]["heldout"]["id"]["rule"]["exact"] == 1.0  # the rule decomposer is exact on the oracle
     assert results["gsrm"]["heldout"]["id"]["gsrm"]["traces"] == 2
+    band = results["gsrm"]["step_accuracy_ci"]["id"]
+    assert band["ci_low"] <= results["gsrm"]["step_accuracy"]["id"] == band["mean"] <= band["ci_high"]
     assert results["gsrm"]["students"]["traces"] == 2
     assert results["example"]["teacher_steps"]
     for name in ("report.md", "report.html", "accuracy.png", "pass_at_k.png", "alignment.png", "training.png"):

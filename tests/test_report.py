@@ -100,6 +100,7 @@ def build_results() -> dict:
                      "sft_rlkd_oracle": {"0": _training_rows(True)}, "grpo_zero": {"0": _training_rows(False)},
                      "rlkd_zero": {"0": _training_rows(True)}},
         "gsrm": {"step_accuracy": {"id": 0.934, "ood": 0.712},
+                 "step_accuracy_ci": {"id": {"mean": 0.934, "ci_low": 0.881, "ci_high": 0.972}, "ood": None},
                  "heldout": {"id": {"gsrm": {"traces": 8, "meta_match": 0.625, "answer_match": 0.5, "exact": 0.375,
                                              "meta_text_exact": 0.25, "no_steps": 0.0},
                                     "rule": {"exact": 1.0}}},
@@ -226,10 +227,10 @@ class TestWriteReport:
         assert (f"Target SFT pass@1 ≥ 0.60 in distribution: measured {_ci(sft['id']['pass_at_1'])} (mean over seeds, "
                 f"95% CI), met; out of distribution {_ci(sft['ood']['pass_at_1'])}.") in md
         assert ("Target GSRM step accuracy ≥ 0.90 in distribution (same quantity and answer as the rule decomposer): "
-                "measured 0.934, met; out of distribution 0.712.") in md
+                "measured 0.934 [0.881, 0.972], met; out of distribution 0.712.") in md
         assert ("Target share of GRPO groups with zero reward spread ≤ 0.30 for the RLKD arms: SFT+RLKD 0.220 (met), "
                 "SFT+RLKD (oracle GSRM) 0.180 (met), RLKD-zero 0.410 (not met).") in md
-        assert "in-distribution 0.934 (target ≥ 0.90: met); out-of-distribution 0.712." in md
+        assert "in-distribution 0.934 [0.881, 0.972] (target ≥ 0.90: met); out-of-distribution 0.712." in md
 
     def test_diagnostics_table_and_mismatch_histogram(self, written):
         out, _ = written

@@ -20,6 +20,7 @@ from rlkd.files import iter_jsonl
 from rlkd.gsrm import Decomposer
 from rlkd.judges import normalize_text
 from rlkd.rewards import format_reward
+from rlkd.statistics import ratio_interval
 from rlkd.structure import as_decomposition
 from rlkd.testbed import alignment, chosen_quantity, opening_goal, reasoning_text, rule_decompose
 
@@ -120,12 +121,14 @@ def grounded_share(decomposition: Any, names: set[str]) -> float:
 
 
 def evaluate_gsrm(gsrm_dir: Path, items: Sequence[tuple[str, str, Any]], *, max_tokens: int,
-                  batch_size: int, prompt: str = "math", desc: str = "GSRM") -> dict[str, Any]:
+                  batch_size: int, prompt: str = "math", desc: str = "GSRM", n_boot: int = 2000) -> dict[str, Any]:
     """Decompose ``(problem, trace, reference decomposition)`` items with the trained GSRM (through the
     same :class:`rlkd.gsrm.Decomposer` the structure reward uses) and compare with the reference.
 
-    Returns the means of :func:`rlkd.testbed.alignment` (choice and answer match, exact sequences) and
-    the share of steps whose meta-reasoning text is the reference's word for word, plus the records.
+    Returns the means of :func:`rlkd.testbed.alignment` (choice and answer match, exact sequences), the
+    share of steps whose meta-reasoning text is the reference's word for word, ``step_accuracy`` (pooled
+    over steps) with ``step_accuracy_ci`` (a bootstrap over the traces, ``n_boot`` resamples), plus the
+    records.
     """
     import asyncio
 
@@ -155,8 +158,10 @@ def evaluate_gsrm(gsrm_dir: Path, items: Sequence[tuple[str, str, Any]], *, max_
     summary = _alignment_summary([r["alignment"] for r in records])
     steps = sum(r["alignment"]["teacher_steps"] for r in records)
     # pooled over steps: the share of reference steps with the same quantity and answer at their place
-    summary["step_accuracy"] = (sum(r["alignment"]["answer_match"] * r["alignment"]["teacher_steps"]
-                                    for r in records) / steps) if steps else 0.0
+    right = [r["alignment"]["answer_match"] * r["alignment"]["teacher_steps"] for r in records]
+    summary["step_accuracy"] = sum(right) / steps if steps else 0.0
+    summary["step_accuracy_ci"] = (ratio_interval(right, [r["alignment"]["teacher_steps"] for r in records],
+                                                  n_boot=n_boot) if steps else None)
     summary["meta_text_exact"] = _mean([r["meta_text_exact"] for r in records])
     summary["grounded"] = _mean([r["grounded"] for r in records])
     summary["step_count_equal"] = _mean([float(r["steps_equal"]) for r in records])

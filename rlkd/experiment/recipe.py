@@ -62,7 +62,8 @@ class DataSection:
     test_id: int = option(10, "in-distribution test tasks (same knobs as training, disjoint structures)")
     test_ood: int = option(5, "out-of-distribution test tasks (deeper chains, more distractors)")
     gsrm_train: int = option(300, "tasks whose teacher traces train the GSRM (disjoint from the test sets)")
-    gsrm_test: int = option(24, "held-out teacher traces per split on which the GSRM's accuracy is measured")
+    gsrm_test: int = option(24, "held-out teacher traces per split on which the GSRM's accuracy is measured (tasks "
+                            "of their own, disjoint from every other set)")
     zero_fraction: float = option(0.1, "RLKD-zero: share of the training tasks it is primed and trained on")
     id_knobs: dict[str, Any] = option({"depth": [2, 3], "distractors": [1, 2]},
                                       "testbed knobs of the training and in-distribution test tasks "

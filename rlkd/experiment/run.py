@@ -286,15 +286,15 @@ class Experiment:
 
     def _gsrm_eval(self, out: Path) -> None:
         summary: dict[str, Any] = {}
-        for split, name in (("id", "test_id"), ("ood", "test_ood")):
-            tasks = self.tasks[name][: self.job.data.gsrm_test]
+        for split in SPLITS:
+            tasks = self.tasks[f"gsrm_test_{split}"]
             if not tasks:
                 continue
             items = [(t.problem, t.trace, rule_decompose(t.trace)) for t in tasks]
             max_tokens = self.job.structure.gsrm_max_tokens * (2 if split == "ood" else 1)
             measured = evaluate_gsrm(self.path("gsrm"), items, max_tokens=max_tokens,
                                      batch_size=self.job.eval.batch_size, prompt=self.gsrm_prompt(),
-                                     desc=f"GSRM {split}")
+                                     desc=f"GSRM {split}", n_boot=self.job.eval.bootstrap)
             rule = _alignment_summary([alignment(rule_decompose(t.trace), t.decomposition) for t in tasks])
             summary[split] = {"gsrm": measured["summary"], "rule": rule}
             _write_jsonl(out / f"{split}.jsonl", measured["records"])
@@ -353,7 +353,7 @@ class Experiment:
                 break
         measured = evaluate_gsrm(self.path("gsrm"), items, max_tokens=self.job.structure.gsrm_max_tokens,
                                  batch_size=self.job.eval.batch_size, prompt=self.gsrm_prompt(),
-                                 desc="GSRM on students")
+                                 desc="GSRM on students", n_boot=self.job.eval.bootstrap)
         measured["summary"]["source"] = f"{METHODS[method][0]} seed {seed}, id split, first completion per problem"
         _write_jsonl(out / "records.jsonl", measured["records"])
         (out / "summary.json").write_text(json.dumps(measured["summary"], indent=2), encoding="utf-8")
@@ -425,12 +425,13 @@ class Experiment:
             "diagnostics": diagnostics,
             "training": training,
             "gsrm": {"heldout": dict(gsrm_eval), "students": dict(gsrm_student) if gsrm_student else None,
-                     "step_accuracy": {split: v["gsrm"].get("step_accuracy") for split, v in gsrm_eval.items()}},
+                     "step_accuracy": {split: v["gsrm"].get("step_accuracy") for split, v in gsrm_eval.items()},
+                     "step_accuracy_ci": {split: v["gsrm"].get("step_accuracy_ci") for split, v in gsrm_eval.items()}},
             "token_stats": json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.exists() else None,
             "example": self.example(),
             "data": {"train": len(self.tasks["train"]), "test_id": len(self.tasks["test_id"]),
                      "test_ood": len(self.tasks["test_ood"]), "gsrm_train": len(self.tasks["gsrm"]),
-                     "zero": len(self.zero_tasks())},
+                     "gsrm_test": len(self.tasks["gsrm_test_id"]), "zero": len(self.zero_tasks())},
             "stages": dict(self.stages.records),
             "wall_time_s": round(wall_s, 1),
             "machine": {**machine_info(), "workers": workers, "threads_per_worker": threads or None},

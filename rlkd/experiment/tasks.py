@@ -26,10 +26,13 @@ def _write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
 
 
 def make_tasks(data: DataSection) -> dict[str, list[Any]]:
-    """The experiment's task sets: ``train``, ``test_id``, ``test_ood`` and ``gsrm`` (GSRM training).
+    """The experiment's task sets: ``train``, ``test_id``, ``test_ood``, ``gsrm`` (GSRM training), and
+    ``gsrm_test_id`` / ``gsrm_test_ood`` (the held-out traces the GSRM's accuracy is measured on, so that
+    it is measured on more traces than the students' test sets hold).
 
     Every set is structurally disjoint from the others (no two tasks share a structure key), so the
-    test sets are held out from both the student's and the GSRM's training.
+    test sets are held out from both the student's and the GSRM's training. Each set has its own seed
+    and is drawn after the ones before it, so adding a later set changes none of the earlier ones.
     """
     seed = data.seed
     train = generate_tasks(data.train, "id", seed=seed, **data.id_knobs)
@@ -39,7 +42,12 @@ def make_tasks(data: DataSection) -> dict[str, list[Any]]:
     test_ood = generate_tasks(data.test_ood, "ood", seed=seed + 2, exclude=seen, **data.ood_knobs)
     seen |= {t.key for t in test_ood}
     gsrm = generate_tasks(data.gsrm_train, "id", seed=seed + 3, exclude=seen, **data.id_knobs)
-    return {"train": train, "test_id": test_id, "test_ood": test_ood, "gsrm": gsrm}
+    seen |= {t.key for t in gsrm}
+    gsrm_test_id = generate_tasks(data.gsrm_test, "id", seed=seed + 4, exclude=seen, **data.id_knobs)
+    seen |= {t.key for t in gsrm_test_id}
+    gsrm_test_ood = generate_tasks(data.gsrm_test, "ood", seed=seed + 5, exclude=seen, **data.ood_knobs)
+    return {"train": train, "test_id": test_id, "test_ood": test_ood, "gsrm": gsrm, "gsrm_test_id": gsrm_test_id,
+            "gsrm_test_ood": gsrm_test_ood}
 
 
 def write_gsrm_prompt(path: Path) -> Path:

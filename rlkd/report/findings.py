@@ -56,9 +56,12 @@ def targets(results: Mapping[str, Any]) -> list[str]:
                    f"over seeds, 95% CI), {'met' if sft['mean'] >= TARGET_SFT_PASS_AT_1 else 'not met'}"
                    + (f"; out of distribution {_ci(ood)}" if ood else "") + ".")
     accuracy = (results.get("gsrm") or {}).get("step_accuracy") or {}
+    intervals = (results.get("gsrm") or {}).get("step_accuracy_ci") or {}
     if isinstance(accuracy.get("id"), (int, float)):
+        band = intervals.get("id")
         out.append(f"Target GSRM step accuracy ≥ {TARGET_GSRM_STEP_ACCURACY:.2f} in distribution (same quantity "
-                   f"and answer as the rule decomposer): measured {accuracy['id']:.3f}, "
+                   f"and answer as the rule decomposer): measured {accuracy['id']:.3f}"
+                   + (f" [{band['ci_low']:.3f}, {band['ci_high']:.3f}]" if band else "") + ", "
                    f"{'met' if accuracy['id'] >= TARGET_GSRM_STEP_ACCURACY else 'not met'}"
                    + (f"; out of distribution {accuracy['ood']:.3f}" if isinstance(accuracy.get("ood"), (int, float))
                       else "") + ".")

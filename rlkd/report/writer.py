@@ -134,10 +134,13 @@ def build_document(results: Mapping[str, Any], out_dir: Path) -> Doc:
 
     doc.h(2, "The GSRM and the structure reward")
     accuracy = (results.get("gsrm") or {}).get("step_accuracy") or {}
+    intervals = (results.get("gsrm") or {}).get("step_accuracy_ci") or {}
     if any(isinstance(accuracy.get(s), (int, float)) for s in SPLITS):
         doc.p("Step accuracy (share of steps where the trained GSRM gives the same quantity and answer as the rule "
-              "decomposer): " + "; ".join(
-                  f"{SPLIT_TITLES[s]} {accuracy[s]:.3f}" + (
+              "decomposer, with a 95% interval from resampling the held-out traces): " + "; ".join(
+                  f"{SPLIT_TITLES[s]} {accuracy[s]:.3f}"
+                  + (f" [{intervals[s]['ci_low']:.3f}, {intervals[s]['ci_high']:.3f}]" if intervals.get(s) else "")
+                  + (
                       f" (target ≥ {TARGET_GSRM_STEP_ACCURACY:.2f}: "
                       f"{'met' if accuracy[s] >= TARGET_GSRM_STEP_ACCURACY else 'not met'})" if s == "id" else "")
                   for s in SPLITS if isinstance(accuracy.get(s), (int, float))) + ".")
