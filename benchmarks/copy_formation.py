@@ -30,7 +30,8 @@ when ``copy_inputs`` leaves chance (1/80 names) and climbs. Surfaces:
    computations (dense copying practice: all of it is looked up in the problem).
 
 ``--task mqar`` strips the testbed away to the look-up alone (multi-query associative recall):
-``--pairs`` sentences ``name = value.`` (``name value.`` with ``--fused``: a one-token key), then half of
+``--pairs`` sentences ``name = value.`` (``name value.`` with ``--fused``: a one-token key; the values
+digits 1-9, or with ``--values names`` names distinct within the text), then half of
 them asked again in a random order, the loss on the values only; ``copy_definition`` is then the
 share of asked values found. It tells whether a shape can learn content look-ups at all in a budget. ``--task induction`` is the
 plainest copy there is: a run of 20 random names, repeated after a gap, at a random offset (so that
