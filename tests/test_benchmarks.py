@@ -248,6 +248,15 @@ def test_copy_formation_synthetic_texts_label_only_what_can_be_copied():
         assert sentence.strip() + "." in context  # each asked pair is one the context stated
     labelled = [tokenizer.decode([t]).strip() for t in labels if t != -100]
     assert labelled == [s.split("=")[1].strip() for s in asked.split(".")[:-1]]
+    # --values names --fused: the values are names, distinct within the text and none of them a key
+    ids, labels = bench.mqar_example(tokenizer, 4, True, random.Random(0), "names")
+    context = tokenizer.decode(ids).split("\n")[0]
+    pairs = [sentence.split() for sentence in context.split(".")[:-1]]
+    assert len(pairs) == 4 and all(len(p) == 2 for p in pairs)
+    keys, values = [p[0] for p in pairs], [p[1] for p in pairs]
+    assert len(set(keys + values)) == 8 and not any(v.isdigit() for v in values)
+    assert [tokenizer.decode([t]).strip() for t in labels if t != -100] == [
+        dict(pairs)[k] for k in [s.split()[0] for s in tokenizer.decode(ids).split("\n")[1].split(".")[:-1]]]
     ids, labels = bench.induction_example(tokenizer, random.Random(1))
     marked = [i for i, t in enumerate(labels) if t != -100]
     assert len(ids) == 80 and len(marked) == 19 and marked == list(range(marked[0], marked[0] + 19))
