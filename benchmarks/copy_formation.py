@@ -26,7 +26,10 @@ when ``copy_inputs`` leaves chance (1/80 names) and climbs. Surfaces:
    token) rather than a match on two tokens (the name and ``is``); the probe's ``value_fact`` (a fact's
    value, found in the problem) and ``value_result`` (a result's, found in an earlier computation)
    compare the surfaces;
-4. ``--recall``: the text restates every problem sentence in a new random order before the
+4. ``grouped``: the problem states each definition followed by the facts it uses (``lev = zor + cod.
+   zor is 1. cod is 3.``; a fact two definitions use is stated after both), the definitions in a random
+   order, so a computation restates a run of the problem and its values follow the definition it found;
+5. ``--recall``: the text restates every problem sentence in a new random order before the
    computations (dense copying practice: all of it is looked up in the problem).
 
 ``--task mqar`` strips the testbed away to the look-up alone (multi-query associative recall):
@@ -103,6 +106,28 @@ def sentence_case(text: str) -> str:
     return _SUBJECT.sub(lambda m: m.group(1) + m.group(2).capitalize(), text)
 
 
+def grouped_problem(task, rng: random.Random) -> str:
+    """The task's problem with each definition followed by its facts, the definitions in a random order,
+    then any fact no definition uses: ``Find hub. lev = zor + cod. zor is 1. cod is 3. hub = lev * bim.
+    bim is 7.``
+
+    >>> from rlkd.testbed import generate_tasks
+    >>> text = grouped_problem(generate_tasks(1, seed=0)[0], random.Random(0))
+    >>> text.startswith("Find ") and ". zor is 1. cod is 3." in text
+    True
+    """
+    by_name = {q.name: q for q in task.quantities}
+    defined = [q for q in task.quantities if q.inputs]
+    rng.shuffle(defined)
+    sentences = []
+    for q in defined:
+        sentences.append(f"{q.name} = {q.symbolic()}.")
+        sentences += [f"{i} is {by_name[i].value}." for i in q.inputs if not by_name[i].inputs]
+    used = {i for q in defined for i in q.inputs}
+    sentences += [f"{q.name} is {q.value}." for q in task.quantities if not q.inputs and q.name not in used]
+    return " ".join([f"Find {task.goal}."] + sentences)
+
+
 def make_text(task, surface: str, recall: bool, rng: random.Random, what: str = "needs") -> tuple[str, str]:
     """(whole text, context prefix without loss) for one task: the problem, then the base student's text
     (``what="needs"``: each computation after the sentence naming its inputs), its computations alone
@@ -119,6 +144,8 @@ def make_text(task, surface: str, recall: bool, rng: random.Random, what: str = 
     elif surface == "fused":  # a value right after its name: ``zor 1`` for ``zor is 1``
         text = _IS_VALUE.sub(r"\1 \2", text)
     problem, computations = text.split("\n", 1)
+    if surface == "grouped":
+        problem = grouped_problem(task, rng)
     middle = ""
     if recall:  # the problem's statements (the question aside) in a new order
         sentences = [s if s.endswith(".") else s + "." for s in problem.split(". ")[1:]]
@@ -187,9 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=4, help="transformer layers (default 4)")
     parser.add_argument("--heads", type=int, default=4, help="attention heads (default 4: head size hidden/heads)")
     parser.add_argument("--rope-theta", type=float, default=10000.0, help="RoPE base (default 10000)")
-    parser.add_argument("--surface", choices=("plain", "capital", "fused"), default="plain",
+    parser.add_argument("--surface", choices=("plain", "capital", "fused", "grouped"), default="plain",
                         help="plain: the testbed's text; capital: sentence case; fused: a value right after "
-                        "its name (see the module docstring)")
+                        "its name; grouped: each definition followed by its facts in the problem (see the "
+                        "module docstring)")
     parser.add_argument("--recall", action="store_true", help="restate the problem's sentences before the "
                         "computations (loss on them too)")
     parser.add_argument("--task", choices=("testbed", "mqar", "induction"), default="testbed",

@@ -220,6 +220,15 @@ def test_copy_formation_restates_the_problem_and_probes_every_role():
     alone = bench.make_text(task, "plain", False, random.Random(0), "computations")[0].split("\n")[1]
     assert alone.startswith("Every quantity: lev = zor + cod, zor is 1, cod is 3, so lev is 4. hov = lev - dag,")
     assert " needs " not in alone and alone.count(".") == 4
+    # --surface grouped: the problem's definitions, each followed by the facts it uses; the same sentences
+    grouped = bench.make_text(task, "grouped", False, random.Random(0))[0].split("\n")[0]
+    assert grouped.startswith("Find hub. ")
+    assert set(grouped.rstrip(".").split(". ")) == set(task.problem.rstrip(".").split(". "))
+    for q in task.quantities:
+        if q.inputs:
+            facts = [f"{i} is {next(p.value for p in task.quantities if p.name == i)}" for i in q.inputs
+                     if not next(p for p in task.quantities if p.name == i).inputs]
+            assert f"{q.name} = {q.symbolic()}. " + "".join(f + ". " for f in facts) in grouped + " "
     # --surface fused: every value right after its name, in the problem and after it
     fused = bench.make_text(task, "fused", False, random.Random(0))[0]
     assert " is " not in fused and "bim 7." in fused and "lev = zor + cod, zor 1, cod 3, so lev 4." in fused
