@@ -33,7 +33,10 @@ paper's methods under one recipe (:class:`DemoJob`, a YAML file in ``configs/dem
 7. **Report**: ``results.json`` and :mod:`rlkd.report`'s ``report.md`` / ``report.html`` with PNG plots.
 
 Every stage writes into the run folder and records its time in ``stages.json``; a re-run skips the
-stages whose outputs are there (``--fresh`` starts over), so an interrupted demo resumes.
+stages whose outputs are there (``--fresh`` starts over), so an interrupted demo resumes. The stages
+after the models run side by side on worker processes (``workers``, ``threads``; one per CPU core by
+default), each as soon as the stages it needs are done (:meth:`Experiment.plan`), with the same results
+as one after another.
 
 How this departs from the paper (and why):
 
@@ -54,7 +57,7 @@ How this departs from the paper (and why):
    ``structure.gsrm_prompt``.
 
 The package, bottom-up: ``recipe`` (:class:`DemoJob` and its sections, the methods and the RL plan),
-``stages`` (timing and skipping stages), ``tasks`` (task sets, the GSRM prompt and its SFT rows), ``measurements``
+``stages`` (timing and skipping stages, and running a plan of them in order or side by side), ``tasks`` (task sets, the GSRM prompt and its SFT rows), ``measurements``
 (evaluating students and the GSRM, the RL signal, the machine record), ``base`` (the base student),
 ``run`` (:class:`Experiment`). The command's options are ``rlkd.cli.demo``.
 """
