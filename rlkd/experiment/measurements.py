@@ -20,7 +20,6 @@ from rlkd.files import iter_jsonl
 from rlkd.gsrm import Decomposer
 from rlkd.judges import normalize_text
 from rlkd.rewards import format_reward
-from rlkd.statistics import ratio_interval
 from rlkd.structure import as_decomposition
 from rlkd.testbed import alignment, chosen_quantity, opening_goal, reasoning_text, rule_decompose
 
@@ -158,6 +157,8 @@ def evaluate_gsrm(gsrm_dir: Path, items: Sequence[tuple[str, str, Any]], *, max_
     summary = _alignment_summary([r["alignment"] for r in records])
     steps = sum(r["alignment"]["teacher_steps"] for r in records)
     # pooled over steps: the share of reference steps with the same quantity and answer at their place
+    from rlkd.statistics import ratio_interval  # numpy: not at import, so the command line starts light
+
     right = [r["alignment"]["answer_match"] * r["alignment"]["teacher_steps"] for r in records]
     summary["step_accuracy"] = sum(right) / steps if steps else 0.0
     summary["step_accuracy_ci"] = (ratio_interval(right, [r["alignment"]["teacher_steps"] for r in records],
