@@ -140,7 +140,7 @@ def run_plan(stages: Stages, plan: Sequence[Work], runner: Callable[[tuple[Any, 
     logs.mkdir(parents=True, exist_ok=True)
     pending = list(plan)
     finished: set[str] = set()
-    running: dict[Future, tuple[Work, str]] = {}
+    running: dict[Future, tuple[Work, str, Path]] = {}
     failure: BaseException | None = None
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
@@ -156,18 +156,17 @@ def run_plan(stages: Stages, plan: Sequence[Work], runner: Callable[[tuple[Any, 
                 if prefix is None:
                     finished.add(ready.key)
                     continue
-                running[pool.submit(_work_in_worker, ready.action, str(log_file))] = (ready, prefix)
+                running[pool.submit(_work_in_worker, ready.action, str(log_file))] = (ready, prefix, log_file)
             if not running:
                 if failure is not None or not pending:
                     break
                 raise RuntimeError(f"run_plan: stages {[w.key for w in pending]} wait on stages that never run")
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                work, prefix = running.pop(future)
+                work, prefix, log_file = running.pop(future)
                 try:
                     seconds = future.result()
                 except BaseException as exc:  # noqa: BLE001 - re-raised below, once the others finished
-                    log_file = logs / (work.key.replace("/", "-") + ".log")
                     log.error("%s: failed (%s: %s); its log: %s", prefix, type(exc).__name__, exc, log_file)
                     if running:
                         log.error("waiting for the %d stage(s) still running, so that their work is kept",
