@@ -116,16 +116,17 @@ def grouped_problem(task, rng: random.Random) -> str:
     >>> text.startswith("Find ") and ". zor is 1. cod is 3." in text
     True
     """
-    by_name = {q.name: q for q in task.quantities}
+    question, *stated = task.problem.rstrip(".").split(". ")
+    sentence = {text.split(" ", 1)[0]: text + "." for text in stated}  # the problem's own, by subject
+    fact = {q.name for q in task.quantities if not q.inputs}
     defined = [q for q in task.quantities if q.inputs]
     rng.shuffle(defined)
-    sentences = []
+    ordered = []
     for q in defined:
-        sentences.append(f"{q.name} = {q.symbolic()}.")
-        sentences += [f"{i} is {by_name[i].value}." for i in q.inputs if not by_name[i].inputs]
+        ordered += [sentence[q.name]] + [sentence[i] for i in q.inputs if i in fact]
     used = {i for q in defined for i in q.inputs}
-    sentences += [f"{q.name} is {q.value}." for q in task.quantities if not q.inputs and q.name not in used]
-    return " ".join([f"Find {task.goal}."] + sentences)
+    ordered += [sentence[q.name] for q in task.quantities if q.name in fact - used]
+    return " ".join([question + "."] + ordered)
 
 
 def make_text(task, surface: str, recall: bool, rng: random.Random, what: str = "needs") -> tuple[str, str]:
