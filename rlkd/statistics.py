@@ -143,9 +143,14 @@ def _replicates(matrix: np.ndarray, weights: tuple[np.ndarray, np.ndarray]) -> n
 
 
 def _interval(matrix: np.ndarray, replicates: np.ndarray, level: float) -> dict[str, float]:
+    return _percentile_interval(float(matrix.mean()), replicates, level)
+
+
+def _percentile_interval(mean: float, replicates: np.ndarray, level: float) -> dict[str, float]:
+    """``{mean, ci_low, ci_high}``: the estimate and the replicates' central ``level`` percentiles."""
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
-    return {"mean": float(matrix.mean()), "ci_low": float(low), "ci_high": float(high)}
+    return {"mean": mean, "ci_low": float(low), "ci_high": float(high)}
 
 
 def summarize_scores(scores: Scores, ks: Sequence[int] | None = None, n_boot: int = 2000, level: float = 0.95,
@@ -213,10 +218,7 @@ def ratio_interval(hits: Sequence[float], totals: Sequence[float], n_boot: int =
     rng = np.random.default_rng(rng_seed)
     weights = rng.multinomial(len(h), np.full(len(h), 1.0 / len(h)), size=n_boot)
     num, den = weights @ h, weights @ t
-    replicates = num[den > 0] / den[den > 0]
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
-    return {"mean": float(h.sum() / t.sum()), "ci_low": float(low), "ci_high": float(high)}
+    return _percentile_interval(float(h.sum() / t.sum()), num[den > 0] / den[den > 0], level)
 
 
 def paired_difference(a: Scores | Values, b: Scores | Values, metric: str = "pass_at_1", k: int = 1,
