@@ -106,7 +106,7 @@ def sentence_case(text: str) -> str:
     return _SUBJECT.sub(lambda m: m.group(1) + m.group(2).capitalize(), text)
 
 
-def grouped_problem(task, rng: random.Random) -> str:
+def grouped_problem(task, rng: random.Random, runs: bool = False) -> str:
     """The task's problem with each definition followed by its facts, the definitions in a random order,
     then any fact no definition uses: ``Find hub. lev = zor + cod. zor is 1. cod is 3. hub = lev * bim.
     bim is 7.``
@@ -123,7 +123,9 @@ def grouped_problem(task, rng: random.Random) -> str:
     rng.shuffle(defined)
     ordered = []
     for q in defined:
-        ordered += [sentence[q.name]] + [sentence[i] for i in q.inputs if i in fact]
+        group = [sentence[q.name]] + [sentence[i] for i in q.inputs if i in fact]
+        # runs: one sentence per group, worded as the computation will restate it
+        ordered += [", ".join(s.rstrip(".") for s in group) + "."] if runs else group
     used = {i for q in defined for i in q.inputs}
     ordered += [sentence[q.name] for q in task.quantities if q.name in fact - used]
     return " ".join([question + "."] + ordered)
@@ -145,8 +147,8 @@ def make_text(task, surface: str, recall: bool, rng: random.Random, what: str = 
     elif surface == "fused":  # a value right after its name: ``zor 1`` for ``zor is 1``
         text = _IS_VALUE.sub(r"\1 \2", text)
     problem, computations = text.split("\n", 1)
-    if surface == "grouped":
-        problem = grouped_problem(task, rng)
+    if surface in ("grouped", "runs"):
+        problem = grouped_problem(task, rng, runs=surface == "runs")
     middle = ""
     if recall:  # the problem's statements (the question aside) in a new order
         sentences = [s if s.endswith(".") else s + "." for s in problem.split(". ")[1:]]
@@ -215,10 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=4, help="transformer layers (default 4)")
     parser.add_argument("--heads", type=int, default=4, help="attention heads (default 4: head size hidden/heads)")
     parser.add_argument("--rope-theta", type=float, default=10000.0, help="RoPE base (default 10000)")
-    parser.add_argument("--surface", choices=("plain", "capital", "fused", "grouped"), default="plain",
+    parser.add_argument("--surface", choices=("plain", "capital", "fused", "grouped", "runs"), default="plain",
                         help="plain: the testbed's text; capital: sentence case; fused: a value right after "
-                        "its name; grouped: each definition followed by its facts in the problem (see the "
-                        "module docstring)")
+                        "its name; grouped: each definition followed by its facts in the problem; runs: grouped, "
+                        "each definition and its facts one sentence (see the module docstring)")
     parser.add_argument("--recall", action="store_true", help="restate the problem's sentences before the "
                         "computations (loss on them too)")
     parser.add_argument("--task", choices=("testbed", "mqar", "induction"), default="testbed",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -280,7 +281,7 @@ def _plan_runner(folder: str):
     return run
 
 
-def test_run_plan_side_by_side_keeps_the_order_and_the_work_of_a_failure(tmp_path):
+def test_run_plan_side_by_side_keeps_the_order_and_the_work_of_a_failure(tmp_path, caplog):
     from rlkd.experiment.stages import Stages, Work, run_plan
 
     def work(key, *needs):
@@ -288,8 +289,13 @@ def test_run_plan_side_by_side_keeps_the_order_and_the_work_of_a_failure(tmp_pat
 
     plan = [work("a"), work("b", "a"), work("c"), work("d", "b", "c")]
     stages = Stages(tmp_path, len(plan))
-    run_plan(stages, plan, None, workers=2, worker_setup=_plan_runner, setup_args=(str(tmp_path),),
-             logs=tmp_path / "logs")
+    with caplog.at_level(logging.INFO, logger="rlkd.experiment"):
+        run_plan(stages, plan, None, workers=2, worker_setup=_plan_runner, setup_args=(str(tmp_path),),
+                 logs=tmp_path / "logs", heartbeat=0.1)
+    # while the workers run, the log says which stages are running and how far the plan is
+    beats = [r.getMessage() for r in caplog.records if r.getMessage().startswith("running: ")]
+    assert beats and all(re.search(r"stage [abcd] \(0:0\d\)", b) for b in beats)
+    assert re.search(r"; [0-3] of 4 stages finished \(run so far 0:\d\d\)$", beats[0])
     events = {}
     for line in (tmp_path / "events.txt").read_text().splitlines():
         what, name, when = line.split()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rlkd.cli.options import CliError
 from rlkd.experiment import DEFAULT_CONFIG, DEFAULT_OUTPUT, RESULTS_FILE, Experiment, build_base, load_demo_job, stage_times
-from rlkd.experiment.stages import _clock
+from rlkd.experiment.stages import clock
 
 log = logging.getLogger("rlkd.experiment")
 
@@ -36,11 +36,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         card = build_base(job)
         last = card["final_probe"]
         print(f"base student: {job.base.path} ({card['parameters']:,} parameters, built in "
-              f"{_clock(card['build_wall_s'])}); held-out look-ups: {last['lines_right']:.1%} of computation "
+              f"{clock(card['build_wall_s'])}); held-out look-ups: {last['lines_right']:.1%} of computation "
               f"sentences right, {last['tasks_right']:.1%} of problems all right")
         for row in card["probes"]:
             forced = "  ".join(f"{k} {v:.0%}" for k, v in row["teacher_forced"].items())
-            print(f"  step {row['step']:>5}  wall {_clock(row['wall_s']):>7}  sentences right "
+            print(f"  step {row['step']:>5}  wall {clock(row['wall_s']):>7}  sentences right "
                   f"{row['lines_right']:.1%}  problems right {row['tasks_right']:.1%}  teacher-forced: {forced}")
         return 0
     if args.report_only:
@@ -64,7 +64,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(comparisons_text(results))
     print()
     print(stage_times(results.get("stages", {}), (results.get("machine") or {}).get("workers") or 1))
-    print(f"wall time: {_clock(results.get('wall_time_s', 0))}")
+    print(f"wall time: {clock(results.get('wall_time_s', 0))}")
     print(f"report: {paths['markdown']}  (HTML: {paths['html']})")
     return 0
 

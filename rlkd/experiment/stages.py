@@ -83,7 +83,7 @@ class Stages:
         self.records[name] = {"seconds": round(seconds, 2), "skipped": False, "kind": kind}
         self._write()
         elapsed = time.monotonic() - self.started
-        log.info("%s: %.1f s (run so far %s)", prefix, seconds, _clock(elapsed))
+        log.info("%s: %.1f s (run so far %s)", prefix, seconds, clock(elapsed))
 
     def _write(self) -> None:
         atomic_write_text(self.path, json.dumps(self.records, indent=2) + "\n")
@@ -109,7 +109,8 @@ class Work:
 
 def run_plan(stages: Stages, plan: Sequence[Work], runner: Callable[[tuple[Any, ...]], None], *,
              workers: int = 1, threads: int = 0, worker_setup: Callable[..., Callable[[tuple[Any, ...]], None]] |
-             None = None, setup_args: tuple[Any, ...] = (), logs: Path | None = None) -> None:
+             None = None, setup_args: tuple[Any, ...] = (), logs: Path | None = None,
+             heartbeat: float = 60.0) -> None:
     """Run every stage of ``plan`` that is not done before.
 
     ``workers == 1``: in this process, in plan order, with ``runner(action)`` (the plan must list each
@@ -117,8 +118,9 @@ def run_plan(stages: Stages, plan: Sequence[Work], runner: Callable[[tuple[Any, 
     by ``worker_setup(*setup_args)`` (which returns its runner) with ``threads`` torch threads (0: torch's
     default); a stage starts as soon as a worker is free and the stages it needs are finished, in plan
     order. A worker's output (its logs, TRL's, the progress bars) goes to ``logs/<key>.log``; this
-    process logs each stage's start and end. When a stage fails, the stages running beside it finish
-    (and are kept), no other starts, and the failure is raised.
+    process logs each stage's start and end, and every ``heartbeat`` seconds without one, which stages
+    are running and for how long. When a stage fails, the stages running beside it finish (and are
+    kept), no other starts, and the failure is raised.
     """
     keys = {w.key for w in plan}
     for w in plan:
@@ -140,7 +142,7 @@ def run_plan(stages: Stages, plan: Sequence[Work], runner: Callable[[tuple[Any, 
     logs.mkdir(parents=True, exist_ok=True)
     pending = list(plan)
     finished: set[str] = set()
-    running: dict[Future, tuple[Work, str, Path]] = {}
+    running: dict[Future, tuple[Work, str, Path, float]] = {}
     failure: BaseException | None = None
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
@@ -156,14 +158,20 @@ def run_plan(stages: Stages, plan: Sequence[Work], runner: Callable[[tuple[Any, 
                 if prefix is None:
                     finished.add(ready.key)
                     continue
-                running[pool.submit(_work_in_worker, ready.action, str(log_file))] = (ready, prefix, log_file)
+                future = pool.submit(_work_in_worker, ready.action, str(log_file))
+                running[future] = (ready, prefix, log_file, time.monotonic())
             if not running:
                 if failure is not None or not pending:
                     break
                 raise RuntimeError(f"run_plan: stages {[w.key for w in pending]} wait on stages that never run")
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            done, _ = wait(running, timeout=heartbeat, return_when=FIRST_COMPLETED)
+            if not done:
+                now = time.monotonic()
+                log.info("running: %s; %d of %d stages finished (run so far %s)",
+                         ", ".join(f"{w.name} ({clock(now - t0)})" for w, _, _, t0 in running.values()),
+                         len(finished), len(plan), clock(now - stages.started))
             for future in done:
-                work, prefix, log_file = running.pop(future)
+                work, prefix, log_file, _ = running.pop(future)
                 try:
                     seconds = future.result()
                 except BaseException as exc:  # noqa: BLE001 - re-raised below, once the others finished
@@ -235,11 +243,10 @@ def _work_in_worker(action: tuple[Any, ...], log_file: str) -> float:
             os.close(saved[1])
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """Seconds as minutes and seconds, the way the demo's logs write wall times: ``clock(605) == '10:05'``."""
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
-
-
 
 
 # --------------------------------------------------------------------------------------------------
