@@ -29,7 +29,10 @@ when ``copy_inputs`` leaves chance (1/80 names) and climbs. Surfaces:
 4. ``grouped``: the problem states each definition followed by the facts it uses (``lev = zor + cod.
    zor is 1. cod is 3.``; a fact two definitions use is stated after both), the definitions in a random
    order, so a computation restates a run of the problem and its values follow the definition it found;
-5. ``--recall``: the text restates every problem sentence in a new random order before the
+5. ``runs``: grouped, each definition and its facts one sentence worded as the computation restates
+   them (``lev = zor + cod, zor is 1, cod is 3.``), so a computation copies a run of the problem
+   verbatim up to its first input that is a result;
+6. ``--recall``: the text restates every problem sentence in a new random order before the
    computations (dense copying practice: all of it is looked up in the problem).
 
 ``--task mqar`` strips the testbed away to the look-up alone (multi-query associative recall):

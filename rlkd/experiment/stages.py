@@ -244,7 +244,11 @@ def _work_in_worker(action: tuple[Any, ...], log_file: str) -> float:
 
 
 def clock(seconds: float) -> str:
-    """Seconds as minutes and seconds, the way the demo's logs write wall times: ``clock(605) == '10:05'``."""
+    """Seconds as minutes and seconds, the way the demo's logs write wall times.
+
+    >>> clock(605.4)
+    '10:05'
+    """
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
 
