@@ -189,6 +189,7 @@ def test_micro_run_end_to_end_and_resume(tmp_path, capsys):
     assert json.loads((out / "eval/seed0/sft_rlkd/ood/summary.json").read_text())["n"] == 2
     assert results["gsrm"]["heldout"]["id"]["rule"]["exact"] == 1.0  # the rule decomposer is exact on the oracle
     assert results["gsrm"]["heldout"]["id"]["gsrm"]["traces"] == 2
+    assert results["data"] == {"train": 8, "test_id": 2, "test_ood": 2, "gsrm_train": 8, "gsrm_test": 2, "zero": 2}
     band = results["gsrm"]["step_accuracy_ci"]["id"]
     assert band["ci_low"] <= results["gsrm"]["step_accuracy"]["id"] == band["mean"] <= band["ci_high"]
     assert results["gsrm"]["students"]["traces"] == 2
