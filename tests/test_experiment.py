@@ -325,6 +325,76 @@ def test_run_plan_side_by_side_keeps_the_order_and_the_work_of_a_failure(tmp_pat
     assert "after" not in (other / "events.txt").read_text() and "later" not in (other / "events.txt").read_text()
 
 
+_INTERRUPTED_RUNNER = """
+import os, time
+from pathlib import Path
+
+def setup(folder):
+    with open(Path(folder) / "pids.txt", "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    def run(action):
+        (name,) = action
+        with open(Path(folder) / "events.txt", "a") as f:
+            f.write(f"start {name}\\n")
+        time.sleep(0.2 if name == "quick" else 120)
+    return run
+"""
+
+_INTERRUPTED_PLAN = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from rlkd.experiment.stages import Stages, Work, run_plan
+from interrupted_runner import setup
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1])
+    plan = [Work(k, k, root / k, "k", (k,), needs) for k, needs in
+            (("quick", ()), ("long", ()), ("next", ("quick",)), ("last", ("long",)))]
+    run_plan(Stages(root, 4), plan, None, workers=2, worker_setup=setup, setup_args=(str(root),), logs=root / "logs")
+"""
+
+
+def test_ctrl_c_during_side_by_side_stages_keeps_what_finished_and_stops_the_workers(tmp_path):
+    """Ctrl-C in a terminal interrupts the whole process group: the run stops at once, the finished stage
+    stays marked done (a re-run skips it), the interrupted ones are not, and no worker is left behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rlkd.experiment.stages import Stages
+
+    (tmp_path / "interrupted_runner.py").write_text(_INTERRUPTED_RUNNER)
+    (tmp_path / "plan.py").write_text(_INTERRUPTED_PLAN)
+    events = tmp_path / "events.txt"
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "plan.py"), str(tmp_path)], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (events.exists() and {"start long", "start next"} <= set(events.read_text().split("\n"))):
+            assert time.monotonic() < deadline and proc.poll() is None, "the stages never ran side by side"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)  # the stages would sleep for 120 s
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in output
+    assert Stages.is_done(tmp_path / "quick")
+    assert not any(Stages.is_done(tmp_path / k) for k in ("long", "next", "last"))
+    assert "start last" not in events.read_text()
+    pids = [int(p) for p in (tmp_path / "pids.txt").read_text().split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 30
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status")
+        while status.exists() and "State:\tZ" not in status.read_text():  # a zombie has exited
+            assert time.monotonic() < deadline, f"worker {pid} outlived the interrupted run"
+            time.sleep(0.1)
+
+
 def test_resuming_with_another_recipe_is_refused(tmp_path):
     from rlkd.cli import CliError
     job = load_demo_job(None, [f"output={tmp_path}"])
