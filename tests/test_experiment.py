@@ -244,6 +244,18 @@ def test_the_plan_lists_each_stage_after_what_it_needs(tmp_path):
     assert needs["gsrm_student_check"] == {"gsrm", "eval/seed0/sft"}
 
 
+@pytest.mark.parametrize("methods, trained, evaluated", [
+    ("[grpo_zero]", {"prime", "grpo_zero"}, {"grpo_zero", "prime"}),
+    ("[sft_rlkd_oracle]", {"sft", "sft_rlkd_oracle"}, {"sft_rlkd_oracle"}),
+    ("[sft, rlkd_zero]", {"sft", "prime", "rlkd_zero"}, {"sft", "rlkd_zero", "prime"}),
+])
+def test_a_subset_of_methods_plans_only_the_models_it_needs(tmp_path, methods, trained, evaluated):
+    experiment = Experiment(load_demo_job(None, [f"output={tmp_path / 'x'}", "seeds=[3]", f"methods={methods}"]))
+    keys = {w.key for w in experiment.plan()}
+    assert {k.split("/")[1] for k in keys if k.startswith("seed3/")} == trained
+    assert {k.split("/")[2] for k in keys if k.startswith("eval/")} == evaluated
+
+
 @pytest.mark.parametrize("workers, cores, gpu, expected", [(0, 2, False, (2, 1)), (0, 16, False, (4, 4)),
                                                            (0, 1, False, (1, 0)), (0, 8, True, (1, 0)),
                                                            (1, 8, False, (1, 0)), (3, 8, False, (3, 2))])

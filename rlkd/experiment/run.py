@@ -192,16 +192,16 @@ class Experiment:
         check, then per seed SFT, the zero arms' priming, the RL arms and every evaluation, then the GSRM
         on student completions. A sequential run takes them in this order."""
         job = self.job
-        methods = job.methods
+        methods, starts = job.methods, self.starting_points()
         plan = [Work("gsrm", "GSRM: rlkd train sft on (narrative, decomposition) pairs", self.path("gsrm"),
                      "GSRM training", ("gsrm",)),
                 Work("gsrm_eval", "GSRM accuracy on held-out teacher traces", self.path("gsrm_eval"),
                      "GSRM checks", ("gsrm_eval",), ("gsrm",))]
         for seed in job.seeds:
-            if any(m == "sft" or RL_PLAN.get(m, ("",))[0] == "sft" for m in methods):
+            if "sft" in starts:
                 plan.append(Work(f"seed{seed}/sft", f"seed {seed}: SFT on {job.data.train} teacher traces",
                                  self.model_dir(seed, "sft"), "SFT", ("sft", seed)))
-            if any(RL_PLAN.get(m, ("",))[0] == "prime" for m in methods):
+            if "prime" in starts:
                 plan.append(Work(f"seed{seed}/prime", f"seed {seed}: format priming for the zero arms "
                                  f"({self.zero_count()} traces)", self.model_dir(seed, "prime"),
                                  "zero-arm priming", ("prime", seed)))
@@ -259,10 +259,13 @@ class Experiment:
     def evaluated(self) -> list[str]:
         """The models evaluated per seed: every method, and ``prime`` (the zero arms' starting point) when a
         zero arm runs, so each RL arm's change is measured against where it started."""
-        methods = list(self.job.methods)
-        if any(RL_PLAN.get(m, ("",))[0] == "prime" for m in methods):
-            methods.append("prime")
-        return methods
+        return list(self.job.methods) + (["prime"] if "prime" in self.starting_points() else [])
+
+    def starting_points(self) -> set[str]:
+        """The models the recipe's methods need trained per seed: ``sft`` (a method itself, or the start of
+        the SFT-then-RL arms) and ``prime`` (the zero arms' start)."""
+        methods = self.job.methods
+        return {"sft"} & set(methods) | {RL_PLAN[m][0] for m in methods if m in RL_PLAN}
 
     def student_check_source(self) -> str:
         """The method whose completions the GSRM student check reads (SFT when it runs)."""
