@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=4, help="transformer layers (default 4)")
     parser.add_argument("--heads", type=int, default=4, help="attention heads (default 4: head size hidden/heads)")
     parser.add_argument("--rope-theta", type=float, default=10000.0, help="RoPE base (default 10000)")
+    parser.add_argument("--init-range", type=float, default=0.02, help="standard deviation of the initial weights "
+                        "(LlamaConfig.initializer_range, default 0.02)")
     parser.add_argument("--surface", choices=("plain", "capital", "fused", "grouped", "runs"), default="plain",
                         help="plain: the testbed's text; capital: sentence case; fused: a value right after "
                         "its name; grouped: each definition followed by its facts in the problem; runs: grouped, "
@@ -288,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=4 * args.hidden,
                          num_hidden_layers=args.layers, num_attention_heads=args.heads,
                          num_key_value_heads=args.heads, max_position_embeddings=1024, rope_theta=args.rope_theta,
+                         initializer_range=args.init_range,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
     model = LlamaForCausalLM.from_pretrained(args.init, dtype=torch.float32) if args.init else LlamaForCausalLM(config)
