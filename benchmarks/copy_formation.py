@@ -134,6 +134,23 @@ def grouped_problem(task, rng: random.Random, runs: bool = False) -> str:
     return " ".join([question + "."] + ordered)
 
 
+_COMPUTATION = re.compile(r"(= [^,.]+)((?:, [a-z]+ is \d+)+)(, so )")
+
+
+def facts_first(text: str, facts: set[str]) -> str:
+    """Reorder each computation's values so the facts' come first, then the results', just before
+    ``so``: the facts are then a verbatim copy of the problem's run on the runs surface.
+
+    >>> facts_first("hov = lev - dag, lev is 4, dag is 2, so hov is 2.", {"dag"})
+    'hov = lev - dag, dag is 2, lev is 4, so hov is 2.'
+    """
+    def reorder(match: re.Match) -> str:
+        values = match.group(2)[2:].split(", ")
+        values.sort(key=lambda value: value.split(" ", 1)[0] not in facts)  # stable: facts, then results
+        return match.group(1) + ", " + ", ".join(values) + match.group(3)
+    return _COMPUTATION.sub(reorder, text)
+
+
 def make_text(task, surface: str, recall: bool, rng: random.Random, what: str = "needs") -> tuple[str, str]:
     """(whole text, context prefix without loss) for one task: the problem, then the base student's text
     (``what="needs"``: each computation after the sentence naming its inputs), its computations alone
@@ -150,8 +167,10 @@ def make_text(task, surface: str, recall: bool, rng: random.Random, what: str = 
     elif surface == "fused":  # a value right after its name: ``zor 1`` for ``zor is 1``
         text = _IS_VALUE.sub(r"\1 \2", text)
     problem, computations = text.split("\n", 1)
-    if surface in ("grouped", "runs"):
-        problem = grouped_problem(task, rng, runs=surface == "runs")
+    if surface in ("grouped", "runs", "runs-facts-first"):
+        problem = grouped_problem(task, rng, runs=surface != "grouped")
+    if surface == "runs-facts-first":
+        computations = facts_first(computations, {q.name for q in task.quantities if not q.inputs})
     middle = ""
     if recall:  # the problem's statements (the question aside) in a new order
         sentences = [s if s.endswith(".") else s + "." for s in problem.split(". ")[1:]]
@@ -222,10 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rope-theta", type=float, default=10000.0, help="RoPE base (default 10000)")
     parser.add_argument("--init-range", type=float, default=0.02, help="standard deviation of the initial weights "
                         "(LlamaConfig.initializer_range, default 0.02)")
-    parser.add_argument("--surface", choices=("plain", "capital", "fused", "grouped", "runs"), default="plain",
+    parser.add_argument("--surface", choices=("plain", "capital", "fused", "grouped", "runs", "runs-facts-first"), default="plain",
                         help="plain: the testbed's text; capital: sentence case; fused: a value right after "
                         "its name; grouped: each definition followed by its facts in the problem; runs: grouped, "
-                        "each definition and its facts one sentence (see the module docstring)")
+                        "each definition and its facts one sentence (see the module docstring); runs-facts-first: runs, "
+                        "with each computation's fact values before its result values")
     parser.add_argument("--recall", action="store_true", help="restate the problem's sentences before the "
                         "computations (loss on them too)")
     parser.add_argument("--task", choices=("testbed", "mqar", "induction"), default="testbed",
