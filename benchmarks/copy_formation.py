@@ -32,7 +32,10 @@ when ``copy_inputs`` leaves chance (1/80 names) and climbs. Surfaces:
 5. ``runs``: grouped, each definition and its facts one sentence worded as the computation restates
    them (``lev = zor + cod, zor is 1, cod is 3.``), so a computation copies a run of the problem
    verbatim up to its first input that is a result;
-6. ``--recall``: the text restates every problem sentence in a new random order before the
+6. ``runs-facts-first``: runs, with each computation's fact values before its result values (``hov =
+   lev - dag, dag is 2, lev is 4, so hov is 2.``), so the facts are one verbatim copy of the problem's
+   run and a result's value is looked up last, just before ``so``;
+7. ``--recall``: the text restates every problem sentence in a new random order before the
    computations (dense copying practice: all of it is looked up in the problem).
 
 ``--task mqar`` strips the testbed away to the look-up alone (multi-query associative recall):
