@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -322,6 +323,16 @@ def test_run_plan_side_by_side_keeps_the_order_and_the_work_of_a_failure(tmp_pat
     run_plan(Stages(tmp_path, len(plan)), plan, None, workers=2, worker_setup=_plan_runner,
              setup_args=(str(tmp_path),), logs=tmp_path / "logs")
     assert not (tmp_path / "events.txt").exists()
+    # a resumed run's heartbeat tells the stages it skipped from those it finished
+    shutil.rmtree(tmp_path / "d")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rlkd.experiment"):
+        run_plan(Stages(tmp_path, len(plan)), plan, None, workers=2, worker_setup=_plan_runner,
+                 setup_args=(str(tmp_path),), logs=tmp_path / "logs", heartbeat=0.1)
+    beats = [r.getMessage() for r in caplog.records if r.getMessage().startswith("running: ")]
+    assert beats and all(re.fullmatch(r"running: stage d \(0:0\d\); 3 of 4 stages finished, 3 of them by an "
+                                      r"earlier run \(run so far 0:\d\d\)", b) for b in beats)
+    assert (tmp_path / "events.txt").read_text().split()[:2] == ["start", "d"]
 
     # a failing stage: the one running beside it finishes and is kept, nothing after it starts
     other = tmp_path / "other"

@@ -142,6 +142,7 @@ def run_plan(stages: Stages, plan: Sequence[Work], runner: Callable[[tuple[Any, 
     logs.mkdir(parents=True, exist_ok=True)
     pending = list(plan)
     finished: set[str] = set()
+    before = 0  # stages done by an earlier run, skipped here
     running: dict[Future, tuple[Work, str, Path, float]] = {}
     failure: BaseException | None = None
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
@@ -157,6 +158,7 @@ def run_plan(stages: Stages, plan: Sequence[Work], runner: Callable[[tuple[Any, 
                 prefix = stages.begin(ready.name, ready.done, ready.kind, note=f" (log: {log_file})")
                 if prefix is None:
                     finished.add(ready.key)
+                    before += 1
                     continue
                 future = pool.submit(_work_in_worker, ready.action, str(log_file))
                 running[future] = (ready, prefix, log_file, time.monotonic())
@@ -167,9 +169,10 @@ def run_plan(stages: Stages, plan: Sequence[Work], runner: Callable[[tuple[Any, 
             done, _ = wait(running, timeout=heartbeat, return_when=FIRST_COMPLETED)
             if not done:
                 now = time.monotonic()
-                log.info("running: %s; %d of %d stages finished (run so far %s)",
+                earlier = f", {before} of them by an earlier run" if before else ""
+                log.info("running: %s; %d of %d stages finished%s (run so far %s)",
                          ", ".join(f"{w.name} ({clock(now - t0)})" for w, _, _, t0 in running.values()),
-                         len(finished), len(plan), clock(now - stages.started))
+                         len(finished), len(plan), earlier, clock(now - stages.started))
             for future in done:
                 work, prefix, log_file, _ = running.pop(future)
                 try:
