@@ -295,6 +295,30 @@ def _plan_runner(folder: str):
     return run
 
 
+def test_a_resumed_stage_made_by_other_code_is_kept_with_a_warning(tmp_path, caplog, monkeypatch):
+    import rlkd.experiment.stages as stages_module
+    from rlkd.experiment.stages import Stages
+
+    def run(stages):
+        with stages.stage("train", tmp_path / "out") as todo:
+            if todo:
+                (tmp_path / "out").mkdir(exist_ok=True)
+                (tmp_path / "out" / "model.txt").write_text("weights", encoding="utf-8")
+        return todo
+
+    assert run(Stages(tmp_path, 1))
+    assert Stages.done_info(tmp_path / "out")["code"] == stages_module.code_fingerprint()
+    with caplog.at_level(logging.WARNING, logger="rlkd.experiment"):
+        assert not run(Stages(tmp_path, 1))  # same code: skipped quietly
+        assert not caplog.records
+        monkeypatch.setattr(stages_module, "code_fingerprint", lambda: "0123abcd4567")
+        assert not run(Stages(tmp_path, 1))  # other code: still skipped, the outputs kept, and said
+    (warning,) = caplog.records
+    assert "[1/1] train: its outputs were made by other rlkd code" in warning.getMessage()
+    assert "now 0123abcd4567" in warning.getMessage() and "--fresh" in warning.getMessage()
+    assert (tmp_path / "out" / "model.txt").read_text(encoding="utf-8") == "weights"
+
+
 def test_run_plan_side_by_side_keeps_the_order_and_the_work_of_a_failure(tmp_path, caplog):
     from rlkd.experiment.stages import Stages, Work, run_plan
 

@@ -33,7 +33,8 @@ paper's methods under one recipe (:class:`DemoJob`, a YAML file in ``configs/dem
 7. **Report**: ``results.json`` and :mod:`rlkd.report`'s ``report.md`` / ``report.html`` with PNG plots.
 
 Every stage writes into the run folder and records its time in ``stages.json``; a re-run skips the
-stages whose outputs are there (``--fresh`` starts over), so an interrupted demo resumes. The stages
+stages whose outputs are there (``--fresh`` starts over), so an interrupted demo resumes; a stage whose
+done marker names other rlkd source (:func:`~rlkd.experiment.stages.code_fingerprint`) is kept with a warning. The stages
 after the models run side by side on worker processes (``workers``, ``threads``; one per CPU core by
 default), each as soon as the stages it needs are done (:meth:`Experiment.plan`), with the same results
 as one after another.

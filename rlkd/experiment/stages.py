@@ -5,6 +5,8 @@ side by side (:class:`Work`, :func:`run_plan`); and the summary of their times (
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -19,6 +21,18 @@ from rlkd.files import atomic_write_text
 from rlkd.experiment.recipe import DONE_FILE, STAGES_FILE
 
 log = logging.getLogger("rlkd.experiment")
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """A short hash of the installed rlkd package's source (its ``.py`` files and prompts), stored in every
+    done marker so that a resumed run can tell outputs that other code made."""
+    package = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*")):
+        if path.suffix in (".py", ".txt") and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 # --------------------------------------------------------------------------------------------------
 # Stages: timing, logging and skipping what is done
@@ -46,9 +60,19 @@ class Stages:
         return (folder / DONE_FILE).is_file()
 
     @staticmethod
+    def done_info(folder: Path) -> dict[str, Any]:
+        """What the done marker of ``folder`` records (empty when it is unreadable)."""
+        try:
+            info = json.loads((folder / DONE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    @staticmethod
     def mark_done(folder: Path, **info: Any) -> None:
+        """Mark ``folder`` complete, recording ``info`` and the code that made it (:func:`code_fingerprint`)."""
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / DONE_FILE).write_text(json.dumps(info) + "\n", encoding="utf-8")
+        (folder / DONE_FILE).write_text(json.dumps({**info, "code": code_fingerprint()}) + "\n", encoding="utf-8")
 
     @contextlib.contextmanager
     def stage(self, name: str, done_folder: Path | None = None, kind: str = "other") -> Iterator[bool]:
@@ -69,6 +93,11 @@ class Stages:
         prefix = f"[{self.count}/{self.total}] {name}"
         if done_folder is not None and self.is_done(done_folder):
             log.info("%s: done before, skipped (%s)", prefix, done_folder)
+            made_by = self.done_info(done_folder).get("code")
+            if made_by != code_fingerprint():
+                log.warning("%s: its outputs were made by other rlkd code (source %s, now %s) and are kept; "
+                            "run with --fresh to make them again", prefix, made_by or "unrecorded",
+                            code_fingerprint())
             self.records.setdefault(name, {"seconds": 0.0})
             self.records[name].update(skipped=True, kind=kind)
             self._write()
