@@ -16,9 +16,11 @@ b is 5, so x is 8.``: ``copy_inputs`` (``a`` and ``b`` of the first sentence, fo
 definition), ``copy_definition`` and ``copy_operator`` (the definition restated), ``copy_name`` (a name
 restated within the sentence), ``look_up_value`` (``3`` and ``5``, found as ``a is 3``),
 ``arithmetic`` (``8``) and ``choice`` (``x``, which the problem does not determine). Copying has formed
-when ``copy_inputs`` leaves chance (1/80 names) and climbs. Surfaces:
+when ``copy_inputs`` leaves chance (1/80 names) and climbs. Surfaces (1 to 5 are the testbed before
+its third redesign, with each computation's values in its definition's order; 6 is the testbed now):
 
-1. ``plain``: the testbed as it is (``Find dup. dup = vat - tor. vat is 5. ...``);
+1. ``plain``: the testbed's previous problem, every fact and definition its own sentence, all in a
+   random order (``Find dup. dup = vat - tor. vat is 5. ...``);
 2. ``capital``: sentence case, every sentence's subject capitalised (``Dup = vat - tor. Vat is 5.``),
    so the sentence that defines a quantity is found by a token that occurs once in the problem;
 3. ``fused``: every value right after its name (``zor 1.`` for ``zor is 1.``, ``so lev 4`` for ``so
@@ -32,9 +34,10 @@ when ``copy_inputs`` leaves chance (1/80 names) and climbs. Surfaces:
 5. ``runs``: grouped, each definition and its facts one sentence worded as the computation restates
    them (``lev = zor + cod, zor is 1, cod is 3.``), so a computation copies a run of the problem
    verbatim up to its first input that is a result;
-6. ``runs-facts-first``: runs, with each computation's fact values before its result values (``hov =
-   lev - dag, dag is 2, lev is 4, so hov is 2.``), so the facts are one verbatim copy of the problem's
-   run and a result's value is looked up last, just before ``so``;
+6. ``runs-facts-first`` (the default): runs, with each computation's fact values before its result
+   values (``hov = lev - dag, dag is 2, lev is 4, so hov is 2.``), so the facts are one verbatim copy of
+   the problem's run and a result's value is looked up last, just before ``so``: what
+   :mod:`rlkd.testbed` writes since its third redesign;
 7. ``--recall``: the text restates every problem sentence in a new random order before the
    computations (dense copying practice: all of it is looked up in the problem).
 
@@ -78,31 +81,6 @@ _NEEDS = re.compile(r"(?<=[.:] )[a-z]+ needs [^.]*\. ")
 _IS_VALUE = re.compile(r"\b([a-z]+) is (\d+)")
 
 
-def count_values(task, pieces: list[str], ids: list[int], predicted: list[int], start: int,
-                 hits: dict[str, list[int]]) -> None:
-    """Add to ``hits`` the teacher-forced predictions of every input value from token ``start`` on
-    (``zor is 1``, or ``zor 1`` on the fused surface; a result after ``so`` is arithmetic, not counted):
-    ``value_fact`` for a fact's value, found in the problem, ``value_result`` for a result's, found in
-    an earlier computation."""
-    by_name = {q.name: q for q in task.quantities}
-    words = [p.replace("Ġ", "") for p in pieces]
-    for i in range(max(start, 3), len(ids)):
-        if not words[i].isdigit():
-            continue
-        if words[i - 1] in by_name:
-            name, before = words[i - 1], words[i - 2]
-        elif words[i - 1] == "is" and words[i - 2] in by_name:
-            name, before = words[i - 2], words[i - 3]
-        else:
-            continue
-        if before == "so":
-            continue
-        role = "value_result" if by_name[name].inputs else "value_fact"
-        hits.setdefault(role, [0, 0])
-        hits[role][1] += 1
-        hits[role][0] += int(predicted[i - 1] == ids[i])
-
-
 def sentence_case(text: str) -> str:
     """Capitalise each sentence's subject name: ``dup = a + b. c is 3.`` -> ``Dup = a + b. C is 3.``
 
@@ -112,19 +90,39 @@ def sentence_case(text: str) -> str:
     return _SUBJECT.sub(lambda m: m.group(1) + m.group(2).capitalize(), text)
 
 
+def _sentence(q) -> str:
+    """A quantity's own sentence of the problem: ``zor is 1.`` or ``lev = zor + cod.``"""
+    return f"{q.name} = {q.symbolic()}." if q.inputs else f"{q.name} is {q.value}."
+
+
+def previous_problem(task, rng: random.Random) -> str:
+    """The problem as the testbed wrote it before its third redesign: the question, then every fact and
+    definition as its own sentence, all in a random order (``Find hub. bim is 7. hub = bim * hov. lev =
+    zor + cod. cod is 3. ...``).
+
+    >>> from rlkd.testbed import generate_tasks
+    >>> text = previous_problem(generate_tasks(1, seed=0)[0], random.Random(0))
+    >>> text.startswith("Find hub. ") and " zor is 1." in text and ", " not in text
+    True
+    """
+    sentences = [_sentence(q) for q in task.quantities]
+    rng.shuffle(sentences)
+    return " ".join([f"Find {task.goal}."] + sentences)
+
+
 def grouped_problem(task, rng: random.Random, runs: bool = False) -> str:
     """The task's problem with each definition followed by its facts, the definitions in a random order,
     then any fact no definition uses: ``Find hub. lev = zor + cod. zor is 1. cod is 3. hub = lev * bim.
-    bim is 7.``
+    bim is 7.`` (``runs``: each group one sentence, ``lev = zor + cod, zor is 1, cod is 3.``, as the
+    testbed now writes it).
 
     >>> from rlkd.testbed import generate_tasks
     >>> text = grouped_problem(generate_tasks(1, seed=0)[0], random.Random(0))
     >>> text.startswith("Find ") and ". zor is 1. cod is 3." in text
     True
     """
-    question, *stated = task.problem.rstrip(".").split(". ")
-    sentence = {text.split(" ", 1)[0]: text + "." for text in stated}  # the problem's own, by subject
     fact = {q.name for q in task.quantities if not q.inputs}
+    sentence = {q.name: _sentence(q) for q in task.quantities}
     defined = [q for q in task.quantities if q.inputs]
     rng.shuffle(defined)
     ordered = []
@@ -134,46 +132,49 @@ def grouped_problem(task, rng: random.Random, runs: bool = False) -> str:
         ordered += [", ".join(s.rstrip(".") for s in group) + "."] if runs else group
     used = {i for q in defined for i in q.inputs}
     ordered += [sentence[q.name] for q in task.quantities if q.name in fact - used]
-    return " ".join([question + "."] + ordered)
+    return " ".join([f"Find {task.goal}."] + ordered)
 
 
-_COMPUTATION = re.compile(r"(= [^,.]+)((?:, [a-z]+ is \d+)+)(, so )")
+_COMPUTATION = re.compile(r"\b([a-z]+)( = [^,.]+)((?:, [a-z]+ is \d+)+)(, so )")
 
 
-def facts_first(text: str, facts: set[str]) -> str:
-    """Reorder each computation's values so the facts' come first, then the results', just before
-    ``so``: the facts are then a verbatim copy of the problem's run on the runs surface.
+def in_definition_order(text: str, task) -> str:
+    """Each computation's values in its definition's order, as the testbed wrote them before its third
+    redesign (now the facts' come first, then the results').
 
-    >>> facts_first("hov = lev - dag, lev is 4, dag is 2, so hov is 2.", {"dag"})
-    'hov = lev - dag, dag is 2, lev is 4, so hov is 2.'
+    >>> from rlkd.testbed import generate_tasks
+    >>> in_definition_order("hov = lev - dag, dag is 2, lev is 4, so hov is 2.", generate_tasks(1, seed=0)[0])
+    'hov = lev - dag, lev is 4, dag is 2, so hov is 2.'
     """
+    inputs = {q.name: q.inputs for q in task.quantities}
+
     def reorder(match: re.Match) -> str:
-        values = match.group(2)[2:].split(", ")
-        values.sort(key=lambda value: value.split(" ", 1)[0] not in facts)  # stable: facts, then results
-        return match.group(1) + ", " + ", ".join(values) + match.group(3)
+        values = match.group(3)[2:].split(", ")
+        values.sort(key=lambda value: inputs[match.group(1)].index(value.split(" ", 1)[0]))
+        return match.group(1) + match.group(2) + ", " + ", ".join(values) + match.group(4)
     return _COMPUTATION.sub(reorder, text)
 
 
 def make_text(task, surface: str, recall: bool, rng: random.Random, what: str = "needs") -> tuple[str, str]:
     """(whole text, context prefix without loss) for one task: the problem, then the base student's text
     (``what="needs"``: each computation after the sentence naming its inputs), its computations alone
-    (``"computations"``) or the teacher's whole trace (``"trace"``)."""
+    (``"computations"``) or the teacher's whole trace (``"trace"``), on one of the surfaces of the module
+    docstring (``runs-facts-first`` is the testbed's own)."""
     from rlkd.testbed import base_text
 
     if what == "trace":
         return task.problem + "\n" + task.trace, task.problem + "\n"
-    text = base_text(task)
+    problem, computations = base_text(task).split("\n", 1)
     if what == "computations":
-        text = _NEEDS.sub("", text)
+        computations = _NEEDS.sub("", computations)
+    if surface != "runs-facts-first":
+        computations = in_definition_order(computations, task)
+        problem = (grouped_problem(task, rng, runs=surface == "runs") if surface in ("grouped", "runs")
+                   else previous_problem(task, rng))
     if surface == "capital":
-        text = sentence_case(text)
+        problem, computations = sentence_case(problem), sentence_case(computations)
     elif surface == "fused":  # a value right after its name: ``zor 1`` for ``zor is 1``
-        text = _IS_VALUE.sub(r"\1 \2", text)
-    problem, computations = text.split("\n", 1)
-    if surface in ("grouped", "runs", "runs-facts-first"):
-        problem = grouped_problem(task, rng, runs=surface != "grouped")
-    if surface == "runs-facts-first":
-        computations = facts_first(computations, {q.name for q in task.quantities if not q.inputs})
+        problem, computations = _IS_VALUE.sub(r"\1 \2", problem), _IS_VALUE.sub(r"\1 \2", computations)
     middle = ""
     if recall:  # the problem's statements (the question aside) in a new order
         sentences = [s if s.endswith(".") else s + "." for s in problem.split(". ")[1:]]
@@ -244,11 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rope-theta", type=float, default=10000.0, help="RoPE base (default 10000)")
     parser.add_argument("--init-range", type=float, default=0.02, help="standard deviation of the initial weights "
                         "(LlamaConfig.initializer_range, default 0.02)")
-    parser.add_argument("--surface", choices=("plain", "capital", "fused", "grouped", "runs", "runs-facts-first"), default="plain",
-                        help="plain: the testbed's text; capital: sentence case; fused: a value right after "
-                        "its name; grouped: each definition followed by its facts in the problem; runs: grouped, "
-                        "each definition and its facts one sentence (see the module docstring); runs-facts-first: runs, "
-                        "with each computation's fact values before its result values")
+    parser.add_argument("--surface", choices=("plain", "capital", "fused", "grouped", "runs", "runs-facts-first"),
+                        default="runs-facts-first",
+                        help="the text's surface (see the module docstring): runs-facts-first (default), the "
+                        "testbed's own: each definition and its facts one sentence of the problem, each computation's "
+                        "fact values before its result values; the testbed before its third redesign: plain, every "
+                        "statement its own sentence in a random order; capital: plain in sentence case; fused: plain "
+                        "with a value right after its name; grouped: each definition followed by its facts; runs: "
+                        "grouped, each definition and its facts one sentence")
     parser.add_argument("--recall", action="store_true", help="restate the problem's sentences before the "
                         "computations (loss on them too)")
     parser.add_argument("--task", choices=("testbed", "mqar", "induction"), default="testbed",
@@ -290,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlkd.experiment.base import ROLE_NAMES, count_roles
+    from rlkd.experiment.base import ROLE_NAMES, VALUE_ROLES, count_roles, count_values
     from rlkd.models import build_tokenizer, load_tokenizer
     from rlkd.testbed import NAMES, generate_tasks
 
@@ -374,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = {"copy_run": probe_synthetic()["copy_definition"]} if args.mix else {}
         if args.text == "trace":
             return {**probe_solved(), **extra}
-        hits = {role: [0, 0] for role in ROLE_NAMES + ("value_fact", "value_result")}
+        hits = {role: [0, 0] for role in ROLE_NAMES + VALUE_ROLES}
         recall = [0, 0]
         model.eval()
         for k, task in enumerate(probe):

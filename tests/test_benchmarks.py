@@ -214,8 +214,15 @@ def test_copy_formation_restates_the_problem_and_probes_every_role():
     # the restated sentences are the problem's, in another order, without the question
     assert sorted(s.rstrip(".") for s in restated.split(". ")) == sorted(
         s.rstrip(".") for s in problem.split(". ")[1:])
-    assert computations == bench.sentence_case(base_text(task).split("\n")[1])
+    # the testbed before its third redesign: every statement its own sentence, values in definition order
+    assert sorted(problem.rstrip(".").split(". ")[1:]) == sorted(bench.sentence_case(bench._sentence(q)).rstrip(".")
+                                                     for q in task.quantities)
+    assert computations == bench.sentence_case(bench.in_definition_order(base_text(task).split("\n")[1], task))
     assert computations.startswith("Every quantity: Lev needs zor and cod. Lev = zor + cod, zor is 1, cod is 3")
+    assert "Hov = lev - dag, lev is 4, dag is 2, so hov is 2." in computations
+    # the default surface is the testbed's own text
+    assert bench.make_text(task, "runs-facts-first", False, random.Random(0)) == (
+        base_text(task), task.problem + "\n")
     # --text computations: the base text without the sentences that name the inputs
     alone = bench.make_text(task, "plain", False, random.Random(0), "computations")[0].split("\n")[1]
     assert alone.startswith("Every quantity: lev = zor + cod, zor is 1, cod is 3, so lev is 4. hov = lev - dag,")
@@ -223,7 +230,7 @@ def test_copy_formation_restates_the_problem_and_probes_every_role():
     # --surface grouped: the problem's definitions, each followed by the facts it uses; the same sentences
     grouped = bench.make_text(task, "grouped", False, random.Random(0))[0].split("\n")[0]
     assert grouped.startswith("Find hub. ")
-    assert set(grouped.rstrip(".").split(". ")) == set(task.problem.rstrip(".").split(". "))
+    assert set(grouped.rstrip(".").split(". ")[1:]) == {bench._sentence(q).rstrip(".") for q in task.quantities}
     for q in task.quantities:
         if q.inputs:
             facts = [f"{i} is {next(p.value for p in task.quantities if p.name == i)}" for i in q.inputs

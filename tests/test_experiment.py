@@ -135,7 +135,8 @@ def test_micro_run_end_to_end_and_resume(tmp_path, capsys):
     card = json.loads((base / "base_card.json").read_text())
     assert [p["step"] for p in card["probes"]] == [1, 2] and 0 <= card["final_probe"]["lines_right"] <= 1
     assert set(card["probes"][0]["teacher_forced"]) == {"choice", "copy_inputs", "copy_name", "copy_definition",
-                                                         "copy_operator", "look_up_value", "arithmetic"}
+                                                         "copy_operator", "look_up_value", "arithmetic",
+                                                         "value_fact", "value_result"}
     assert (base / "model.safetensors").is_file() and (base / "tokenizer.json").is_file()
     assert card["recipe"]["base"]["tasks"] == 40 and card["parameters"] > 0
     # the copying warm-up ran first, and the problem language started from its model
@@ -496,6 +497,27 @@ def test_the_base_probe_checks_each_computation_in_any_order():
         == {"lev": (False, True), "hov": (False, False)}
     # the inputs sentences and the opening are not computations
     assert check_computations(task, "Every quantity: lev needs zor and cod.") == {}
+
+
+def test_the_base_probe_splits_value_look_ups_by_where_the_value_is_found():
+    from rlkd.experiment.base import count_values
+    from rlkd.testbed import base_text, generate_tasks
+
+    task = generate_tasks(1, seed=0)[0]  # facts zor 1, cod 3, dag 2, bim 7; results lev 4, hov 2
+    problem, rest = base_text(task).split("\n")
+    words = problem.replace(".", " .").replace(",", " ,").split() + ["\n"] + \
+        rest.replace(".", " .").replace(",", " ,").replace(":", " :").split()
+    pieces = ["\u0120" + w for w in words]  # a byte-level tokenizer's pieces: the space mark before a word
+    ids = list(range(len(words)))
+    start = words.index("\n") + 1
+    predicted = [i + 1 for i in ids]  # every next token right...
+    wrong = [i for i in range(start, len(words)) if words[i] == "2" and words[i - 2] == "dag"]
+    for i in wrong:
+        predicted[i - 1] = -1  # ...but dag's value, each time it is looked up
+    hits: dict = {}
+    count_values(task, pieces, ids, predicted, start, hits)
+    # facts: zor, cod (lev), dag (hov), bim (hub), dag, zor (pot); results: lev (hov), hov (hub)
+    assert hits == {"value_fact": [6 - len(wrong), 6], "value_result": [2, 2]} and len(wrong) == 2
 
 
 def test_a_warm_up_whose_copy_did_not_form_stops_the_build(tmp_path):

@@ -63,14 +63,17 @@ def solve_problem_text(problem: str) -> tuple[str, int]:
     assert len(questions) == 1, f"expected one question in {problem!r}"
     goal = re.search(r"(\w+)[?.]$", questions[0]).group(1)
     definitions: dict[str, str] = {}
-    for sentence in sentences:
-        if sentence in questions:
-            continue
-        body = re.sub(r"^(Let|We know|Define) ", "", sentence.rstrip("."))
+    # a sentence may hold several statements: a definition and the facts it uses (`x = a + b, a is 1.`)
+    statements = [part for s in sentences if s not in questions
+                  for part in re.split(r", (?=\w+ (?:is|=) )", s.rstrip("."))]
+    for statement in statements:
+        body = re.sub(r"^(Let|We know|Define) ", "", statement)
         m = re.fullmatch(r"(\w+) (?:is|be|=|equals|as) (.+)", body)
-        assert m, f"cannot read statement {sentence!r}"
-        assert m.group(1) not in definitions, f"{m.group(1)} defined twice"
-        definitions[m.group(1)] = _to_python(m.group(2))
+        assert m, f"cannot read statement {statement!r}"
+        expression = _to_python(m.group(2))
+        # a fact may be stated with each definition that uses it, always with the same value
+        assert definitions.get(m.group(1), expression) == expression, f"{m.group(1)} defined twice"
+        definitions[m.group(1)] = expression
     values: dict[str, int] = {}
 
     def value(name: str, depth: int = 0) -> int:
@@ -170,21 +173,29 @@ def test_generation_is_deterministic():
 
 
 def test_one_wording_and_the_walk(id_tasks):
-    """One fixed wording per sentence type; the first step walks the chain back from the goal, every
-    computation restates its definition and its input values."""
+    """One fixed wording per sentence type; each definition is stated with the facts it uses; the first
+    step walks the chain back from the goal, every computation restates its definition's sentence of the
+    problem, then its results' values."""
     for task in id_tasks[:50]:
         assert task.problem.startswith(f"Find {task.goal}. ")  # no name starts the text
+        runs = {}
         for q in task.quantities:
-            expected = f"{q.name} is {q.value}." if q.role == "fact" else f"{q.name} = {q.symbolic()}."
-            assert expected in task.problem
+            if q.inputs:
+                facts = [f"{i} is {task.quantity(i).value}" for i in q.inputs if not task.quantity(i).inputs]
+                runs[q.name] = ", ".join([f"{q.name} = {q.symbolic()}"] + facts)
+                assert f" {runs[q.name]}." in task.problem
+            else:  # a fact is stated with every definition that uses it
+                users = [d for d in task.quantities if q.name in d.inputs]
+                assert task.problem.count(f" {q.name} is {q.value}") == len(users) >= 1
+        assert task.problem.count(".") == 1 + len(runs)
         steps = task.decomposition.steps
         walk = [f"{name} needs" for name in reversed(task.order[1:])]
         assert steps[0].meta_reasoning.startswith(f"We want {task.goal}. " + (walk[0] if walk else ""))
         for step, name in zip(steps, task.order):
             q = task.quantity(name)
             assert step.meta_reasoning.endswith(f"{name} needs {' and '.join(q.inputs)}, all known, so compute {name}.")
-            values = ", ".join(f"{i} is {task.quantity(i).value}" for i in q.inputs)
-            assert f"{name} = {q.symbolic()}, {values}, so {name} is {q.value}." in task.trace
+            results = "".join(f", {i} is {task.quantity(i).value}" for i in q.inputs if task.quantity(i).inputs)
+            assert f"{runs[name]}{results}, so {name} is {q.value}." in task.trace
         assert teacher_trace(task, task.trace_seed + 7) == task.trace  # one wording: the seed changes nothing
     # each link takes the previous link and facts only, so the walk never branches
     for task in id_tasks:
@@ -240,19 +251,19 @@ def test_ground_truth_is_the_narratives_steps(id_tasks, ood_tasks):
 
 def test_a_literal_trace():
     task = generate_tasks(1, "id", seed=0)[0]
-    assert task.problem == ("Find hub. bim is 7. hub = bim * hov. lev = zor + cod. cod is 3. hov = lev - dag. "
-                            "zor is 1. dag is 2. pot = dag * zor.")
+    assert task.problem == ("Find hub. hub = bim * hov, bim is 7. lev = zor + cod, zor is 1, cod is 3. "
+                            "hov = lev - dag, dag is 2. pot = dag * zor, dag is 2, zor is 1.")
     assert reasoning_text(task.trace) == (
         "We want hub. hub needs bim and hov. hov needs lev and dag. lev needs zor and cod, all known, so compute "
         "lev. lev = zor + cod, zor is 1, cod is 3, so lev is 4. hov needs lev and dag, all known, so compute hov. "
-        "hov = lev - dag, lev is 4, dag is 2, so hov is 2. hub needs bim and hov, all known, so compute hub. "
+        "hov = lev - dag, dag is 2, lev is 4, so hov is 2. hub needs bim and hov, all known, so compute hub. "
         "hub = bim * hov, bim is 7, hov is 2, so hub is 14.")
     assert task.answer == 14
     assert [(s.subproblem, s.answer) for s in task.decomposition.steps] == [
         ("What is lev?", "4"), ("What is hov?", "2"), ("What is hub?", "14")]
     assert base_text(task) == (
         task.problem + "\nEvery quantity: lev needs zor and cod. lev = zor + cod, zor is 1, cod is 3, so lev is 4. "
-        "hov needs lev and dag. hov = lev - dag, lev is 4, dag is 2, so hov is 2. hub needs bim and hov. "
+        "hov needs lev and dag. hov = lev - dag, dag is 2, lev is 4, so hov is 2. hub needs bim and hov. "
         "hub = bim * hov, bim is 7, hov is 2, so hub is 14. pot needs dag and zor. pot = dag * zor, dag is 2, "
         "zor is 1, so pot is 2.")
 

@@ -79,6 +79,7 @@ ROLES: dict[int, tuple[str | None, ...]] = {
          "look_up_value", None, "copy_name", None, "look_up_value", None, None, "copy_name", None, "arithmetic"),
 }
 ROLE_NAMES = tuple(dict.fromkeys(r for roles in ROLES.values() for r in roles if r))
+VALUE_ROLES = ("value_fact", "value_result")  # the value look-ups split by where the value is found
 
 
 def probe_positions(model_dir: str | Path, tasks: Sequence[Any]) -> dict[str, float]:
@@ -88,18 +89,22 @@ def probe_positions(model_dir: str | Path, tasks: Sequence[Any]) -> dict[str, fl
     ``copy_definition`` and ``copy_operator`` (the definition restated, a few tokens after its inputs
     sentence), ``copy_name`` (a name restated within the sentence), ``look_up_value`` (an input's value,
     found as ``a is 3`` in the problem or in an earlier computation) and ``arithmetic`` (the result, given
-    the values). Copying has formed when ``copy_inputs`` and ``look_up_value`` climb towards 1; greedy
+    the values); the value look-ups of every computation, split by where the value is found
+    (:func:`count_values`): ``value_fact`` (in the problem) and ``value_result`` (in an earlier
+    computation). Copying has formed when ``copy_inputs`` and ``look_up_value`` climb towards 1; greedy
     generation (:func:`probe_lookups`) needs all of them."""
     import torch
 
     tokenizer, model = load_tokenizer(model_dir), load_model(model_dir, device="cpu", dtype="float32")
-    hits: dict[str, list[int]] = {role: [0, 0] for role in ROLE_NAMES}
+    hits: dict[str, list[int]] = {role: [0, 0] for role in ROLE_NAMES + VALUE_ROLES}
     for task in tasks:
         ids = tokenizer.encode(base_text(task), add_special_tokens=False)
         start = len(tokenizer.encode(task.problem + "\n", add_special_tokens=False))
         with torch.no_grad():
             predicted = model(torch.tensor([ids])).logits[0].argmax(-1).tolist()
-        count_roles(ids, tokenizer.convert_ids_to_tokens(ids), predicted, start, hits)
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        count_roles(ids, pieces, predicted, start, hits)
+        count_values(task, pieces, ids, predicted, start, hits)
     return {role: right / seen if seen else 0.0 for role, (right, seen) in hits.items()}
 
 
@@ -120,6 +125,31 @@ def count_roles(ids: Sequence[int], pieces: Sequence[str], predicted: Sequence[i
                 hits[role][1] += 1
                 hits[role][0] += int(predicted[i + k - 1] == ids[i + k])
         i = j + 1
+
+
+def count_values(task: Any, pieces: Sequence[str], ids: Sequence[int], predicted: Sequence[int], start: int,
+                 hits: dict[str, list[int]]) -> None:
+    """Add to ``hits`` the teacher-forced predictions of every input value from token ``start`` on
+    (``zor is 1``, or ``zor 1`` on a surface without ``is``; a result after ``so`` is arithmetic, not
+    counted): ``value_fact`` for a fact's value, found in the problem, ``value_result`` for a result's,
+    found in an earlier computation."""
+    by_name = {q.name: q for q in task.quantities}
+    words = [p.replace("\u0120", "") for p in pieces]  # the byte-level tokenizer's space mark
+    for i in range(max(start, 3), len(ids)):
+        if not words[i].isdigit():
+            continue
+        if words[i - 1] in by_name:
+            name, before = words[i - 1], words[i - 2]
+        elif words[i - 1] == "is" and words[i - 2] in by_name:
+            name, before = words[i - 2], words[i - 3]
+        else:
+            continue
+        if before == "so":
+            continue
+        role = VALUE_ROLES[1] if by_name[name].inputs else VALUE_ROLES[0]
+        hits.setdefault(role, [0, 0])
+        hits[role][1] += 1
+        hits[role][0] += int(predicted[i - 1] == ids[i])
 
 
 def check_computations(task: Any, text: str) -> dict[str, tuple[bool, bool]]:

@@ -17,8 +17,9 @@ oracle teacher; :mod:`~rlkd.testbed.rule_decomposer`, the exact decomposer and t
 1. :func:`generate_tasks` (seeded and deterministic) with knobs for depth, branching, distractors and the
    number range, an in-distribution split ``id`` and a harder ``ood`` split (deeper, more distractors),
    structurally disjoint by construction. Every task has its own randomly chosen quantity names and
-   one fixed wording per sentence type (the question first, then the facts and definitions in a random
-   order), so copying the teacher's words is not enough: the names must be found in the problem.
+   one fixed wording per sentence type (the question first, then the definitions in a random order, each
+   one sentence with the facts it uses: ``lev = zor + cod, zor is 1, cod is 3.``), so copying the
+   teacher's words is not enough: the names must be found in the problem.
 2. The oracle teacher: :func:`teacher_trace` writes a flat ``<think>`` narrative (natural sentences, no
    step labels) and a boxed answer; :func:`oracle_decomposition` gives the (meta-reasoning, sub-problem,
    answer) steps of exactly that narrative as a :class:`rlkd.structure.Decomposition`.

@@ -244,23 +244,37 @@ def _key(nodes: Sequence[_Node]) -> str:
 
 
 def _render_problem(rng: random.Random, quantities: Sequence[Quantity], goal: str) -> str:
-    """The question, then the facts and definitions in a random order. The question comes first so that
-    no name starts the text: a byte-level tokenizer gives a word at a line start another token than
-    the same word after a space, and a look-up matches tokens."""
-    sentences = [_FACT.format(q=q.name, v=q.value) if q.role == "fact" else
-                 _DEFINITION.format(q=q.name, sym=q.symbolic()) for q in quantities]
-    rng.shuffle(sentences)
+    """The question, then every definition in a random order, each one sentence with the values of the
+    facts it uses (``lev = zor + cod, zor is 1, cod is 3.``: a fact two definitions use is stated with
+    both), then any fact no definition uses. A computation (:func:`computation`) then restates the run
+    of the problem that defines its quantity, verbatim up to its first input that is a result, so the
+    look-up of a fact's value follows the definition it found (docs/demo-results.md measures why: the
+    fact look-up of a model trained from scratch, 37% in the problem order of before, 77% and more
+    this way). The question comes first so that no name starts the text: a byte-level tokenizer gives
+    a word at a line start another token than the same word after a space, and a look-up matches
+    tokens."""
+    by_name = {q.name: q for q in quantities}
+    defined = [q for q in quantities if q.inputs]
+    rng.shuffle(defined)
+    sentences = [", ".join([_DEFINITION.format(q=q.name, sym=q.symbolic()).rstrip(".")]
+                           + [_IS.format(q=i, v=by_name[i].value) for i in q.inputs if not by_name[i].inputs]) + "."
+                 for q in defined]
+    used = {i for q in defined for i in q.inputs}
+    sentences += [_FACT.format(q=q.name, v=q.value) for q in quantities if not q.inputs and q.name not in used]
     return " ".join([_QUESTION.format(g=goal)] + sentences)
 
 
 def computation(task: Task, name: str) -> str:
-    """The sentence that computes a defined quantity: its definition, each input's value, its result,
-    e.g. ``lev = zor + cod, zor is 1, cod is 3, so lev is 4.`` Each value is written as ``x is v``,
-    the form the problem gives facts in, so every later look-up of a value (a fact's or a result's) is
-    the same copy: find ``x is`` and take the next token."""
+    """The sentence that computes a defined quantity: its definition, each input's value (the facts'
+    first, then the results', each group in the definition's order), its result, e.g. ``hov = lev -
+    dag, dag is 2, lev is 4, so hov is 2.`` Each value is written as ``x is v``, the form the problem
+    gives facts in, so every later look-up of a value (a fact's or a result's) is the same copy; the
+    facts' part repeats the problem's own sentence (:func:`_render_problem`), and a result's value is
+    looked up last, just before ``so``."""
     by_name = {q.name: q for q in task.quantities}
     q = by_name[name]
-    values = ", ".join(_IS.format(q=i, v=by_name[i].value) for i in q.inputs)
+    inputs = sorted(q.inputs, key=lambda i: bool(by_name[i].inputs))  # stable: facts, then results
+    values = ", ".join(_IS.format(q=i, v=by_name[i].value) for i in inputs)
     return _COMPUTE.format(q=q.name, sym=q.symbolic(), values=values, v=q.value)
 
 
