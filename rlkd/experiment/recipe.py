@@ -173,7 +173,7 @@ class DemoJob:
                                                     warmup_steps=0.02, save_steps=500, logging_steps=50,
                                                     extra={"adam_beta2": 0.98}),
                                       "the base student's pretraining (rlkd train sft on text, resumable)")
-    gsrm_training: SFTTraining = option(_sft_defaults(max_steps=100), "GSRM fine-tuning (TRL SFTConfig fields, "
+    gsrm_training: SFTTraining = option(_sft_defaults(max_steps=300), "GSRM fine-tuning (TRL SFTConfig fields, "
                                         "as in rlkd train sft)")
     sft: SFTTraining = option(_sft_defaults(max_steps=100), "the SFT baseline's training (also the start of "
                               "SFT+GRPO and SFT+RLKD)")
