@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from rlkd.inspector import gate_position, load_pairs, render_html, render_text, select
 
 RLKD = str(Path(sys.executable).with_name("rlkd"))

@@ -24,7 +24,6 @@ The backend faults come from the real local HTTP server of tests/fault_server.py
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
