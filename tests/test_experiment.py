@@ -392,7 +392,10 @@ def setup(folder):
 """
 
 _INTERRUPTED_PLAN = """
-import sys
+import signal, sys
+# a shell's background job (nohup, '&') starts with SIGINT ignored, and so does every process it starts:
+# restore Ctrl-C's handler here, as a terminal has it; the workers keep ignoring it, so the run must stop them
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from rlkd.experiment.stages import Stages, Work, run_plan
