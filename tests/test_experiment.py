@@ -309,6 +309,7 @@ def test_a_resumed_stage_made_by_other_code_is_kept_with_a_warning(tmp_path, cap
 
     assert run(Stages(tmp_path, 1))
     assert Stages.done_info(tmp_path / "out")["code"] == stages_module.code_fingerprint()
+
     def warnings():
         return [r for r in caplog.records if r.levelno >= logging.WARNING]
 

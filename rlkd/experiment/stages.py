@@ -176,54 +176,61 @@ def run_plan(stages: Stages, plan: Sequence[Work], runner: Callable[[tuple[Any, 
     failure: BaseException | None = None
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                             initargs=(worker_setup, setup_args, threads, log.getEffectiveLevel())) as pool:
-        try:
-            while pending or running:
-                while failure is None and len(running) < workers:
-                    ready = next((w for w in pending if all(n in finished for n in w.needs)), None)
-                    if ready is None:
-                        break
-                    pending.remove(ready)
-                    log_file = logs / (ready.key.replace("/", "-") + ".log")
-                    prefix = stages.begin(ready.name, ready.done, ready.kind, note=f" (log: {log_file})")
-                    if prefix is None:
-                        finished.add(ready.key)
-                        before += 1
-                        continue
-                    future = pool.submit(_work_in_worker, ready.action, str(log_file))
-                    running[future] = (ready, prefix, log_file, time.monotonic())
-                if not running:
-                    if failure is not None or not pending:
-                        break
-                    raise RuntimeError(f"run_plan: stages {[w.key for w in pending]} wait on stages that never run")
-                done, _ = wait(running, timeout=heartbeat, return_when=FIRST_COMPLETED)
-                if not done:
-                    now = time.monotonic()
-                    earlier = f", {before} of them by an earlier run" if before else ""
-                    log.info("running: %s; %d of %d stages finished%s (run so far %s)",
-                             ", ".join(f"{w.name} ({clock(now - t0)})" for w, _, _, t0 in running.values()),
-                             len(finished), len(plan), earlier, clock(now - stages.started))
-                for future in done:
-                    work, prefix, log_file, _ = running.pop(future)
-                    try:
-                        seconds = future.result()
-                    except BaseException as exc:  # noqa: BLE001 - re-raised below, once the others finished
-                        log.error("%s: failed (%s: %s); its log: %s", prefix, type(exc).__name__, exc, log_file)
-                        if running:
-                            log.error("waiting for the %d stage(s) still running, so that their work is kept",
-                                      len(running))
-                        failure = failure or exc
-                        continue
-                    stages.end(prefix, work.name, work.done, work.kind, seconds)
-                    finished.add(work.key)
-        except BaseException:
-            # Ctrl-C (or anything else that ends the run early): stop the workers now rather than wait for
-            # the stages they run; what finished before stays marked done, what they ran does not
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.terminate()
-            raise
+                             initargs=(worker_setup, setup_args, threads, log.getEffectiveLevel())) as pool, \
+            _workers_stopped_on_interrupt(pool):
+        while pending or running:
+            while failure is None and len(running) < workers:
+                ready = next((w for w in pending if all(n in finished for n in w.needs)), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                log_file = logs / (ready.key.replace("/", "-") + ".log")
+                prefix = stages.begin(ready.name, ready.done, ready.kind, note=f" (log: {log_file})")
+                if prefix is None:
+                    finished.add(ready.key)
+                    before += 1
+                    continue
+                future = pool.submit(_work_in_worker, ready.action, str(log_file))
+                running[future] = (ready, prefix, log_file, time.monotonic())
+            if not running:
+                if failure is not None or not pending:
+                    break
+                raise RuntimeError(f"run_plan: stages {[w.key for w in pending]} wait on stages that never run")
+            done, _ = wait(running, timeout=heartbeat, return_when=FIRST_COMPLETED)
+            if not done:
+                now = time.monotonic()
+                earlier = f", {before} of them by an earlier run" if before else ""
+                log.info("running: %s; %d of %d stages finished%s (run so far %s)",
+                         ", ".join(f"{w.name} ({clock(now - t0)})" for w, _, _, t0 in running.values()),
+                         len(finished), len(plan), earlier, clock(now - stages.started))
+            for future in done:
+                work, prefix, log_file, _ = running.pop(future)
+                try:
+                    seconds = future.result()
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, once the others finished
+                    log.error("%s: failed (%s: %s); its log: %s", prefix, type(exc).__name__, exc, log_file)
+                    if running:
+                        log.error("waiting for the %d stage(s) still running, so that their work is kept",
+                                  len(running))
+                    failure = failure or exc
+                    continue
+                stages.end(prefix, work.name, work.done, work.kind, seconds)
+                finished.add(work.key)
     if failure is not None:
         raise failure
+
+
+@contextlib.contextmanager
+def _workers_stopped_on_interrupt(pool: Any) -> Iterator[None]:
+    """On Ctrl-C (or anything else that ends the run early), stop ``pool``'s worker processes at once
+    rather than wait for the stages they run (a worker started by a background job ignores SIGINT);
+    what finished before stays marked done, what they ran does not."""
+    try:
+        yield
+    except BaseException:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        raise
 
 
 @contextlib.contextmanager
