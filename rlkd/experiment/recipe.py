@@ -58,7 +58,7 @@ class DataSection:
     """The testbed tasks of the experiment."""
 
     seed: int = option(0, "seed of the task generator (all splits derive from it)")
-    train: int = option(200, "training tasks (SFT traces and RL prompts)")
+    train: int = option(2000, "training tasks (SFT traces and RL prompts)")
     test_id: int = option(10, "in-distribution test tasks (same knobs as training, disjoint structures)")
     test_ood: int = option(5, "out-of-distribution test tasks (deeper chains, more distractors)")
     gsrm_train: int = option(300, "tasks whose teacher traces train the GSRM (disjoint from the test sets)")
@@ -175,7 +175,7 @@ class DemoJob:
                                       "the base student's pretraining (rlkd train sft on text, resumable)")
     gsrm_training: SFTTraining = option(_sft_defaults(max_steps=300), "GSRM fine-tuning (TRL SFTConfig fields, "
                                         "as in rlkd train sft)")
-    sft: SFTTraining = option(_sft_defaults(max_steps=100), "the SFT baseline's training (also the start of "
+    sft: SFTTraining = option(_sft_defaults(max_steps=400), "the SFT baseline's training (also the start of "
                               "SFT+GRPO and SFT+RLKD)")
     prime: SFTTraining = option(_sft_defaults(max_steps=20, per_device_train_batch_size=8, logging_steps=10),
                                 "RLKD-zero's brief format priming on its fraction of the teacher traces")
