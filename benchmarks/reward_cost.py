@@ -99,7 +99,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from rlkd.structure import Decomposition  # noqa: E402
 
 VARIANTS = ("per-pair", "per-pair-lazy", "batched", "hybrid", "per-pair-early", "hybrid-early", "local-early")
-BATCHES = ("edits", "rl")
+BATCHES = ("edits", "rl", "student")
+# the RL arms' sampling temperature in the demo recipe (configs/demo/demo.yaml rl.temperature)
+STUDENT_TEMPERATURE = 0.7
 # The first meta-reasoning mismatch measured in the demo's RL runs: of 192 sampled student
 # decompositions, 133 mismatched the teacher at step 1 and 180 by step 2.
 RL_FIRST_MISMATCH = {1: 133, 2: 47, "later": 12}
@@ -221,6 +223,38 @@ def build_rl_batch(prompts: int, generations: int, min_steps: int, max_steps: in
         batch.teacher_traces.append(task.trace)
         batch.prompt_index.append(p)
         batch.edits.append(f"{edit}@{step}" if edit == "diverge" else edit)
+    return batch
+
+
+def build_student_batch(model: str, prompts: int, generations: int, seed: int = 0,
+                        temperature: float = STUDENT_TEMPERATURE, max_tokens: int = 256) -> Batch:
+    """A batch written by a trained student: ``generations`` completions per task, sampled at the RL
+    arms' temperature from ``model`` (a folder, e.g. ``runs/demo/seed0/sft``) on in-distribution testbed
+    tasks drawn with the demo recipe's knobs (``rlkd.experiment.DataSection.id_knobs``), the prompts
+    its RL stage samples. ``edits`` records whether each completion's boxed answer is the task's."""
+    from rlkd.backends.base import GenerationRequest
+    from rlkd.backends.local import TransformersBackend
+    from rlkd.experiment.recipe import DataSection
+    from rlkd.testbed import generate_tasks
+
+    tasks = generate_tasks(prompts, split="id", seed=seed, **DataSection().id_knobs)
+    backend = TransformersBackend(model, batch_size=max(1, min(64, prompts * generations)))
+    requests = [GenerationRequest.chat([{"role": "user", "content": t.problem}], max_tokens=max_tokens,
+                                       temperature=temperature, top_p=1.0, n=generations, seed=seed + p)
+                for p, t in enumerate(tasks)]
+    completions = backend.generate_sync(requests)
+    failed = [c.error for c in completions if c.error]
+    if failed:
+        raise RuntimeError(f"student {model}: {len(failed)} of {len(tasks)} generations failed: {failed[0]}")
+    batch = Batch([], [], [], [], [], [t.problem for t in tasks], [t.trace for t in tasks])
+    for p, (task, completion) in enumerate(zip(tasks, completions)):
+        for text in completion.texts:
+            boxed = re.findall(r"\\boxed\{(-?\d+)\}", text)
+            batch.problems.append(task.problem)
+            batch.completions.append(text)
+            batch.teacher_traces.append(task.trace)
+            batch.prompt_index.append(p)
+            batch.edits.append("right" if boxed and boxed[-1] == str(task.answer) else "wrong")
     return batch
 
 
@@ -825,7 +859,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", choices=BATCHES, default="edits",
                    help="edits: edits of the teacher trace (copies, slips, stops, divergences, rewordings); rl: "
                         "first meta-reasoning mismatches sampled to match the demo's RL runs (133 of 192 at step 1, "
-                        "180 of 192 by step 2)")
+                        "180 of 192 by step 2); student: completions sampled from --student-model on in-distribution "
+                        "tasks (the demo recipe's knobs; --min-steps and --max-steps do not apply)")
+    p.add_argument("--student-model", metavar="DIR",
+                   help="--batch student: the trained student that writes the completions (e.g. runs/demo/seed0/sft)")
+    p.add_argument("--student-temperature", type=float, default=STUDENT_TEMPERATURE,
+                   help="--batch student: sampling temperature (the demo's RL temperature)")
     p.add_argument("--latency", type=_latency, action="append", metavar="MS:PER_TOKEN_MS",
                    help="a latency-server setting (repeat to sweep); default 50:5")
     p.add_argument("--per-prompt-token-ms", type=float, default=0.0, help="latency server: cost per prompt token")
@@ -862,12 +901,19 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     if args.min_steps < 3 or args.max_steps < args.min_steps:
         p.error("need 3 <= --min-steps <= --max-steps")
-    build = build_rl_batch if args.batch == "rl" else build_batch
-    batch = build(args.prompts, args.generations, args.min_steps, args.max_steps, args.seed)
+    if args.batch == "student":
+        if not args.student_model:
+            p.error("--batch student needs --student-model DIR (a trained student, e.g. runs/demo/seed0/sft)")
+        batch = build_student_batch(args.student_model, args.prompts, args.generations, args.seed,
+                                    args.student_temperature)
+    else:
+        build = build_rl_batch if args.batch == "rl" else build_batch
+        batch = build(args.prompts, args.generations, args.min_steps, args.max_steps, args.seed)
     from latency_server import count_tokens
 
+    steps = [len(_trace_steps(t)) for t in batch.distinct_traces]
     print(f"batch: {args.prompts} prompts x {args.generations} generations = {len(batch.completions)} completions, "
-          f"teacher steps {args.min_steps}-{args.max_steps}; completion length mean "
+          f"teacher steps {min(steps)}-{max(steps)}; completion length mean "
           f"{statistics.mean(count_tokens(c) for c in batch.completions):.0f} tokens (words and marks); "
           f"edits {dict((e, batch.edits.count(e)) for e in sorted(set(batch.edits)))}")
     print(f"authors' scheme: {args.baseline_threads} threads across completions; ours: {args.concurrency} "

@@ -165,6 +165,18 @@ class TestRewardCostPieces:
         matching = reply.replace("then z", "then y")  # all k steps match: the whole reply is needed
         assert bench.needed_tokens(matching, teacher) == (None, count(matching), count(matching))
 
+    def test_student_batch_samples_each_demo_task_reproducibly(self):
+        bench = load("reward_cost")
+        base = str(Path(__file__).resolve().parents[1] / "assets" / "testbed-base")
+        batch = bench.build_student_batch(base, prompts=2, generations=3, seed=4, max_tokens=48)
+        again = bench.build_student_batch(base, prompts=2, generations=3, seed=4, max_tokens=48)
+        assert batch.completions == again.completions and len(batch.completions) == 6
+        assert batch.prompt_index == [0, 0, 0, 1, 1, 1] and len(batch.distinct_problems) == 2
+        assert batch.problems[3] == batch.distinct_problems[1] and batch.teacher_traces[0] == batch.distinct_traces[0]
+        tasks = generate_tasks(2, split="id", seed=4, depth=[2, 3], distractors=[1, 2])
+        assert batch.distinct_problems == [t.problem for t in tasks]  # the demo recipe's id knobs
+        assert set(batch.edits) <= {"right", "wrong"}
+
     def test_batch_has_every_edit_and_teacher_steps_in_range(self):
         bench = load("reward_cost")
         batch = bench.build_batch(prompts=5, generations=4, min_steps=8, max_steps=12)
