@@ -30,7 +30,7 @@ MICRO = """\
 seeds: [0]
 data: {{train: 8, test_id: 2, test_ood: 2, gsrm_train: 8, gsrm_test: 2, zero_fraction: 0.25}}
 base: {{path: {base}, tasks: 40, probe_tasks: 2, hidden_size: 16, num_layers: 1, num_heads: 2, copying_steps: 2,
-       copying_texts: 16, copying_max_loss: null}}
+       copying_texts: 16, copying_max_loss: null, continued_steps: 2}}
 pretraining: {{max_steps: 2, save_steps: 1, per_device_train_batch_size: 4, logging_steps: 1}}
 gsrm_training: {{max_steps: 1, per_device_train_batch_size: 4}}
 sft: {{max_steps: 1, per_device_train_batch_size: 4}}
@@ -133,7 +133,12 @@ def test_micro_run_end_to_end_and_resume(tmp_path, capsys):
     assert main(["demo", "--config", str(recipe), "--build-base"]) == 0
     assert "step     2" in capsys.readouterr().out
     card = json.loads((base / "base_card.json").read_text())
-    assert [p["step"] for p in card["probes"]] == [1, 2] and 0 <= card["final_probe"]["lines_right"] <= 1
+    # both stages probed, the continued one's steps counted on from the first stage's last
+    assert [(p["stage"], p["step"]) for p in card["probes"]] == [("train", 1), ("train", 2), ("continued", 3),
+                                                                  ("continued", 4)]
+    assert [r["step"] for r in card["loss"]] == [1, 2, 3, 4] and 0 <= card["final_probe"]["lines_right"] <= 1
+    continued = base.parent / f"{base.name}-build" / "continued"
+    assert (base / "model.safetensors").read_bytes() == (continued / "model.safetensors").read_bytes()
     assert set(card["probes"][0]["teacher_forced"]) == {"choice", "copy_inputs", "copy_name", "copy_definition",
                                                          "copy_operator", "look_up_value", "arithmetic",
                                                          "value_fact", "value_result"}

@@ -195,9 +195,15 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
        Llama of the recipe's size (``<path>-build/init``).
     3. Pretrain it with ``rlkd train sft`` (``data.format: text``) into ``<path>-build/train``, saving a
        checkpoint every ``pretraining.save_steps``; a re-run resumes from the last one.
-    4. Probe every checkpoint on held-out problems: greedy computations (:func:`probe_lookups`) and
-       teacher-forced accuracy by token role (:func:`probe_positions`): when copying forms.
-    5. Copy the final model and tokenizer to ``path`` with the card: recipe, loss curve, probes, times.
+    3b. With ``base.continued_steps > 0``: continue from that model on ``base.tasks`` fresh problems
+       (seed ``base.continued_seed``) with a new cosine schedule from ``base.continued_learning_rate``, into
+       ``<path>-build/continued`` (resumable the same way). The look-ups were still improving when the
+       first stage's schedule ran out (docs/demo-results.md).
+    4. Probe every checkpoint of both stages on held-out problems (steps counted from the start): greedy
+       computations (:func:`probe_lookups`) and teacher-forced accuracy by token role
+       (:func:`probe_positions`): when copying forms.
+    5. Copy the last stage's model and tokenizer to ``path`` with the card: recipe, loss curve, probes,
+       times.
     """
 
     b = job.base
@@ -233,26 +239,40 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
         start = work / "copying"
     # the loss is on the computations: look-ups and arithmetic
     metrics = _pretrain(start, data, work / "train", training, "problem language")
-    points = sorted(((int(p.name.split("-")[1]), p) for p in (work / "train").glob("checkpoint-*")
-                     if p.name.split("-")[1].isdigit()), key=lambda x: x[0])
+    stages = [(work / "train", 0)]
+    continued_metrics = None
+    if b.continued_steps > 0:
+        more, _ = base_tasks(dataclasses.replace(b, seed=b.continued_seed))
+        data = work / "pretrain-continued.jsonl"
+        if _rows(data) != len(more):
+            _write_jsonl(data, [{"id": t.id, "problem": t.problem + "\n", "text": base_text(t).split("\n", 1)[1]}
+                                for t in more])
+        again = dataclasses.replace(training, max_steps=b.continued_steps, learning_rate=b.continued_learning_rate,
+                                    seed=b.continued_seed)
+        continued_metrics = _pretrain(work / "train", data, work / "continued", again, "continued pretraining")
+        stages.append((work / "continued", training.max_steps))
     t0 = (init / "config.json").stat().st_mtime
-    probes = []
-    for step, folder in points:
-        result = probe_lookups(folder, probe)
-        probes.append({"step": step, "wall_s": round(folder.stat().st_mtime - t0, 1), **result,
-                       "teacher_forced": probe_positions(folder, probe)})
-        log.info("base student probe at step %d: %s", step, json.dumps(result))
+    probes, losses = [], []
+    for stage, offset in stages:  # steps counted from the start of the first stage
+        points = sorted(((int(p.name.split("-")[1]), p) for p in stage.glob("checkpoint-*")
+                         if p.name.split("-")[1].isdigit()), key=lambda x: x[0])
+        for step, folder in points:
+            result = probe_lookups(folder, probe)
+            probes.append({"step": offset + step, "stage": stage.name, "wall_s": round(folder.stat().st_mtime - t0, 1),
+                           **result, "teacher_forced": probe_positions(folder, probe)})
+            log.info("base student probe at step %d: %s", offset + step, json.dumps(result))
+        losses += [{"step": offset + r["step"], "loss": r.get("loss")} for r in _read_metrics(stage / "metrics.jsonl")
+                   if "loss" in r and r.get("step") is not None]
+    last = stages[-1][0]
     final.mkdir(parents=True, exist_ok=True)
     for name in BASE_FILES:
-        if (work / "train" / name).exists():
-            shutil.copy2(work / "train" / name, final / name)
-    losses = [{"step": r.get("step"), "loss": r.get("loss")} for r in _read_metrics(work / "train" / "metrics.jsonl")
-              if "loss" in r]
+        if (last / name).exists():
+            shutil.copy2(last / name, final / name)
     copying_loss = [{"step": r.get("step"), "loss": r.get("loss")}
                     for r in _read_metrics(work / "copying" / "metrics.jsonl") if "loss" in r]
     card = {"recipe": {"base": dataclasses.asdict(b), "pretraining": dataclasses.asdict(job.pretraining)},
             "parameters": _parameter_count(final), "copying_metrics": copying_metrics, "copying_loss": copying_loss,
-            "train_metrics": metrics, "loss": losses, "probes": probes,
+            "train_metrics": metrics, "continued_metrics": continued_metrics, "loss": losses, "probes": probes,
             "final_probe": probe_lookups(final, probe), "build_wall_s": round(time.monotonic() - started, 1),
             "machine": machine_info(), "command": "rlkd demo --build-base"}
     (final / BASE_CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
