@@ -100,8 +100,6 @@ from rlkd.structure import Decomposition  # noqa: E402
 
 VARIANTS = ("per-pair", "per-pair-lazy", "batched", "hybrid", "per-pair-early", "hybrid-early", "local-early")
 BATCHES = ("edits", "rl", "student")
-# the RL arms' sampling temperature in the demo recipe (configs/demo/demo.yaml rl.temperature)
-STUDENT_TEMPERATURE = 0.7
 # The first meta-reasoning mismatch measured in the demo's RL runs: of 192 sampled student
 # decompositions, 133 mismatched the teacher at step 1 and 180 by step 2.
 RL_FIRST_MISMATCH = {1: 133, 2: 47, "later": 12}
@@ -227,17 +225,20 @@ def build_rl_batch(prompts: int, generations: int, min_steps: int, max_steps: in
 
 
 def build_student_batch(model: str, prompts: int, generations: int, seed: int = 0,
-                        temperature: float = STUDENT_TEMPERATURE, max_tokens: int = 256) -> Batch:
-    """A batch written by a trained student: ``generations`` completions per task, sampled at the RL
-    arms' temperature from ``model`` (a folder, e.g. ``runs/demo/seed0/sft``) on in-distribution testbed
-    tasks drawn with the demo recipe's knobs (``rlkd.experiment.DataSection.id_knobs``), the prompts
-    its RL stage samples. ``edits`` records whether each completion's boxed answer is the task's."""
+                        temperature: float | None = None, max_tokens: int = 256) -> Batch:
+    """A batch written by a trained student: ``generations`` completions per task, sampled from ``model``
+    (a folder, e.g. ``runs/demo/seed0/sft``) at ``temperature`` (None: the demo recipe's RL temperature)
+    on in-distribution testbed tasks drawn with the demo recipe's knobs, the prompts its RL stage
+    samples. ``edits`` records whether each completion's last boxed answer is the task's."""
+    from rlkd.answers import extract_boxed
     from rlkd.backends.base import GenerationRequest
     from rlkd.backends.local import TransformersBackend
-    from rlkd.experiment.recipe import DataSection
+    from rlkd.experiment.recipe import DemoJob
     from rlkd.testbed import generate_tasks
 
-    tasks = generate_tasks(prompts, split="id", seed=seed, **DataSection().id_knobs)
+    recipe = DemoJob()
+    temperature = recipe.rl.temperature if temperature is None else temperature
+    tasks = generate_tasks(prompts, split="id", seed=seed, **recipe.data.id_knobs)
     backend = TransformersBackend(model, batch_size=max(1, min(64, prompts * generations)))
     requests = [GenerationRequest.chat([{"role": "user", "content": t.problem}], max_tokens=max_tokens,
                                        temperature=temperature, top_p=1.0, n=generations, seed=seed + p)
@@ -249,12 +250,12 @@ def build_student_batch(model: str, prompts: int, generations: int, seed: int = 
     batch = Batch([], [], [], [], [], [t.problem for t in tasks], [t.trace for t in tasks])
     for p, (task, completion) in enumerate(zip(tasks, completions)):
         for text in completion.texts:
-            boxed = re.findall(r"\\boxed\{(-?\d+)\}", text)
+            boxed = extract_boxed(text)
             batch.problems.append(task.problem)
             batch.completions.append(text)
             batch.teacher_traces.append(task.trace)
             batch.prompt_index.append(p)
-            batch.edits.append("right" if boxed and boxed[-1] == str(task.answer) else "wrong")
+            batch.edits.append("right" if boxed and boxed[-1].strip() == str(task.answer) else "wrong")
     return batch
 
 
@@ -863,8 +864,8 @@ def main(argv: list[str] | None = None) -> int:
                         "tasks (the demo recipe's knobs; --min-steps and --max-steps do not apply)")
     p.add_argument("--student-model", metavar="DIR",
                    help="--batch student: the trained student that writes the completions (e.g. runs/demo/seed0/sft)")
-    p.add_argument("--student-temperature", type=float, default=STUDENT_TEMPERATURE,
-                   help="--batch student: sampling temperature (the demo's RL temperature)")
+    p.add_argument("--student-temperature", type=float, default=None,
+                   help="--batch student: sampling temperature (default: the demo recipe's rl.temperature, 0.7)")
     p.add_argument("--latency", type=_latency, action="append", metavar="MS:PER_TOKEN_MS",
                    help="a latency-server setting (repeat to sweep); default 50:5")
     p.add_argument("--per-prompt-token-ms", type=float, default=0.0, help="latency server: cost per prompt token")

@@ -212,8 +212,7 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
     train, probe = base_tasks(b)
     data = work / "pretrain.jsonl"
     if _rows(data) != len(train):  # written again when the recipe's count changed
-        _write_jsonl(data, [{"id": t.id, "problem": t.problem + "\n", "text": base_text(t).split("\n", 1)[1]}
-                            for t in train])
+        _write_base_texts(data, train)
     init = work / "init"
     if not (init / "config.json").exists():
         texts = corpus(train[:2000]) + [c for _, c in load_prompt(str(write_gsrm_prompt(work / "gsrm_prompt.txt"))).turns]
@@ -245,8 +244,7 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
         more, _ = base_tasks(dataclasses.replace(b, seed=b.continued_seed))
         data = work / "pretrain-continued.jsonl"
         if _rows(data) != len(more):
-            _write_jsonl(data, [{"id": t.id, "problem": t.problem + "\n", "text": base_text(t).split("\n", 1)[1]}
-                                for t in more])
+            _write_base_texts(data, more)
         again = dataclasses.replace(training, max_steps=b.continued_steps, learning_rate=b.continued_learning_rate,
                                     seed=b.continued_seed)
         continued_metrics = _pretrain(work / "train", data, work / "continued", again, "continued pretraining")
@@ -277,6 +275,12 @@ def build_base(job: "DemoJob") -> dict[str, Any]:
             "machine": machine_info(), "command": "rlkd demo --build-base"}
     (final / BASE_CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return card
+
+
+def _write_base_texts(path: Path, tasks: Sequence[Any]) -> None:
+    """The pretraining rows of ``tasks``: the problem as context, its computations as the text the loss is on."""
+    _write_jsonl(path, [{"id": t.id, "problem": t.problem + "\n", "text": base_text(t).split("\n", 1)[1]}
+                        for t in tasks])
 
 
 def _rows(path: Path) -> int:
