@@ -1,8 +1,9 @@
 """Prompt templates: the chat prompts of the GSRM and of the LLM judge, read from prompt files.
 
 A prompt file holds ``=== system ===``, ``=== user ===`` and ``=== assistant ===`` sections; the last one
-is the user turn with the placeholders (``{problem}`` and ``{reasoning}`` for the GSRM, ``{teacher}`` and
-``{student}`` or ``{pairs}`` for the judge). The packaged files live in ``rlkd/prompts/`` (package data):
+is the user turn with the placeholders (``{reasoning}`` and, optionally, ``{problem}`` for the GSRM: a GSRM
+trained to read the reasoning alone may leave the problem out; ``{teacher}`` and ``{student}`` or
+``{pairs}`` for the judge). The packaged files live in ``rlkd/prompts/`` (package data):
 ``gsrm_<domain>.txt`` for each of :data:`DOMAINS`, and ``judge_<field>.txt``.
 
 1. The GSRM prompts are our own wording of the authors' instruction, and their labels are exactly the
@@ -39,8 +40,10 @@ class PromptTemplate:
 
     @classmethod
     def parse(cls, text: str, source: str = "<string>",
-              placeholders: Sequence[str] = ("problem", "reasoning")) -> "PromptTemplate":
-        """Read the ``=== role ===`` sections of a prompt file. Raises ValueError naming the file."""
+              placeholders: Sequence[str] = ("problem", "reasoning"),
+              required: Sequence[str] | None = None) -> "PromptTemplate":
+        """Read the ``=== role ===`` sections of a prompt file: the last turn must hold every placeholder
+        of ``required`` (default: all of ``placeholders``). Raises ValueError naming the file."""
         marks = list(_SECTION.finditer(text))
         if not marks:
             raise ValueError(f"{source}: no '=== system ===' / '=== user ===' section found")
@@ -50,10 +53,11 @@ class PromptTemplate:
         for i, m in enumerate(marks):
             end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
             turns.append((m.group(1), text[m.end():end].strip("\n")))
-        missing = [name for name in placeholders if "{" + name + "}" not in turns[-1][1]]
+        required = tuple(placeholders if required is None else required)
+        missing = [name for name in required if "{" + name + "}" not in turns[-1][1]]
         if turns[-1][0] != "user" or missing:
             raise ValueError(f"{source}: the last section must be '=== user ===' and contain "
-                             + " and ".join("{" + name + "}" for name in placeholders))
+                             + " and ".join("{" + name + "}" for name in required))
         return cls(tuple(turns), source, tuple(placeholders))
 
     def fill(self, values: Mapping[str, str], few_shot: bool = True) -> list[dict[str, str]]:
@@ -84,4 +88,4 @@ def load_prompt(domain_or_path: str = "math") -> PromptTemplate:
     if not path.is_file():
         raise ValueError(f"unknown GSRM domain {domain_or_path!r} (choose one of {', '.join(DOMAINS)}, "
                          "or give a prompt file)")
-    return PromptTemplate.parse(path.read_text(encoding="utf-8"), str(path))
+    return PromptTemplate.parse(path.read_text(encoding="utf-8"), str(path), required=("reasoning",))

@@ -76,6 +76,15 @@ class TestPrompts:
             {"role": "user", "content": "Q: p\nT: r"},
         ]
 
+    def test_a_prompt_file_may_leave_the_problem_out_but_not_the_reasoning(self, tmp_path):
+        path = tmp_path / "trace-only.txt"
+        path.write_text("=== user ===\nRewrite: {reasoning}\n")
+        assert build_prompt("the problem", "r", str(path)) == [{"role": "user", "content": "Rewrite: r"}]
+        bad = tmp_path / "problem-only.txt"
+        bad.write_text("=== user ===\nSolve: {problem}\n")
+        with pytest.raises(ValueError, match=r"problem-only.txt: .* contain \{reasoning\}"):
+            load_prompt(str(bad))
+
 
 class TestTraceRules:
     def test_reasoning_is_the_text_before_the_first_think_end(self):
