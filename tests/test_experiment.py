@@ -112,6 +112,11 @@ class TestData:
         assert row["prompt"] == request.as_openai_messages()
         assert row["prompt"] == [{"role": "user", "content": gsrm_prompt(task.problem, reasoning_text(task.trace))}]
         assert row["completion"] == [{"role": "assistant", "content": task.decomposition.render()}]
+        whole, *cuts = gsrm_sft_rows([task], prompt, prefixes=True)  # the cut traces come after the whole one
+        assert whole == {"id": task.id, **{k: row[k] for k in ("prompt", "completion")}}
+        assert [c["id"] for c in cuts] == [f"{task.id}~{j}" for j in range(1, len(task.order))]
+        assert all(c["prompt"][0]["content"] in row["prompt"][0]["content"][: len(c["prompt"][0]["content"])]
+                   for c in cuts)
 
     def test_pass_at_k(self):
         assert pass_at_k(4, 0, 2) == 0.0

@@ -420,6 +420,19 @@ def test_gsrm_pairs(id_tasks):
         teacher_trace(id_tasks[0], id_tasks[0].trace_seed + 1)).steps
 
 
+def test_trace_prefixes_cut_after_each_computation_and_decompose_exactly(id_tasks, ood_tasks):
+    from rlkd.testbed import trace_prefixes
+
+    for task in id_tasks + ood_tasks:
+        cuts = trace_prefixes(task)
+        assert [len(d.steps) for _, d in cuts] == list(range(1, len(task.order)))
+        for trace, cut in cuts:
+            assert cut == rule_decompose(trace)  # the decomposition is exactly that text's
+            assert reasoning_text(task.trace).startswith(reasoning_text(trace))
+            assert trace.endswith("\n</think>") and "<answer>" not in trace
+            assert cut.steps == task.decomposition.steps[: len(cut.steps)]
+
+
 def test_tokenizer_from_corpus_round_trips_a_trace(id_tasks, ood_tasks):
     from rlkd.models import build_tokenizer
 

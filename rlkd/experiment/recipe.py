@@ -62,7 +62,10 @@ class DataSection:
     test_id: int = option(10, "in-distribution test tasks (same knobs as training, disjoint structures)")
     test_ood: int = option(5, "out-of-distribution test tasks (deeper chains, more distractors)")
     gsrm_train: int = option(300, "tasks whose teacher traces train the GSRM (disjoint from the test sets)")
-    gsrm_test: int = option(24, "held-out teacher traces per split on which the GSRM's accuracy is measured (tasks "
+    gsrm_prefixes: bool = option(True, "also train the GSRM on each of its traces cut after every computation but "
+                                 "the last (rlkd.testbed.trace_prefixes): more steps whose answer is read from "
+                                 "the end of the text, the answers a GSRM gets wrong most (docs/demo-results.md)")
+    gsrm_test: int = option(64, "held-out teacher traces per split on which the GSRM's accuracy is measured (tasks "
                             "of their own, disjoint from every other set)")
     zero_fraction: float = option(0.1, "RLKD-zero: share of the training tasks it is primed and trained on")
     id_knobs: dict[str, Any] = option({"depth": [2, 3], "distractors": [1, 2]},
@@ -180,7 +183,7 @@ class DemoJob:
                                                     warmup_steps=0.02, save_steps=500, logging_steps=50,
                                                     extra={"adam_beta2": 0.98}),
                                       "the base student's pretraining (rlkd train sft on text, resumable)")
-    gsrm_training: SFTTraining = option(_sft_defaults(max_steps=300), "GSRM fine-tuning (TRL SFTConfig fields, "
+    gsrm_training: SFTTraining = option(_sft_defaults(max_steps=1800, per_device_train_batch_size=4), "GSRM fine-tuning (TRL SFTConfig fields, "
                                         "as in rlkd train sft)")
     sft: SFTTraining = option(_sft_defaults(max_steps=400), "the SFT baseline's training (also the start of "
                               "SFT+GRPO and SFT+RLKD)")

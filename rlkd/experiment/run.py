@@ -132,7 +132,7 @@ class Experiment:
         write_dataset(t["test_id"], d / "test_id.jsonl")
         write_dataset(t["test_ood"], d / "test_ood.jsonl")
         write_dataset(self.zero_tasks(), d / "zero.jsonl")
-        _write_jsonl(d / "gsrm_train.jsonl", gsrm_sft_rows(t["gsrm"], self.gsrm_prompt()))
+        _write_jsonl(d / "gsrm_train.jsonl", gsrm_sft_rows(t["gsrm"], self.gsrm_prompt(), self.job.data.gsrm_prefixes))
 
     def gsrm_prompt(self) -> str:
         """The GSRM prompt as :class:`rlkd.gsrm.Decomposer` takes it: a domain name or a prompt file."""

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 from rlkd.files import atomic_write_jsonl
 from rlkd.gsrm import sft_example
 from rlkd.templates import load_prompt
-from rlkd.testbed import GSRM_INSTRUCTION, generate_tasks, gsrm_prompt
+from rlkd.testbed import GSRM_INSTRUCTION, generate_tasks, gsrm_prompt, trace_prefixes
 
 from rlkd.experiment.recipe import DataSection
 
@@ -64,9 +64,15 @@ def write_gsrm_prompt(path: Path) -> Path:
     return path
 
 
-def gsrm_sft_rows(tasks: Sequence[Any], prompt: str = "math") -> list[dict[str, Any]]:
+def gsrm_sft_rows(tasks: Sequence[Any], prompt: str = "math", prefixes: bool = False) -> list[dict[str, Any]]:
     """GSRM training rows (chat ``prompt``/``completion``) in exactly the prompt the structure reward's
     :class:`rlkd.gsrm.Decomposer` sends (``prompt``: a domain or a prompt file, without the worked
     example), so the GSRM is used the way it was trained. The targets are the ground-truth
-    decompositions of the testbed's teacher traces."""
-    return [{"id": task.id, **sft_example(task.problem, task.trace, task.decomposition, prompt)} for task in tasks]
+    decompositions of the testbed's teacher traces; ``prefixes`` adds, after them, a row for every
+    trace cut after each of its computations but the last (:func:`rlkd.testbed.trace_prefixes`, ids
+    ``<task id>~<steps>``)."""
+    rows = [{"id": task.id, **sft_example(task.problem, task.trace, task.decomposition, prompt)} for task in tasks]
+    if prefixes:
+        rows += [{"id": f"{task.id}~{len(cut.steps)}", **sft_example(task.problem, trace, cut, prompt)}
+                 for task in tasks for trace, cut in trace_prefixes(task)]
+    return rows

@@ -53,6 +53,7 @@ from rlkd.testbed.datasets import (
     gsrm_prompt,
     read_tasks,
     token_stats,
+    trace_prefixes,
     whole_word_check,
     write_dataset,
 )
@@ -74,5 +75,5 @@ from rlkd.testbed.tasks import (
 __all__ = [
     "GSRM_INSTRUCTION", "KNOBS", "NAMES", "SPLITS", "Quantity", "Task", "alignment", "base_text", "chosen_quantity", "computation",
     "copying_texts", "corpus", "generate_tasks", "gsrm_pairs", "gsrm_prompt", "opening_goal", "oracle_decomposition", "read_tasks",
-    "reasoning_text", "rule_decompose", "teacher_trace", "token_stats", "whole_word_check", "write_dataset",
+    "reasoning_text", "rule_decompose", "teacher_trace", "token_stats", "trace_prefixes", "whole_word_check", "write_dataset",
 ]

@@ -1,5 +1,6 @@
 """The testbed as files and training data: task datasets (:func:`write_dataset`, :func:`read_tasks`), the
-GSRM's chat-format SFT pairs (:func:`gsrm_pairs`), the tokenizer corpus (:func:`corpus`) and token checks."""
+GSRM's chat-format SFT pairs (:func:`gsrm_pairs`) and the cut traces that add to them
+(:func:`trace_prefixes`), the tokenizer corpus (:func:`corpus`) and token checks."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any, Iterable, Sequence
 
 from rlkd.errors import InputError
 from rlkd.files import iter_jsonl
+from rlkd.structure import Decomposition
 from rlkd.testbed.rule_decomposer import reasoning_text
-from rlkd.testbed.tasks import NAMES, Task, base_text, oracle_decomposition, teacher_trace
+from rlkd.testbed.tasks import NAMES, Task, base_text, computation, oracle_decomposition, teacher_trace
 
 GSRM_INSTRUCTION = (
     "Rewrite the reasoning below as numbered steps. For each step write why this sub-problem is chosen "
@@ -68,6 +70,28 @@ def gsrm_pairs(tasks: Iterable[Task], traces_per_task: int = 1) -> list[dict[str
                 ],
             })
     return examples
+
+
+def trace_prefixes(task: Task) -> list[tuple[str, Decomposition]]:
+    """The task's teacher trace cut after each of its computations but the last, each with the
+    decomposition of exactly that text (the first ``j`` steps): ``(trace, decomposition)`` pairs, ``j``
+    = 1, 2, ... A student's trace may stop anywhere, and in a whole trace only the last step's answer is
+    read from the very end of the text; the cut traces give a GSRM more of those (the demo's
+    ``data.gsrm_prefixes``, docs/demo-results.md). Each cut ends ``</think>`` and has no answer tag.
+
+    >>> from rlkd.testbed import generate_tasks, rule_decompose
+    >>> task = generate_tasks(1, depth=3, seed=0)[0]
+    >>> [(len(d.steps), d == rule_decompose(t)) for t, d in trace_prefixes(task)]
+    [(1, True), (2, True)]
+    """
+    body = reasoning_text(task.trace)
+    decomposition = task.decomposition or oracle_decomposition(task)
+    pairs, end = [], 0
+    for j, name in enumerate(task.order[:-1], start=1):
+        sentence = computation(task, name)
+        end = body.index(sentence, end) + len(sentence)
+        pairs.append((f"<think>\n{body[:end]}\n</think>", Decomposition(steps=list(decomposition.steps[:j]))))
+    return pairs
 
 
 def corpus(tasks: Iterable[Task]) -> list[str]:
