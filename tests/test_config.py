@@ -118,7 +118,7 @@ class TestValidation:
         bad = tmp_path / "bad.txt"
         bad.write_text("=== user ===\nDecompose {problem}\n", encoding="utf-8")
         with pytest.raises(ConfigError, match=r"^structure\.gsrm_prompt: .*bad\.txt: the last section must be "
-                                              r"'=== user ===' and contain \{problem\} and \{reasoning\}"):
+                                              r"'=== user ===' and contain \{reasoning\}"):
             build_job(GRPOJob, merge_overrides(MINIMAL_GRPO, [*rlkd, f"structure.gsrm_prompt={bad}"]))
         good = tmp_path / "good.txt"
         good.write_text("=== user ===\nSplit up.\nProblem: {problem}\nReasoning: {reasoning}\n", encoding="utf-8")
