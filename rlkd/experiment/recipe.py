@@ -183,8 +183,8 @@ class DemoJob:
                                                     warmup_steps=0.02, save_steps=500, logging_steps=50,
                                                     extra={"adam_beta2": 0.98}),
                                       "the base student's pretraining (rlkd train sft on text, resumable)")
-    gsrm_training: SFTTraining = option(_sft_defaults(max_steps=1800, per_device_train_batch_size=4), "GSRM fine-tuning (TRL SFTConfig fields, "
-                                        "as in rlkd train sft)")
+    gsrm_training: SFTTraining = option(_sft_defaults(max_steps=1800, per_device_train_batch_size=4),
+                                        "GSRM fine-tuning (TRL SFTConfig fields, as in rlkd train sft)")
     sft: SFTTraining = option(_sft_defaults(max_steps=400), "the SFT baseline's training (also the start of "
                               "SFT+GRPO and SFT+RLKD)")
     prime: SFTTraining = option(_sft_defaults(max_steps=20, per_device_train_batch_size=8, logging_steps=10),
