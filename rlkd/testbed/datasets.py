@@ -84,8 +84,7 @@ def trace_prefixes(task: Task) -> list[tuple[str, Decomposition]]:
     >>> [(len(d.steps), d == rule_decompose(t)) for t, d in trace_prefixes(task)]
     [(1, True), (2, True)]
     """
-    body = reasoning_text(task.trace)
-    decomposition = task.decomposition or oracle_decomposition(task)
+    body, decomposition = reasoning_text(teacher_trace(task)), oracle_decomposition(task)
     pairs, end = [], 0
     for j, name in enumerate(task.order[:-1], start=1):
         sentence = computation(task, name)
