@@ -314,3 +314,29 @@ def test_copy_formation_pooled_copies_need_pairs_and_the_transfer_modes_run(tmp_
                      "--probe-every", "1", "--init", str(tmp_path / "m"), "--constant")
     assert "# hidden 32, layers 1, heads 2" in out and f"from {tmp_path / 'm'}" in out
 
+
+
+def test_lookup_attention_finds_definition_sentences_and_classifies_positions():
+    bench = load("lookup_attention")
+    problem = "Find web. zib = yor + gor, yor is 7. web = zib * sib, sib is 1. ulm is 4."
+    pieces = [w for w in re.findall(r"[a-z]+|\d+|[^\s\w]", problem.lower())]
+    spans = bench.definition_spans(pieces, len(pieces))
+    assert list(spans) == ["zib", "web"]  # `ulm is 4` defines nothing; `Find web.` is the question
+    zib_start, zib_period = spans["zib"]
+    assert pieces[zib_start] == "zib" and pieces[zib_period] == "." and pieces[zib_period - 1] == "7"
+    periods = {p for _, p in spans.values()}
+    assert bench.classify(zib_period, spans["zib"], periods) == "own period"
+    assert bench.classify(spans["web"][1], spans["zib"], periods) == "other period"
+    assert bench.classify(zib_start + 2, spans["zib"], periods) == "own definition"  # yor
+    assert bench.classify(0, spans["zib"], periods) == "elsewhere"
+
+
+def test_lookup_attention_smoke_run_on_the_shipped_base_prints_every_head():
+    out = run_script(str(BENCH / "lookup_attention.py"), "--problems", "3", "--layers", "3")
+    total, right = map(int, re.search(r"`x needs a and b`: (\d+); right (\d+)", out).groups())
+    assert 0 < total and 0 <= right <= total
+    rows = [line for line in out.splitlines() if line.strip().startswith("layer 3 head")]
+    assert {row.split()[3] for row in rows} == {"0", "1", "2", "3"}  # the shipped base's four heads
+    for row in rows:
+        shares = [float(v) for v in re.findall(r" (\d\.\d\d)(?:,|$)", row)]
+        assert len(shares) == 4 and abs(sum(shares) - 1) < 0.02
